@@ -1,0 +1,130 @@
+//! OpenAI's error envelope, the one way errors leave the API:
+//! `{"error": {"message", "type", "param", "code"}}` with the status the SDKs
+//! map to their exception classes (400 BadRequestError, 401
+//! AuthenticationError, 404 NotFoundError, 409 ConflictError, ...).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use videogen_core::store::StoreError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    /// Stable machine-readable code; clients may switch on it.
+    pub code: &'static str,
+    pub param: Option<String>,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, kind, code, param: None, message: message.into() }
+    }
+
+    /// Same status and type, a more specific code and message.
+    pub fn with_code(mut self, code: &'static str, message: impl Into<String>) -> Self {
+        self.code = code;
+        self.message = message.into();
+        self
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// 400: a request field is invalid.
+    pub fn invalid(param: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message).with_param(param)
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "permission_error", "forbidden", message)
+    }
+
+    /// 404 for unknown ids and other tenants' ids alike: never reveal existence.
+    pub fn video_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "video_not_found",
+            format!("No video found with id '{id}'."),
+        )
+        .with_param("video_id")
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request_error", code, message)
+    }
+
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", message)
+    }
+
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", "unsupported_media_type", message)
+    }
+
+    pub fn range_not_satisfiable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "invalid_request_error", "range_not_satisfiable", message)
+    }
+
+    pub fn route_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", "Unknown endpoint.")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed", "Method not allowed.")
+    }
+
+    /// Infrastructure trouble (database or storage unavailable). Logged; the
+    /// client gets no internals.
+    pub fn unavailable(context: &str, err: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "{context}");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "service_unavailable",
+            "The service is temporarily unavailable; retry later.",
+        )
+    }
+
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", "Internal error.")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code }
+        });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => ApiError::video_not_found(id.as_str()),
+            StoreError::IllegalTransition(t) => ApiError::conflict("invalid_state", format!("Video is {}: {t}.", t.from)),
+            StoreError::IdempotencyConflict => ApiError::conflict(
+                "idempotency_key_reused",
+                "This Idempotency-Key was already used with a different request body.",
+            ),
+            other => ApiError::unavailable("store error", &other),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,104 @@
+//! `GET /v1/videos/{id}/events`: the job's event log as server-sent events.
+//!
+//! Each logged event is sent with `id: <seq>`, so a client that reconnects
+//! with `Last-Event-ID` continues exactly where it stopped. Queue position is
+//! computed live and sent (without an id) whenever it changes. The stream ends
+//! after a terminal event.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use videogen_core::VideoId;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::visible_job;
+use crate::state::AppState;
+
+/// Events read from the store per round trip.
+const EVENTS_PAGE: u32 = 256;
+/// Upper bound on how stale a stream may get if a wake-up is missed.
+const POLL_FALLBACK: Duration = Duration::from_secs(1);
+const TERMINAL_KINDS: [&str; 4] = ["completed", "failed", "cancelled", "expired"];
+
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let job = visible_job(&state, &caller, &id).await?;
+    let mut after: i64 = match headers.get("last-event-id").map(|v| v.to_str().map(str::trim)) {
+        None => 0,
+        Some(Ok(s)) => s.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(|| {
+            ApiError::invalid("Last-Event-ID", "invalid_value", "Last-Event-ID must be a non-negative integer.")
+        })?,
+        Some(Err(_)) => return Err(ApiError::invalid("Last-Event-ID", "invalid_value", "Last-Event-ID must be ASCII.")),
+    };
+    let id = job.id;
+    let mut wake = state.bus.subscribe();
+    let stream = async_stream::stream! {
+        let mut last_position: Option<u64> = None;
+        loop {
+            let events = match state.store.events(&id, after, EVENTS_PAGE).await {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "event stream read failed");
+                    break;
+                }
+            };
+            let full_page = events.len() == EVENTS_PAGE as usize;
+            let mut terminal = false;
+            for ev in events {
+                after = ev.seq;
+                terminal |= TERMINAL_KINDS.contains(&ev.kind.as_str());
+                let mut data = serde_json::json!({
+                    "video_id": id.as_str(), "seq": ev.seq, "type": ev.kind, "at_ms": ev.at_ms,
+                });
+                if let (Some(obj), serde_json::Value::Object(extra)) = (data.as_object_mut(), ev.data) {
+                    for (k, v) in extra {
+                        obj.entry(k).or_insert(v);
+                    }
+                }
+                yield Ok(Event::default().id(ev.seq.to_string()).event(ev.kind).data(data.to_string()));
+            }
+            if terminal {
+                break;
+            }
+            if full_page {
+                continue;
+            }
+            let position = state.dispatcher.position(&id);
+            if position.is_some() && position != last_position {
+                let data = serde_json::json!({ "video_id": id.as_str(), "type": "queue_position", "queue_position": position });
+                yield Ok(Event::default().event("queue_position").data(data.to_string()));
+            }
+            last_position = position;
+            match state.store.job(&id).await {
+                Ok(Some(_)) => {}
+                _ => break, // deleted while streaming
+            }
+            tokio::select! {
+                _ = wait_for(&mut wake, &id) => {}
+                _ = tokio::time::sleep(POLL_FALLBACK) => {}
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Returns when `id` changed (or we may have missed it).
+async fn wait_for(rx: &mut broadcast::Receiver<VideoId>, id: &VideoId) {
+    loop {
+        match rx.recv().await {
+            Ok(changed) if &changed == id => return,
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}

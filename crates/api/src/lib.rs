@@ -1,0 +1,90 @@
+//! The HTTP API: OpenAI Videos-compatible endpoints and videogen's extensions.
+//!
+//! # Layout
+//! - [`routes`]: create, retrieve, list, delete, cancel.
+//! - [`create`]: parsing and validating a create request (JSON or multipart).
+//! - [`content`]: downloads with `Range` support.
+//! - [`events`]: server-sent events from the job's event log.
+//! - [`video`]: the Video object as the SDKs parse it.
+//! - [`auth`]: bearer API keys (hashed) → tenant and tier.
+//! - [`error`]: OpenAI's error envelope; every error leaves through it.
+//! - [`state`]: shared handles and input limits.
+//!
+//! [`serve`] takes a bound listener and a shutdown future, so the binary and
+//! the tests run exactly the same server.
+
+pub mod auth;
+pub mod content;
+pub mod create;
+pub mod error;
+pub mod events;
+pub mod routes;
+pub mod state;
+pub mod video;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use std::future::Future;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use error::ApiError;
+pub use state::{AppState, Limits};
+
+/// The full router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.limits.body_bytes_max;
+    let v1 = Router::new()
+        .route("/videos", post(routes::create_video).get(routes::list_videos))
+        .route("/videos/{id}", get(routes::retrieve_video).delete(routes::delete_video))
+        .route("/videos/{id}/content", get(content::download))
+        .route("/videos/{id}/cancel", post(routes::cancel_video))
+        .route("/videos/{id}/events", get(events::stream))
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::route_not_found() })
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(|_| {
+            metrics::counter!("videogen_http_panics_total").increment(1);
+            ApiError::internal().into_response()
+        }))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when the store answers.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let probe = videogen_core::VideoId::parse("video_00000000000000000000000000000000");
+    let ok = match probe {
+        Some(id) => state.store.job(&id).await.is_ok(),
+        None => false,
+    };
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({ "status": if ok { "ready" } else { "unavailable" }, "queued": state.dispatcher.queued() });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    match &state.metrics {
+        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => ApiError::route_not_found().into_response(),
+    }
+}

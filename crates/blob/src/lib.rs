@@ -1,0 +1,499 @@
+//! Blob storage for videogen over the [`object_store`] crate.
+//!
+//! Video bytes, thumbnails, spritesheets, input references and checkpoints
+//! live here; the database only holds their keys (see
+//! [`videogen_core::blob::keys`]).
+//!
+//! # Layout
+//! - [`ObjectBlobStore`]: implements [`BlobStore`] over any
+//!   `Arc<dyn ObjectStore>`. S3, GCS or Azure plug in later by handing it a
+//!   different store; callers see no API change.
+//! - [`LocalBlobStore`]: an [`ObjectBlobStore`] over
+//!   [`LocalFileSystem`] rooted at a directory, for single-node deployments
+//!   and tests.
+//! - [`validate_key`] / [`validate_prefix`]: the key rules every backend
+//!   enforces, so a key that works locally also works on S3 and a key can
+//!   never escape the store's root.
+//!
+//! # Atomicity
+//! [`LocalFileSystem`] writes a put into a staging file next to the target
+//! (`<key>#<n>`) and then `rename(2)`s it over the target, so a concurrent
+//! reader sees the old or the new bytes, never a mix. Staging names contain
+//! `#`, which [`validate_key`] rejects, so a staging file can never collide
+//! with a real key; `object_store` also hides such files from listings.
+//! Object stores such as S3 give the same guarantee for single `PUT`s.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+pub use videogen_core::blob::{BlobError, BlobStore};
+
+/// Longest accepted key, in bytes (S3's limit).
+pub const MAX_KEY_LEN: usize = 1024;
+/// Longest accepted key segment, in bytes (the usual file-name limit).
+pub const MAX_SEGMENT_LEN: usize = 255;
+
+/// Checks `key` names a single object: 1..=[`MAX_KEY_LEN`] bytes of
+/// `[A-Za-z0-9._-]` segments joined by `/`, no leading or trailing `/`, no
+/// empty, `.` or `..` segments, each segment at most [`MAX_SEGMENT_LEN`] bytes.
+pub fn validate_key(key: &str) -> Result<(), BlobError> {
+    let invalid = |why: &str| {
+        Err(BlobError::Backend(format!(
+            "invalid blob key {:?}: {why}",
+            truncate_for_message(key)
+        )))
+    };
+    if key.is_empty() {
+        return invalid("empty");
+    }
+    if key.len() > MAX_KEY_LEN {
+        return invalid(&format!("longer than {MAX_KEY_LEN} bytes"));
+    }
+    if key.starts_with('/') {
+        return invalid("leading '/'");
+    }
+    if key.ends_with('/') {
+        return invalid("trailing '/' (that is a prefix, not a key)");
+    }
+    for segment in key.split('/') {
+        if segment.is_empty() {
+            return invalid("empty segment ('//')");
+        }
+        if segment == "." || segment == ".." {
+            return invalid("'.' or '..' segment");
+        }
+        if segment.len() > MAX_SEGMENT_LEN {
+            return invalid(&format!("segment longer than {MAX_SEGMENT_LEN} bytes"));
+        }
+        if let Some(c) = segment
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return invalid(&format!(
+                "character {c:?} not allowed (only A-Z a-z 0-9 . _ - and '/')"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks `prefix` for [`BlobStore::delete_prefix`]: a valid key followed by
+/// an optional trailing `/`. The empty prefix (the whole store) is refused.
+pub fn validate_prefix(prefix: &str) -> Result<(), BlobError> {
+    if prefix.is_empty() || prefix == "/" {
+        return Err(BlobError::Backend(
+            "invalid blob prefix: refusing to delete the whole store".into(),
+        ));
+    }
+    validate_key(prefix.strip_suffix('/').unwrap_or(prefix))
+}
+
+fn truncate_for_message(key: &str) -> &str {
+    match key.char_indices().nth(80) {
+        Some((i, _)) => &key[..i],
+        None => key,
+    }
+}
+
+fn to_path(key: &str) -> Result<StorePath, BlobError> {
+    validate_key(key)?;
+    StorePath::parse(key).map_err(|e| BlobError::Backend(format!("invalid blob key: {e}")))
+}
+
+fn map_err(key: &str, err: object_store::Error) -> BlobError {
+    match err {
+        object_store::Error::NotFound { .. } => BlobError::NotFound(key.to_string()),
+        other => BlobError::Backend(format!("{key}: {other}")),
+    }
+}
+
+/// A [`BlobStore`] over any [`ObjectStore`].
+#[derive(Debug, Clone)]
+pub struct ObjectBlobStore {
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl ObjectBlobStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self { inner }
+    }
+
+    /// The wrapped store, e.g. for listing in admin tools.
+    pub fn inner(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+}
+
+#[async_trait]
+impl BlobStore for ObjectBlobStore {
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
+        let path = to_path(key)?;
+        self.inner
+            .put(&path, PutPayload::from_bytes(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(key, e))
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
+        let path = to_path(key)?;
+        let result = self.inner.get(&path).await.map_err(|e| map_err(key, e))?;
+        result.bytes().await.map_err(|e| map_err(key, e))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
+        let path = to_path(key)?;
+        if range.start >= range.end {
+            // object_store rejects empty ranges; an empty read of an existing
+            // object is still well defined.
+            self.inner.head(&path).await.map_err(|e| map_err(key, e))?;
+            return Ok(Bytes::new());
+        }
+        self.inner
+            .get_range(&path, range)
+            .await
+            .map_err(|e| map_err(key, e))
+    }
+
+    async fn size(&self, key: &str) -> Result<u64, BlobError> {
+        let path = to_path(key)?;
+        self.inner
+            .head(&path)
+            .await
+            .map(|meta| meta.size)
+            .map_err(|e| map_err(key, e))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        let path = to_path(key)?;
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(map_err(key, e)),
+        }
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
+        validate_prefix(prefix)?;
+        let path = StorePath::parse(prefix)
+            .map_err(|e| BlobError::Backend(format!("invalid blob prefix: {e}")))?;
+        // object_store matches prefixes on whole segments: `a/b` covers
+        // `a/b/c` but not `a/bc`.
+        let locations = self
+            .inner
+            .list(Some(&path))
+            .map_ok(|meta| meta.location)
+            .boxed();
+        self.inner
+            .delete_stream(locations)
+            .try_for_each(|_| futures::future::ready(Ok(())))
+            .await
+            .or_else(|e| match e {
+                // Raced with another delete: the goal state holds.
+                object_store::Error::NotFound { .. } => Ok(()),
+                e => Err(map_err(prefix, e)),
+            })
+    }
+}
+
+/// Blobs in a local directory: an [`ObjectBlobStore`] over [`LocalFileSystem`].
+#[derive(Debug, Clone)]
+pub struct LocalBlobStore {
+    root: PathBuf,
+    store: ObjectBlobStore,
+}
+
+impl LocalBlobStore {
+    /// Opens (creating if needed) a store rooted at `root`. Deleting the last
+    /// object in a directory removes the emptied directories up to `root`.
+    pub fn new(root: &Path) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(root).map_err(|e| {
+            BlobError::Backend(format!("creating blob root {}: {e}", root.display()))
+        })?;
+        let fs = LocalFileSystem::new_with_prefix(root)
+            .map_err(|e| BlobError::Backend(format!("opening blob root {}: {e}", root.display())))?
+            .with_automatic_cleanup(true);
+        Ok(Self {
+            root: root.to_path_buf(),
+            store: ObjectBlobStore::new(Arc::new(fs)),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The generic store this wraps.
+    pub fn as_object_store(&self) -> &ObjectBlobStore {
+        &self.store
+    }
+}
+
+#[async_trait]
+impl BlobStore for LocalBlobStore {
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
+        self.store.put(key, bytes).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
+        self.store.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
+        self.store.get_range(key, range).await
+    }
+    async fn size(&self, key: &str) -> Result<u64, BlobError> {
+        self.store.size(key).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        self.store.delete(key).await
+    }
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
+        self.store.delete_prefix(prefix).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use videogen_core::VideoId;
+    use videogen_core::blob::keys;
+
+    fn store() -> (tempfile::TempDir, LocalBlobStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::new(&dir.path().join("nested/root")).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn put_get_size_range_roundtrip() {
+        let (_dir, s) = store();
+        s.put("a/b/c.bin", Bytes::from_static(b"hello world"))
+            .await
+            .unwrap();
+        assert_eq!(s.get("a/b/c.bin").await.unwrap(), &b"hello world"[..]);
+        assert_eq!(s.size("a/b/c.bin").await.unwrap(), 11);
+        assert_eq!(
+            s.get_range("a/b/c.bin", 6..11).await.unwrap(),
+            &b"world"[..]
+        );
+        assert_eq!(s.get_range("a/b/c.bin", 0..1).await.unwrap(), &b"h"[..]);
+        assert!(s.get_range("a/b/c.bin", 3..3).await.unwrap().is_empty());
+        // The object is a real file under the root.
+        assert_eq!(
+            std::fs::read(s.root().join("a/b/c.bin")).unwrap(),
+            b"hello world"
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_object() {
+        let (_dir, s) = store();
+        s.put("empty", Bytes::new()).await.unwrap();
+        assert!(s.get("empty").await.unwrap().is_empty());
+        assert_eq!(s.size("empty").await.unwrap(), 0);
+        assert!(s.get_range("empty", 0..0).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn overwrite_replaces_bytes() {
+        let (_dir, s) = store();
+        s.put("k", Bytes::from_static(b"a much longer first value"))
+            .await
+            .unwrap();
+        s.put("k", Bytes::from_static(b"short")).await.unwrap();
+        assert_eq!(s.get("k").await.unwrap(), &b"short"[..]);
+        assert_eq!(s.size("k").await.unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn missing_objects_are_not_found() {
+        let (_dir, s) = store();
+        let nf =
+            |r: Result<_, BlobError>| matches!(r, Err(BlobError::NotFound(k)) if k == "no/such");
+        assert!(nf(s.get("no/such").await.map(|_| ())));
+        assert!(nf(s.size("no/such").await.map(|_| ())));
+        assert!(nf(s.get_range("no/such", 0..4).await.map(|_| ())));
+        assert!(nf(s.get_range("no/such", 0..0).await.map(|_| ())));
+    }
+
+    #[tokio::test]
+    async fn delete_is_idempotent() {
+        let (_dir, s) = store();
+        s.put("x/y", Bytes::from_static(b"1")).await.unwrap();
+        s.delete("x/y").await.unwrap();
+        assert!(matches!(s.get("x/y").await, Err(BlobError::NotFound(_))));
+        s.delete("x/y").await.unwrap();
+        s.delete("never/existed").await.unwrap();
+        // Emptied directories are cleaned up, the root stays.
+        assert!(!s.root().join("x").exists());
+        assert!(s.root().exists());
+    }
+
+    #[tokio::test]
+    async fn delete_prefix_removes_only_that_prefix() {
+        let (_dir, s) = store();
+        for k in ["p/1", "p/2/a", "p/2/b", "pq/1", "other/p/1"] {
+            s.put(k, Bytes::from_static(b"v")).await.unwrap();
+        }
+        s.delete_prefix("p/").await.unwrap();
+        for k in ["p/1", "p/2/a", "p/2/b"] {
+            assert!(matches!(s.get(k).await, Err(BlobError::NotFound(_))), "{k}");
+        }
+        for k in ["pq/1", "other/p/1"] {
+            assert_eq!(s.get(k).await.unwrap(), &b"v"[..], "{k}");
+        }
+        // Idempotent, and fine on a prefix that never existed.
+        s.delete_prefix("p/").await.unwrap();
+        s.delete_prefix("nothing/here/").await.unwrap();
+        // Without the trailing slash it still matches whole segments only.
+        s.delete_prefix("pq").await.unwrap();
+        assert!(matches!(s.get("pq/1").await, Err(BlobError::NotFound(_))));
+        assert_eq!(s.get("other/p/1").await.unwrap(), &b"v"[..]);
+    }
+
+    #[tokio::test]
+    async fn job_prefixes_cover_job_keys() {
+        let (_dir, s) = store();
+        let id = VideoId::generate();
+        let other = VideoId::generate();
+        for k in [
+            keys::video(&id, 1),
+            keys::thumbnail(&id, 1),
+            keys::spritesheet(&id, 2),
+            keys::checkpoint(&id, 1, 3),
+            keys::input_reference(&id),
+            keys::video(&other, 1),
+        ] {
+            validate_key(&k).unwrap();
+            s.put(&k, Bytes::from_static(b"v")).await.unwrap();
+        }
+        for p in keys::job_prefixes(&id) {
+            s.delete_prefix(&p).await.unwrap();
+        }
+        assert!(matches!(
+            s.get(&keys::video(&id, 1)).await,
+            Err(BlobError::NotFound(_))
+        ));
+        assert!(matches!(
+            s.get(&keys::input_reference(&id)).await,
+            Err(BlobError::NotFound(_))
+        ));
+        assert_eq!(s.get(&keys::video(&other, 1)).await.unwrap(), &b"v"[..]);
+    }
+
+    #[tokio::test]
+    async fn invalid_keys_are_rejected_everywhere() {
+        let (dir, s) = store();
+        let long_segment = "a".repeat(MAX_SEGMENT_LEN + 1);
+        let long_key = vec!["a"; MAX_KEY_LEN].join("/");
+        let bad = [
+            "",
+            "/abs",
+            "trailing/",
+            "a//b",
+            "../escape",
+            "a/../../escape",
+            "a/./b",
+            "..",
+            "with space",
+            "hash#1",
+            "back\\slash",
+            "ctl\u{7}",
+            "ünicode",
+            long_segment.as_str(),
+            long_key.as_str(),
+        ];
+        for key in bad {
+            for r in [
+                s.put(key, Bytes::from_static(b"x")).await.err(),
+                s.get(key).await.err(),
+                s.get_range(key, 0..1).await.err(),
+                s.size(key).await.err(),
+                s.delete(key).await.err(),
+            ] {
+                match r {
+                    Some(BlobError::Backend(msg)) => {
+                        assert!(msg.contains("invalid blob key"), "{key:?}: {msg}")
+                    }
+                    other => panic!("{key:?}: expected Backend error, got {other:?}"),
+                }
+            }
+        }
+        for prefix in ["", "/", "../", "a//", "/a/"] {
+            assert!(
+                matches!(s.delete_prefix(prefix).await, Err(BlobError::Backend(_))),
+                "{prefix:?}"
+            );
+        }
+        // Nothing escaped the root.
+        assert!(!dir.path().join("nested/escape").exists());
+        assert!(!dir.path().join("escape").exists());
+        // Boundaries are inclusive.
+        let max_segment = "a".repeat(MAX_SEGMENT_LEN);
+        validate_key(&max_segment).unwrap();
+        let max_key = vec!["ab"; MAX_KEY_LEN / 3].join("/");
+        assert!(max_key.len() <= MAX_KEY_LEN);
+        validate_key(&max_key).unwrap();
+        validate_key("outputs/ab/video_0123/1/video.mp4").unwrap();
+    }
+
+    /// A reader racing a writer only ever sees one complete value: the put
+    /// stages into a sibling file and renames it into place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_readers_never_see_partial_puts() {
+        let (_dir, s) = store();
+        let s = Arc::new(s);
+        let a = Bytes::from(vec![0xAA_u8; 3 << 20]);
+        let b = Bytes::from(vec![0xBB_u8; 1 << 20]);
+        s.put("race/obj", a.clone()).await.unwrap();
+
+        let writer = {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    let v = if i % 2 == 0 { b.clone() } else { a.clone() };
+                    s.put("race/obj", v).await.unwrap();
+                }
+            })
+        };
+        let mut reads = 0;
+        while !writer.is_finished() || reads < 10 {
+            let got = s.get("race/obj").await.unwrap();
+            let ok = match got.first() {
+                Some(0xAA) => got.len() == 3 << 20 && got.iter().all(|&x| x == 0xAA),
+                Some(0xBB) => got.len() == 1 << 20 && got.iter().all(|&x| x == 0xBB),
+                _ => false,
+            };
+            assert!(ok, "torn read of {} bytes", got.len());
+            reads += 1;
+        }
+        writer.await.unwrap();
+        // No staging files are left behind.
+        let names: Vec<_> = std::fs::read_dir(s.root().join("race"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["obj"]);
+    }
+
+    #[tokio::test]
+    async fn generic_store_works_over_any_object_store() {
+        let s = ObjectBlobStore::new(Arc::new(InMemory::new()));
+        s.put("m/1", Bytes::from_static(b"abc")).await.unwrap();
+        assert_eq!(s.get("m/1").await.unwrap(), &b"abc"[..]);
+        assert_eq!(s.get_range("m/1", 1..3).await.unwrap(), &b"bc"[..]);
+        assert_eq!(s.size("m/1").await.unwrap(), 3);
+        assert!(matches!(s.get("m/2").await, Err(BlobError::NotFound(_))));
+        s.delete("m/2").await.unwrap();
+        s.delete_prefix("m/").await.unwrap();
+        assert!(matches!(s.get("m/1").await, Err(BlobError::NotFound(_))));
+        // Usable as a trait object, as the rest of the system holds it.
+        let dynamic: Arc<dyn BlobStore> = Arc::new(s);
+        dynamic.put("z", Bytes::from_static(b"1")).await.unwrap();
+    }
+}

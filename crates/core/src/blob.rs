@@ -1,0 +1,85 @@
+//! The blob seam: video bytes, images and checkpoints live in object storage;
+//! the database only holds their keys.
+//!
+//! Keys are built here, in one place, so every backend lays objects out the
+//! same way. Attempt-scoped keys keep a zombie attempt from overwriting the
+//! bytes of the attempt that owns the job now; only the fenced pointer commit
+//! in the store makes a key visible.
+
+use crate::ids::VideoId;
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::ops::Range;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlobError {
+    #[error("blob {0} not found")]
+    NotFound(String),
+    #[error("blob store: {0}")]
+    Backend(String),
+}
+
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Writes the whole object atomically: readers see the old or the new bytes, never a mix.
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError>;
+    async fn get(&self, key: &str) -> Result<Bytes, BlobError>;
+    /// Bytes `range.start..range.end` (end exclusive, clamped by the caller to the size).
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError>;
+    async fn size(&self, key: &str) -> Result<u64, BlobError>;
+    /// Idempotent: deleting a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<(), BlobError>;
+    /// Deletes every object under `prefix` (which should end in `/`).
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError>;
+}
+
+/// First two hex digits of the id's random tail: spreads keys across prefixes,
+/// as object stores rate-limit per prefix.
+fn shard(id: &VideoId) -> &str {
+    let s = id.as_str();
+    &s[s.len() - 2..]
+}
+
+pub mod keys {
+    use super::*;
+
+    /// Everything a job owns lives under these two prefixes.
+    pub fn job_prefixes(id: &VideoId) -> [String; 3] {
+        [
+            format!("outputs/{}/{id}/", shard(id)),
+            format!("checkpoints/{}/{id}/", shard(id)),
+            format!("inputs/{}/{id}/", shard(id)),
+        ]
+    }
+    pub fn input_reference(id: &VideoId) -> String {
+        format!("inputs/{}/{id}/reference.png", shard(id))
+    }
+    pub fn checkpoint(id: &VideoId, attempt: u32, step: u32) -> String {
+        format!("checkpoints/{}/{id}/{attempt}/{step:06}.ckpt", shard(id))
+    }
+    pub fn video(id: &VideoId, attempt: u32) -> String {
+        format!("outputs/{}/{id}/{attempt}/video.mp4", shard(id))
+    }
+    pub fn thumbnail(id: &VideoId, attempt: u32) -> String {
+        format!("outputs/{}/{id}/{attempt}/thumbnail.jpg", shard(id))
+    }
+    pub fn spritesheet(id: &VideoId, attempt: u32) -> String {
+        format!("outputs/{}/{id}/{attempt}/spritesheet.jpg", shard(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_attempt_scoped_and_under_the_job_prefixes() {
+        let id = VideoId::generate();
+        let [out, ck, input] = keys::job_prefixes(&id);
+        assert!(keys::video(&id, 1).starts_with(&out));
+        assert_ne!(keys::video(&id, 1), keys::video(&id, 2));
+        assert!(keys::checkpoint(&id, 2, 7).starts_with(&ck));
+        assert!(keys::input_reference(&id).starts_with(&input));
+    }
+}

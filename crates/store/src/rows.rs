@@ -1,0 +1,199 @@
+//! Row decoding, JSON columns and event payloads.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use videogen_core::store::{ApiKey, StoreError};
+use videogen_core::{
+    CheckpointRef, Job, JobError, JobState, Lease, Phase, QueuedJob, TenantId, Tier, VideoId,
+    WorkerId,
+};
+
+/// The columns [`job`] decodes, in `SELECT` / `RETURNING` lists.
+macro_rules! job_columns {
+    () => {
+        "id, tenant, tier, spec_json, state, phase, progress, step, attempt, created_at_ms, \
+         enqueued_at_ms, started_at_ms, completed_at_ms, expires_at_ms, error_json, \
+         checkpoint_json, prev_checkpoint_json, outputs_json, lease_worker, lease_expires_at_ms"
+    };
+}
+pub(crate) use job_columns;
+
+/// The columns [`queued_job`] decodes.
+macro_rules! queued_columns {
+    () => {
+        "id, tenant, tier, model, enqueued_at_ms"
+    };
+}
+pub(crate) use queued_columns;
+
+/// The columns [`api_key`] decodes.
+macro_rules! api_key_columns {
+    () => {
+        "id, hash, prefix, tenant, tier, admin, created_at_ms, revoked_at_ms"
+    };
+}
+pub(crate) use api_key_columns;
+
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("corrupt {what} in the job store: {detail}"))
+}
+
+pub(crate) fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Backend(format!("encoding JSON: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(col: &str, s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| corrupt(col, e))
+}
+
+fn opt_json<T: DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<Option<T>, StoreError> {
+    let s: Option<String> = row.try_get(col).map_err(db)?;
+    s.map(|s| from_json(col, &s)).transpose()
+}
+
+pub(crate) fn get<'r, T>(row: &'r SqliteRow, col: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(col).map_err(db)
+}
+
+pub(crate) fn get_u32(row: &SqliteRow, col: &str) -> Result<u32, StoreError> {
+    let v: i64 = get(row, col)?;
+    u32::try_from(v).map_err(|_| corrupt(col, v))
+}
+
+pub(crate) fn get_u8(row: &SqliteRow, col: &str) -> Result<u8, StoreError> {
+    let v: i64 = get(row, col)?;
+    u8::try_from(v).map_err(|_| corrupt(col, v))
+}
+
+pub(crate) fn get_state(row: &SqliteRow, col: &str) -> Result<JobState, StoreError> {
+    let s: String = get(row, col)?;
+    JobState::parse(&s).ok_or_else(|| corrupt(col, s))
+}
+
+pub(crate) fn get_phase(row: &SqliteRow, col: &str) -> Result<Phase, StoreError> {
+    let s: String = get(row, col)?;
+    Phase::parse(&s).ok_or_else(|| corrupt(col, s))
+}
+
+fn get_tier(row: &SqliteRow, col: &str) -> Result<Tier, StoreError> {
+    let s: String = get(row, col)?;
+    s.parse().map_err(|e: String| corrupt(col, e))
+}
+
+fn get_tenant(row: &SqliteRow, col: &str) -> Result<TenantId, StoreError> {
+    let s: String = get(row, col)?;
+    TenantId::parse(&s).ok_or_else(|| corrupt(col, s))
+}
+
+fn get_video_id(row: &SqliteRow, col: &str) -> Result<VideoId, StoreError> {
+    let s: String = get(row, col)?;
+    VideoId::parse(&s).ok_or_else(|| corrupt(col, s))
+}
+
+/// The checkpoint column of a `RETURNING` list, decoded.
+pub(crate) fn get_checkpoint(row: &SqliteRow, col: &str) -> Result<Option<CheckpointRef>, StoreError> {
+    opt_json(row, col)
+}
+
+/// Decodes a row selected with [`job_columns!`].
+pub(crate) fn job(row: &SqliteRow) -> Result<Job, StoreError> {
+    let id = get_video_id(row, "id")?;
+    let attempt = get_u32(row, "attempt")?;
+    let lease_worker: Option<String> = get(row, "lease_worker")?;
+    let lease_expires: Option<i64> = get(row, "lease_expires_at_ms")?;
+    let lease = match (lease_worker, lease_expires) {
+        (Some(worker), Some(expires_at_ms)) => Some(Lease {
+            job_id: id.clone(),
+            attempt,
+            worker: WorkerId::from_raw(worker),
+            expires_at_ms,
+        }),
+        _ => None,
+    };
+    let spec_json: String = get(row, "spec_json")?;
+    Ok(Job {
+        tenant: get_tenant(row, "tenant")?,
+        tier: get_tier(row, "tier")?,
+        spec: from_json("spec_json", &spec_json)?,
+        state: get_state(row, "state")?,
+        phase: get_phase(row, "phase")?,
+        progress: get_u8(row, "progress")?,
+        step: get_u32(row, "step")?,
+        attempt,
+        created_at_ms: get(row, "created_at_ms")?,
+        enqueued_at_ms: get(row, "enqueued_at_ms")?,
+        started_at_ms: get(row, "started_at_ms")?,
+        completed_at_ms: get(row, "completed_at_ms")?,
+        expires_at_ms: get(row, "expires_at_ms")?,
+        error: opt_json(row, "error_json")?,
+        checkpoint: opt_json(row, "checkpoint_json")?,
+        prev_checkpoint: opt_json(row, "prev_checkpoint_json")?,
+        outputs: opt_json(row, "outputs_json")?,
+        lease,
+        id,
+    })
+}
+
+/// Decodes a row selected with [`queued_columns!`].
+pub(crate) fn queued_job(row: &SqliteRow) -> Result<QueuedJob, StoreError> {
+    Ok(QueuedJob {
+        id: get_video_id(row, "id")?,
+        tenant: get_tenant(row, "tenant")?,
+        tier: get_tier(row, "tier")?,
+        model: get(row, "model")?,
+        enqueued_at_ms: get(row, "enqueued_at_ms")?,
+    })
+}
+
+/// Decodes a row selected with [`api_key_columns!`].
+pub(crate) fn api_key(row: &SqliteRow) -> Result<ApiKey, StoreError> {
+    let admin: i64 = get(row, "admin")?;
+    Ok(ApiKey {
+        id: get(row, "id")?,
+        hash: get(row, "hash")?,
+        prefix: get(row, "prefix")?,
+        tenant: get_tenant(row, "tenant")?,
+        tier: get_tier(row, "tier")?,
+        admin: admin != 0,
+        created_at_ms: get(row, "created_at_ms")?,
+        revoked_at_ms: get(row, "revoked_at_ms")?,
+    })
+}
+
+pub(crate) fn event_data_from_str(s: &str) -> Result<Value, StoreError> {
+    from_json("data_json", s)
+}
+
+/// Payload of a state-change event: the fields every event carries, then `extra`.
+pub(crate) fn event_data(
+    state: JobState,
+    phase: Phase,
+    progress: u8,
+    attempt: u32,
+    extra: Value,
+) -> Value {
+    let mut m = Map::with_capacity(8);
+    m.insert("status".into(), json!(state.api_status()));
+    m.insert("state".into(), json!(state.as_str()));
+    m.insert("phase".into(), json!(phase.as_str()));
+    m.insert("progress".into(), json!(progress));
+    m.insert("attempt".into(), json!(attempt));
+    if let Value::Object(extra) = extra {
+        m.extend(extra);
+    }
+    Value::Object(m)
+}
+
+pub(crate) fn error_value(e: &JobError) -> Value {
+    json!({ "code": e.code, "message": e.message })
+}

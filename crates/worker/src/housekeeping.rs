@@ -1,0 +1,80 @@
+//! Background duties of a server node.
+//!
+//! - The reaper re-queues jobs whose lease expired (their worker died or
+//!   stalled) so they resume elsewhere from their last checkpoint, or
+//!   dead-letters them once `max_attempts` is spent.
+//! - The sweeper applies retention: completed videos past `expires_at` become
+//!   `expired` and their bytes are deleted; the content endpoint then says so.
+
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use videogen_core::blob::keys;
+use videogen_core::store::Reclaimed;
+
+use crate::runner::Runtime;
+
+/// Expired jobs handled per sweep, so one sweep stays short.
+const SWEEP_BATCH: u32 = 256;
+
+/// Runs the reaper and the sweeper every `housekeeping_interval` until `shutdown`.
+pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(rt.config.housekeeping_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = reap(&rt).await {
+            tracing::warn!(error = %e, "reaper pass failed");
+        }
+        if let Err(e) = sweep(&rt).await {
+            tracing::warn!(error = %e, "retention sweep failed");
+        }
+    }
+}
+
+/// One reaper pass; returns how many jobs it touched.
+pub async fn reap(rt: &Runtime) -> Result<usize, videogen_core::store::StoreError> {
+    let now = rt.clock.now_ms();
+    let reclaimed = rt.store.reclaim_expired(now, rt.config.max_attempts).await?;
+    Ok(apply_reclaimed(rt, reclaimed, "lease_expired"))
+}
+
+/// Hands reclaimed jobs back to the scheduler and counts them.
+pub fn apply_reclaimed(rt: &Runtime, reclaimed: Vec<Reclaimed>, reason: &'static str) -> usize {
+    let n = reclaimed.len();
+    for r in reclaimed {
+        match r {
+            Reclaimed::Requeued(q) => {
+                tracing::info!(job = %q.id, reason, "job re-queued");
+                metrics::counter!("videogen_lease_expirations_total", "reason" => reason).increment(1);
+                rt.bus.notify(&q.id);
+                rt.dispatcher.enqueue(q);
+            }
+            Reclaimed::DeadLettered(id) => {
+                tracing::warn!(job = %id, "job dead-lettered after max attempts");
+                metrics::counter!("videogen_dead_letter_total").increment(1);
+                rt.bus.notify(&id);
+            }
+        }
+    }
+    n
+}
+
+/// One retention pass; returns how many videos expired.
+pub async fn sweep(rt: &Runtime) -> Result<usize, videogen_core::store::StoreError> {
+    let now = rt.clock.now_ms();
+    let expired = rt.store.expire_due(now, SWEEP_BATCH).await?;
+    for job in &expired {
+        let [outputs, checkpoints, inputs] = keys::job_prefixes(&job.id);
+        for prefix in [outputs, checkpoints, inputs] {
+            if let Err(e) = rt.blob.delete_prefix(&prefix).await {
+                tracing::warn!(job = %job.id, error = %e, "could not delete expired bytes");
+            }
+        }
+        metrics::counter!("videogen_videos_expired_total").increment(1);
+        rt.bus.notify(&job.id);
+    }
+    Ok(expired.len())
+}
