@@ -73,7 +73,7 @@ pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Re
         metrics::counter!("videogen_moderation_blocks_total", "side" => "prompt", "category" => category.clone())
             .increment(1);
         return Err(ApiError::invalid("prompt", "content_policy_violation", format!(
-            "Your request was rejected by the safety system ({category}): {reason}"
+            "{reason}"
         )));
     }
     let id = VideoId::generate();

@@ -1,10 +1,167 @@
-//! `videogen bench`: benchmarks recorded in docs/PERFORMANCE.md.
+//! `videogen bench`: the reproducible benchmarks behind docs/PERFORMANCE.md.
+//!
+//! - [`dispatch`]: no-op jobs through submit → scheduler → lease → complete on
+//!   the embedded SQLite store, against a bare-SQLite baseline.
+//! - [`submit`]: open-loop `POST /v1/videos` load against an in-process (or
+//!   remote) server, with latency measured from the scheduled send time.
+//! - [`model`]: reference-model generation and H.264 encoding time per size.
+//!
+//! Every subcommand prints a human-readable report, or one JSON object on
+//! stdout with `--json` (progress goes to stderr either way). Nothing here
+//! asserts on timings.
+
+mod dispatch;
+mod model;
+mod submit;
 
 use clap::Subcommand;
+use serde::Serialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Subcommand)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// Scheduler + store throughput with no-op jobs (no model, no blobs).
+    Dispatch(dispatch::DispatchArgs),
+    /// HTTP submission latency at a fixed open-loop request rate.
+    Submit(submit::SubmitArgs),
+    /// Reference-model generation and encoding time per output size.
+    Model(model::ModelArgs),
+}
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {}
+    match cmd {
+        BenchCommand::Dispatch(args) => dispatch::run(args).await,
+        BenchCommand::Submit(args) => submit::run(args).await,
+        BenchCommand::Model(args) => model::run(args).await,
+    }
+}
+
+/// The machine a benchmark ran on, recorded with every result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// CPUs this process may use.
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub mem_total_gib: f64,
+    pub os: &'static str,
+    pub arch: &'static str,
+    /// UTC time the benchmark started, RFC 3339.
+    pub date_utc: String,
+}
+
+impl Machine {
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim()))
+            .unwrap_or("unknown")
+            .to_owned();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        Self {
+            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_model,
+            mem_total_gib: (mem_kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
+            os: std::env::consts::OS,
+            arch: std::env::consts::ARCH,
+            date_utc: utc_now(),
+        }
+    }
+
+    pub fn print(&self) {
+        println!(
+            "machine: {} CPU(s), {}, {:.1} GiB RAM, {}/{}; {}",
+            self.nproc, self.cpu_model, self.mem_total_gib, self.os, self.arch, self.date_utc
+        );
+        if cfg!(debug_assertions) {
+            println!("WARNING: debug build; measure with `cargo build --release -p videogen`");
+        }
+    }
+}
+
+/// Now as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, no date crate needed).
+fn utc_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub count: usize,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `samples` (sorted in place).
+    pub fn of(samples: &mut [Duration]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let rank = |q: f64| {
+            let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            ms(samples[i - 1])
+        };
+        let sum: Duration = samples.iter().sum();
+        Self {
+            count: samples.len(),
+            mean_ms: ms(sum) / samples.len() as f64,
+            p50_ms: rank(0.50),
+            p90_ms: rank(0.90),
+            p99_ms: rank(0.99),
+            p999_ms: rank(0.999),
+            max_ms: ms(samples[samples.len() - 1]),
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let mut s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let p = Percentiles::of(&mut s);
+        assert_eq!(p.count, 100);
+        assert_eq!(p.p50_ms, 50.0);
+        assert_eq!(p.p99_ms, 99.0);
+        assert_eq!(p.max_ms, 100.0);
+        assert_eq!(Percentiles::of(&mut []).count, 0);
+    }
+
+    #[test]
+    fn utc_now_is_rfc3339_shaped() {
+        let s = utc_now();
+        assert_eq!(s.len(), 20, "{s}");
+        assert!(s.ends_with('Z') && s.as_bytes()[10] == b'T', "{s}");
+    }
 }

@@ -83,8 +83,10 @@ impl FromStr for VideoSize {
 }
 
 /// Clip duration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Seconds {
+    /// OpenAI's default.
+    #[default]
     #[serde(rename = "4")]
     S4,
     #[serde(rename = "8")]
@@ -111,12 +113,6 @@ impl Seconds {
     /// Output frames for this duration at [`FPS`].
     pub fn frames(self) -> u32 {
         self.get() * FPS
-    }
-}
-
-impl Default for Seconds {
-    fn default() -> Self {
-        Seconds::S4
     }
 }
 

@@ -11,7 +11,7 @@
 //! - [`request`]: [`GenerationRequest`], [`RgbImage`], validation limits, latent shape, params hash.
 //! - [`error`]: [`ModelError`] with stable codes and retryability.
 //! - [`checkpoint`]: the checkpoint byte format and [`checkpoint_info`].
-//! - [`reference`]: [`ReferenceModel`]: stepping, checkpoint/resume, decoding.
+//! - [`reference`](mod@reference): [`ReferenceModel`]: stepping, checkpoint/resume, decoding.
 //! - `scene`: the prompt-derived target field the reference model denoises toward.
 //! - [`rng`]: SplitMix64 / xoshiro256** with explicit, serialisable state.
 

@@ -40,8 +40,9 @@ impl<T> TierMap<T> {
 /// Scheduling policy knobs. See the crate docs for what each one guarantees.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
-    /// Fair-share weights between non-empty tiers. 0 is treated as 1 (every
-    /// tier keeps a share; use aging, not a zero weight, to express priority).
+    /// Fair-share weights between competing tiers, clamped to
+    /// `1..=MAX_WEIGHT`: 0 counts as 1, so every tier keeps a share and the
+    /// wait bound stays finite.
     pub weights: TierMap<u32>,
     /// A job that has waited at least this long is "aged" and goes ahead of
     /// every job that is not. Negative values are treated as 0.

@@ -281,7 +281,7 @@ fn turns_before(lane: &Lane, start: u128, limit: u64, turn: u128, tier: Tier) ->
     }
     let gap = turn - start;
     let mut n = gap.div_ceil(lane.stride);
-    if gap % lane.stride == 0 && tie_rank(lane.tier) < tie_rank(tier) {
+    if gap.is_multiple_of(lane.stride) && tie_rank(lane.tier) < tie_rank(tier) {
         n += 1;
     }
     u64::try_from(n).unwrap_or(u64::MAX).min(limit)

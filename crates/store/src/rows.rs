@@ -7,7 +7,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use videogen_core::store::{ApiKey, StoreError};
 use videogen_core::{
-    CheckpointRef, Job, JobError, JobState, Lease, Phase, QueuedJob, TenantId, Tier, VideoId,
+    Job, JobError, JobState, Lease, Phase, QueuedJob, TenantId, Tier, VideoId,
     WorkerId,
 };
 
@@ -100,11 +100,6 @@ fn get_video_id(row: &SqliteRow, col: &str) -> Result<VideoId, StoreError> {
     VideoId::parse(&s).ok_or_else(|| corrupt(col, s))
 }
 
-/// The checkpoint column of a `RETURNING` list, decoded.
-pub(crate) fn get_checkpoint(row: &SqliteRow, col: &str) -> Result<Option<CheckpointRef>, StoreError> {
-    opt_json(row, col)
-}
-
 /// Decodes a row selected with [`job_columns!`].
 pub(crate) fn job(row: &SqliteRow) -> Result<Job, StoreError> {
     let id = get_video_id(row, "id")?;
@@ -174,24 +169,32 @@ pub(crate) fn event_data_from_str(s: &str) -> Result<Value, StoreError> {
     from_json("data_json", s)
 }
 
-/// Payload of a state-change event: the fields every event carries, then `extra`.
+/// JSON payload of a state-change event: the fields every such event carries,
+/// then `extra`. A field passed as `None` is one only the database knows (e.g.
+/// the job's current progress): the statement splices it in with `json_set`.
 pub(crate) fn event_data(
     state: JobState,
-    phase: Phase,
-    progress: u8,
-    attempt: u32,
+    phase: Option<Phase>,
+    progress: Option<u8>,
+    attempt: Option<u32>,
     extra: Value,
-) -> Value {
+) -> Result<String, StoreError> {
     let mut m = Map::with_capacity(8);
     m.insert("status".into(), json!(state.api_status()));
     m.insert("state".into(), json!(state.as_str()));
-    m.insert("phase".into(), json!(phase.as_str()));
-    m.insert("progress".into(), json!(progress));
-    m.insert("attempt".into(), json!(attempt));
+    if let Some(phase) = phase {
+        m.insert("phase".into(), json!(phase.as_str()));
+    }
+    if let Some(progress) = progress {
+        m.insert("progress".into(), json!(progress));
+    }
+    if let Some(attempt) = attempt {
+        m.insert("attempt".into(), json!(attempt));
+    }
     if let Value::Object(extra) = extra {
         m.extend(extra);
     }
-    Value::Object(m)
+    to_json(&Value::Object(m))
 }
 
 pub(crate) fn error_value(e: &JobError) -> Value {

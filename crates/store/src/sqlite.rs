@@ -1,8 +1,23 @@
 //! [`SqliteStore`]: the [`Store`] trait on SQLite.
+//!
+//! # How a change is written
+//!
+//! Each state change is one `UPDATE … WHERE id = ? AND state = ? [AND attempt = ?]`
+//! (the compare-and-set), whose target state was computed with
+//! [`JobState::apply`]. The same statement fills the job's event *outbox*
+//! (`event_kind`, `event_at_ms`, `event_data_json`) and bumps
+//! `last_event_seq`; a trigger copies that event into `job_events`. A
+//! statement is atomic together with its triggers, so the change and its event
+//! land together or not at all, in one round trip to the database thread. Event
+//! fields only the database knows at that moment (the current `progress`, the
+//! `attempt` of a reclaimed job, the checkpoint step to resume from) are
+//! spliced into the JSON payload with `json_set`.
+//!
+//! Methods that need a read before they can decide (cancel, reclaim, delete,
+//! keyed submit) run in an explicit `BEGIN IMMEDIATE` transaction instead.
 
 use crate::rows::{
-    self, api_key_columns, db, event_data, get, get_phase, get_state, get_u8, get_u32,
-    job_columns, queued_columns, to_json,
+    self, api_key_columns, db, event_data, get, job_columns, queued_columns, to_json,
 };
 use async_trait::async_trait;
 use serde_json::{Value, json};
@@ -36,6 +51,15 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// small range scans, so a few connections are plenty on small machines.
 const READERS: u32 = 4;
 
+/// Pages of WAL after which a commit checkpoints it into the database file
+/// (SQLite's default is 1,000, i.e. ~4 MiB). Checkpoints are the only writes
+/// that `fsync` under `synchronous = NORMAL`; a larger WAL makes them rarer and
+/// lets one checkpoint absorb many commits to the same hot pages.
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 8_192;
+
+/// Page cache of the writer, in KiB (SQLite's default is 2 MiB).
+const WRITER_CACHE_KIB: u32 = 32 * 1024;
+
 /// Error code of dead-lettered jobs (attempts exhausted).
 pub const MAX_ATTEMPTS_EXCEEDED: &str = "max_attempts_exceeded";
 /// Error code of cancelled jobs.
@@ -45,8 +69,8 @@ pub const CANCELLED: &str = "cancelled";
 ///
 /// # Write concurrency
 ///
-/// Every write transaction runs on **one writer connection** behind a fair
-/// (FIFO) async mutex, and opens with `BEGIN IMMEDIATE`:
+/// Every write runs on **one writer connection** behind a fair (FIFO) async
+/// mutex:
 ///
 /// - SQLite allows one writer at a time anyway. Several writer connections
 ///   would contend on the database lock, and SQLite's busy handler resolves
@@ -54,22 +78,24 @@ pub const CANCELLED: &str = "cancelled";
 ///   and, once `busy_timeout` runs out, fails with `SQLITE_BUSY`. Queuing on an
 ///   in-process mutex instead costs a task wake-up, never fails, and keeps the
 ///   writer's prepared statements hot in one statement cache.
-/// - `BEGIN IMMEDIATE` takes the write lock when the transaction starts, not at
-///   its first write. A deferred transaction that reads and then writes can hit
-///   `SQLITE_BUSY` on the lock upgrade *without* the busy handler being able to
-///   help (another process may be writing the same file, e.g. an admin CLI);
-///   with `IMMEDIATE` the only wait is at `BEGIN`, where `busy_timeout` applies.
-///   It also makes every read-then-write inside a transaction consistent.
+/// - Most writes are a single statement (see the module docs), which SQLite
+///   runs as its own transaction and which takes the write lock when it
+///   starts, retrying under `busy_timeout` if another *process* holds it.
+///   Multi-statement writes open with `BEGIN IMMEDIATE`, which likewise takes
+///   the write lock up front: a deferred transaction that reads and then writes
+///   can fail its lock upgrade with `SQLITE_BUSY` without the busy handler
+///   being able to help. Both matter only when another process (e.g. an admin
+///   CLI) writes the same file; in-process writers never meet on SQLite's lock.
 ///
-/// Reads (`job`, `list_jobs`, `events`, …) use a small pool of separate
+/// Reads (`job`, `list_jobs`, `events`, …) use a small pool of read-only
 /// connections: in WAL mode they read a committed snapshot without blocking,
 /// or being blocked by, the writer. The in-memory store has a single
 /// connection (an in-memory database is private to its connection), so there
 /// reads share the writer's mutex.
 ///
-/// A transaction future dropped half-way (e.g. a cancelled request) is safe:
-/// sqlx queues a `ROLLBACK` on the connection before it serves the next
-/// caller.
+/// A write future dropped half-way (e.g. a cancelled request) is safe: a
+/// single statement is atomic, and for explicit transactions sqlx queues a
+/// `ROLLBACK` on the connection before it serves the next caller.
 pub struct SqliteStore {
     writer: Mutex<SqliteConnection>,
     /// `None` for the in-memory store: reads go through `writer`.
@@ -109,170 +135,86 @@ impl DerefMut for ReadConn<'_> {
     }
 }
 
-type Tx<'c> = Transaction<'c, Sqlite>;
-
-async fn begin(conn: &mut SqliteConnection) -> Result<Tx<'_>, StoreError> {
+async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
     conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)
-}
-
-async fn commit(tx: Tx<'_>) -> Result<(), StoreError> {
-    tx.commit().await.map_err(db)
 }
 
 fn stale(lease: &Lease) -> StoreError {
     StoreError::StaleLease { job: lease.job_id.clone(), attempt: lease.attempt }
 }
 
-/// `JobState::apply`, as a store error.
+/// [`JobState::apply`], as a store error.
 fn next(from: JobState, t: Transition) -> Result<JobState, StoreError> {
     Ok(from.apply(t)?)
 }
 
-/// Appends one `job_events` row. `seq` comes from `jobs.last_event_seq`, which
-/// the same transaction has just incremented: it always equals the previous
-/// maximum `seq` of the job plus one (events are only ever added this way and
-/// only removed together with the job), without a `MAX()` scan.
-async fn insert_event(
-    conn: &mut SqliteConnection,
-    id: &VideoId,
-    seq: i64,
-    at_ms: i64,
-    kind: &str,
-    data: &Value,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO job_events (job_id, seq, at_ms, kind, data_json) VALUES (?, ?, ?, ?, ?)")
-        .bind(id.as_str())
-        .bind(seq)
-        .bind(at_ms)
-        .bind(kind)
-        .bind(to_json(data)?)
-        .execute(conn)
-        .await
-        .map_err(db)?;
-    Ok(())
+fn parse_id(s: &str) -> Result<VideoId, StoreError> {
+    VideoId::parse(s).ok_or_else(|| StoreError::Backend(format!("corrupt job id {s:?} in the job store")))
 }
 
-/// Running → queued for attempt `attempt` (compare-and-set on state and
-/// attempt), with its `requeued` event. `None` if the CAS matched nothing.
-async fn requeue_in_tx(
-    conn: &mut SqliteConnection,
-    id: &VideoId,
-    attempt: u32,
-    reason: RequeueReason,
-    now_ms: i64,
-) -> Result<Option<QueuedJob>, StoreError> {
-    let from = JobState::Running;
-    let to = next(from, Transition::Requeue(reason))?;
-    let row = sqlx::query(concat!(
-        "UPDATE jobs SET state = ?, phase = ?, enqueued_at_ms = ?, lease_worker = NULL, ",
-        "lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1 ",
-        "WHERE id = ? AND state = ? AND attempt = ? ",
-        "RETURNING ",
-        queued_columns!(),
-        ", progress, checkpoint_json, last_event_seq"
-    ))
-    .bind(to.as_str())
-    .bind(Phase::Queued.as_str())
-    .bind(now_ms)
-    .bind(id.as_str())
-    .bind(from.as_str())
-    .bind(i64::from(attempt))
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let Some(row) = row else { return Ok(None) };
-    let queued = rows::queued_job(&row)?;
-    let resume_step = rows::get_checkpoint(&row, "checkpoint_json")?.map_or(0, |c| c.step);
-    let data = event_data(
-        to,
-        Phase::Queued,
-        get_u8(&row, "progress")?,
-        attempt,
-        json!({ "reason": reason.as_str(), "resume_step": resume_step }),
-    );
-    insert_event(conn, id, get(&row, "last_event_seq")?, now_ms, "requeued", &data).await?;
-    Ok(Some(queued))
+// ---- statements
+//
+// Numbered parameters (`?1`) are bound in order; a number may appear twice.
+// Literal states in WHERE clauses (`state = 'running'`) let SQLite use the
+// partial indexes; a unit test pins them to `JobState::as_str`.
+
+/// Running → queued: the shared SET list of release and reclaim.
+/// ?1 to-state, ?2 phase, ?3 now, ?4 event data without progress/attempt/resume_step.
+macro_rules! requeue_set {
+    () => {
+        "UPDATE jobs SET state = ?1, phase = ?2, enqueued_at_ms = ?3, lease_worker = NULL, \
+         lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1, \
+         event_kind = 'requeued', event_at_ms = ?3, event_data_json = json_set(?4, \
+         '$.progress', progress, '$.attempt', attempt, \
+         '$.resume_step', COALESCE(json_extract(checkpoint_json, '$.step'), 0)) "
+    };
 }
 
-/// Running → failed for attempt `attempt` (compare-and-set on state and
-/// attempt), with its `failed` event. `false` if the CAS matched nothing.
-async fn fail_in_tx(
-    conn: &mut SqliteConnection,
-    id: &VideoId,
-    attempt: u32,
-    error: &JobError,
-    now_ms: i64,
-) -> Result<bool, StoreError> {
-    let from = JobState::Running;
-    let to = next(from, Transition::Fail)?;
-    let row = sqlx::query(concat!(
-        "UPDATE jobs SET state = ?, phase = ?, error_json = ?, lease_worker = NULL, ",
-        "lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1 ",
-        "WHERE id = ? AND state = ? AND attempt = ? ",
-        "RETURNING progress, last_event_seq"
-    ))
-    .bind(to.as_str())
-    .bind(Phase::Failed.as_str())
-    .bind(to_json(error)?)
-    .bind(id.as_str())
-    .bind(from.as_str())
-    .bind(i64::from(attempt))
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let Some(row) = row else { return Ok(false) };
-    let data = event_data(
-        to,
-        Phase::Failed,
-        get_u8(&row, "progress")?,
-        attempt,
-        json!({ "error": rows::error_value(error) }),
-    );
-    insert_event(conn, id, get(&row, "last_event_seq")?, now_ms, "failed", &data).await?;
-    Ok(true)
+/// Running → failed with `max_attempts_exceeded`: the shared SET list of the
+/// reclaim dead-letter statements. ?1 to-state, ?2 phase, ?3 error code,
+/// ?4 requeue reason, ?5 now, ?6 event data without progress/attempt/error.
+macro_rules! dead_letter_set {
+    () => {
+        "UPDATE jobs SET state = ?1, phase = ?2, \
+         error_json = json_object('code', ?3, 'message', \
+             'gave up after ' || attempt || ' attempts; the last one ended: ' || ?4), \
+         lease_worker = NULL, lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1, \
+         event_kind = 'failed', event_at_ms = ?5, event_data_json = json_set(?6, \
+         '$.progress', progress, '$.attempt', attempt, '$.error', json_object('code', ?3, \
+         'message', 'gave up after ' || attempt || ' attempts; the last one ended: ' || ?4)) "
+    };
 }
 
-/// Requeues, or dead-letters once `attempt >= max_attempts`, each
-/// `(id, attempt)` of `running` (all read in the same transaction).
-async fn reclaim_in_tx(
-    conn: &mut SqliteConnection,
-    running: Vec<(VideoId, u32)>,
-    reason: RequeueReason,
-    now_ms: i64,
-    max_attempts: u32,
-) -> Result<Vec<Reclaimed>, StoreError> {
-    let mut out = Vec::with_capacity(running.len());
-    for (id, attempt) in running {
-        if attempt >= max_attempts {
-            let error = JobError::new(
-                MAX_ATTEMPTS_EXCEEDED,
-                format!(
-                    "gave up after {attempt} attempts (last one ended: {})",
-                    reason.as_str()
-                ),
-            );
-            if fail_in_tx(conn, &id, attempt, &error, now_ms).await? {
-                tracing::warn!(job = %id, attempt, reason = reason.as_str(), "job dead-lettered");
-                out.push(Reclaimed::DeadLettered(id));
-            }
-        } else if let Some(q) = requeue_in_tx(conn, &id, attempt, reason, now_ms).await? {
-            tracing::info!(job = %id, attempt, reason = reason.as_str(), "job requeued");
-            out.push(Reclaimed::Requeued(q));
-        }
-    }
-    Ok(out)
-}
-
-fn running_rows(rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<Vec<(VideoId, u32)>, StoreError> {
-    rows.iter()
-        .map(|r| {
-            let id: String = get(r, "id")?;
-            let id = VideoId::parse(&id)
-                .ok_or_else(|| StoreError::Backend(format!("corrupt job id {id:?}")))?;
-            Ok((id, get_u32(r, "attempt")?))
-        })
-        .collect()
-}
+const RELEASE: &str = concat!(
+    requeue_set!(),
+    "WHERE id = ?5 AND state = ?6 AND attempt = ?7 RETURNING ",
+    queued_columns!()
+);
+/// ?5 now, ?6 max attempts.
+const REQUEUE_EXPIRED: &str = concat!(
+    requeue_set!(),
+    "WHERE state = 'running' AND lease_expires_at_ms < ?5 AND attempt < ?6 RETURNING ",
+    queued_columns!()
+);
+/// ?5 worker prefix `{node}/`, ?6 max attempts. `substr`/`length` count
+/// characters on both sides; no LIKE, so no escaping of `%` and `_`.
+const REQUEUE_NODE: &str = concat!(
+    requeue_set!(),
+    "WHERE state = 'running' AND substr(lease_worker, 1, length(?5)) = ?5 AND attempt < ?6 \
+     RETURNING ",
+    queued_columns!()
+);
+/// ?7 now, ?8 max attempts.
+const DEAD_LETTER_EXPIRED: &str = concat!(
+    dead_letter_set!(),
+    "WHERE state = 'running' AND lease_expires_at_ms < ?7 AND attempt >= ?8 RETURNING id"
+);
+/// ?7 worker prefix, ?8 max attempts.
+const DEAD_LETTER_NODE: &str = concat!(
+    dead_letter_set!(),
+    "WHERE state = 'running' AND substr(lease_worker, 1, length(?7)) = ?7 AND attempt >= ?8 \
+     RETURNING id"
+);
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file at `path`, applies the
@@ -290,6 +232,8 @@ impl SqliteStore {
             .clone()
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
+            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
             .connect()
             .await
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
@@ -342,41 +286,23 @@ impl SqliteStore {
         }
     }
 
-    /// One submit attempt. `Ok(None)`: the idempotency key was inserted
-    /// concurrently by another connection; read again.
+    /// One submit attempt. `Ok(None)`: the key's job vanished between the
+    /// conflicting insert and the read (deleted by another process); retry.
     async fn try_submit(
         &self,
         job: &NewJob,
         idem: Option<&Idempotency>,
+        created_event: &str,
     ) -> Result<Option<Submitted>, StoreError> {
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        if let Some(idem) = idem {
-            let row = sqlx::query(concat!(
-                "SELECT ",
-                job_columns!(),
-                ", idempotency_body_hash FROM jobs WHERE tenant = ? AND idempotency_key = ?"
-            ))
-            .bind(job.tenant.as_str())
-            .bind(idem.key.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-            if let Some(row) = row {
-                commit(tx).await?;
-                let hash: Option<String> = get(&row, "idempotency_body_hash")?;
-                return if hash.as_deref() == Some(idem.body_hash.as_str()) {
-                    Ok(Some(Submitted::Replayed(rows::job(&row)?)))
-                } else {
-                    Err(StoreError::IdempotencyConflict)
-                };
-            }
-        }
+        // One statement: the job, its idempotency record and (by trigger) its
+        // `created` event. A keyed duplicate inserts nothing.
         let inserted = sqlx::query(concat!(
             "INSERT INTO jobs (id, tenant, tier, model, spec_json, state, phase, progress, step, ",
             "total_steps, attempt, created_at_ms, enqueued_at_ms, idempotency_key, ",
-            "idempotency_body_hash, last_event_seq) ",
-            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, 0, ?, ?, ?, ?, 1)"
+            "idempotency_body_hash, last_event_seq, event_kind, event_at_ms, event_data_json) ",
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, 0, ?9, ?9, ?10, ?11, 1, 'created', ?9, ?12) ",
+            "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
         ))
         .bind(job.id.as_str())
         .bind(job.tenant.as_str())
@@ -387,43 +313,123 @@ impl SqliteStore {
         .bind(Phase::Queued.as_str())
         .bind(i64::from(job.spec.steps))
         .bind(job.now_ms)
-        .bind(job.now_ms)
         .bind(idem.map(|i| i.key.as_str()))
         .bind(idem.map(|i| i.body_hash.as_str()))
-        .execute(&mut *tx)
-        .await;
-        if let Err(e) = inserted {
-            let idem_race = idem.is_some()
-                && e.as_database_error().is_some_and(|d| {
-                    d.is_unique_violation() && d.message().contains("idempotency_key")
-                });
-            return if idem_race { Ok(None) } else { Err(db(e)) };
+        .bind(created_event)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+        if inserted.rows_affected() == 1 {
+            return Ok(Some(Submitted::Created(Job {
+                id: job.id.clone(),
+                tenant: job.tenant.clone(),
+                tier: job.tier,
+                spec: job.spec.clone(),
+                state: JobState::Queued,
+                phase: Phase::Queued,
+                progress: 0,
+                step: 0,
+                attempt: 0,
+                created_at_ms: job.now_ms,
+                enqueued_at_ms: job.now_ms,
+                started_at_ms: None,
+                completed_at_ms: None,
+                expires_at_ms: None,
+                error: None,
+                checkpoint: None,
+                prev_checkpoint: None,
+                outputs: None,
+                lease: None,
+            })));
         }
-        let data = event_data(JobState::Queued, Phase::Queued, 0, 0, json!({}));
-        insert_event(&mut tx, &job.id, 1, job.now_ms, "created", &data).await?;
-        commit(tx).await?;
-        Ok(Some(Submitted::Created(Job {
-            id: job.id.clone(),
-            tenant: job.tenant.clone(),
-            tier: job.tier,
-            spec: job.spec.clone(),
-            state: JobState::Queued,
-            phase: Phase::Queued,
-            progress: 0,
-            step: 0,
-            attempt: 0,
-            created_at_ms: job.now_ms,
-            enqueued_at_ms: job.now_ms,
-            started_at_ms: None,
-            completed_at_ms: None,
-            expires_at_ms: None,
-            error: None,
-            checkpoint: None,
-            prev_checkpoint: None,
-            outputs: None,
-            lease: None,
-        })))
+        let Some(idem) = idem else {
+            return Err(StoreError::Backend(format!("job {} was not inserted", job.id)));
+        };
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            ", idempotency_body_hash FROM jobs WHERE tenant = ? AND idempotency_key = ?"
+        ))
+        .bind(job.tenant.as_str())
+        .bind(idem.key.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+        let Some(row) = row else { return Ok(None) };
+        let hash: Option<String> = get(&row, "idempotency_body_hash")?;
+        if hash.as_deref() == Some(idem.body_hash.as_str()) {
+            Ok(Some(Submitted::Replayed(rows::job(&row)?)))
+        } else {
+            Err(StoreError::IdempotencyConflict)
+        }
     }
+
+    /// Reclaims running jobs selected by `requeue_sql` / `dead_letter_sql`
+    /// (whose filter parameter is `filter`) in one transaction.
+    async fn reclaim(
+        &self,
+        dead_letter_sql: &'static str,
+        requeue_sql: &'static str,
+        filter: Filter<'_>,
+        reason: RequeueReason,
+        now_ms: i64,
+        max_attempts: u32,
+    ) -> Result<Vec<Reclaimed>, StoreError> {
+        let from = JobState::Running;
+        let failed = next(from, Transition::Fail)?;
+        let queued = next(from, Transition::Requeue(reason))?;
+        let failed_data = event_data(failed, Some(Phase::Failed), None, None, json!({}))?;
+        let queued_data =
+            event_data(queued, Some(Phase::Queued), None, None, json!({ "reason": reason.as_str() }))?;
+        let mut conn = self.writer.lock().await;
+        let mut tx = begin(&mut conn).await?;
+        let dead = sqlx::query_scalar::<_, String>(dead_letter_sql)
+            .bind(failed.as_str())
+            .bind(Phase::Failed.as_str())
+            .bind(MAX_ATTEMPTS_EXCEEDED)
+            .bind(reason.as_str())
+            .bind(now_ms)
+            .bind(failed_data.as_str());
+        let dead = match filter {
+            Filter::ExpiredBefore(t) => dead.bind(t),
+            Filter::WorkerPrefix(p) => dead.bind(p),
+        };
+        let dead = dead.bind(i64::from(max_attempts)).fetch_all(&mut *tx).await.map_err(db)?;
+        let requeued = sqlx::query(requeue_sql)
+            .bind(queued.as_str())
+            .bind(Phase::Queued.as_str())
+            .bind(now_ms)
+            .bind(queued_data.as_str());
+        let requeued = match filter {
+            Filter::ExpiredBefore(t) => requeued.bind(t),
+            Filter::WorkerPrefix(p) => requeued.bind(p),
+        };
+        let requeued = requeued.bind(i64::from(max_attempts)).fetch_all(&mut *tx).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        drop(conn);
+
+        let mut out = Vec::with_capacity(dead.len() + requeued.len());
+        for id in dead {
+            let id = parse_id(&id)?;
+            tracing::warn!(job = %id, reason = reason.as_str(), "job dead-lettered: attempts exhausted");
+            out.push(Reclaimed::DeadLettered(id));
+        }
+        for row in &requeued {
+            let q = rows::queued_job(row)?;
+            tracing::info!(job = %q.id, reason = reason.as_str(), "job requeued");
+            out.push(Reclaimed::Requeued(q));
+        }
+        Ok(out)
+    }
+}
+
+/// Which running jobs a reclaim statement selects.
+#[derive(Clone, Copy)]
+enum Filter<'a> {
+    /// `lease_expires_at_ms < t`.
+    ExpiredBefore(i64),
+    /// `lease_worker` starts with this (`{node}/`).
+    WorkerPrefix(&'a str),
 }
 
 #[async_trait]
@@ -432,7 +438,6 @@ impl Store for SqliteStore {
 
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
         sqlx::query(concat!(
             "INSERT INTO api_keys (",
             api_key_columns!(),
@@ -446,10 +451,10 @@ impl Store for SqliteStore {
         .bind(i64::from(key.admin))
         .bind(key.created_at_ms)
         .bind(key.revoked_at_ms)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db)?;
-        commit(tx).await
+        Ok(())
     }
 
     async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
@@ -477,28 +482,28 @@ impl Store for SqliteStore {
 
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at_ms = ? WHERE id = ? AND revoked_at_ms IS NULL",
         )
         .bind(now_ms)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db)?;
-        commit(tx).await?;
         Ok(done.rows_affected() > 0)
     }
 
     // ---- submission and reads
 
     async fn submit(&self, job: NewJob, idem: Option<Idempotency>) -> Result<Submitted, StoreError> {
-        // A unique violation on (tenant, idempotency_key) means another
-        // connection (another process on the same file) inserted the key
-        // between our read and our insert: the retry reads its job. Within
-        // this process the writer mutex already serialises the two.
+        let created =
+            event_data(JobState::Queued, Some(Phase::Queued), Some(0), Some(0), json!({}))?;
+        // Within this process the writer mutex serialises two submits of the
+        // same key: the second one's insert conflicts and it reads the first
+        // one's job. A retry is only needed if that job is deleted in between
+        // (by another process).
         for _ in 0..3 {
-            if let Some(done) = self.try_submit(&job, idem.as_ref()).await? {
+            if let Some(done) = self.try_submit(&job, idem.as_ref(), &created).await? {
                 return Ok(done);
             }
         }
@@ -572,7 +577,6 @@ impl Store for SqliteStore {
 
     async fn queued_jobs(&self) -> Result<Vec<QueuedJob>, StoreError> {
         let mut conn = self.read().await?;
-        // The literal 'queued' lets SQLite use the partial index jobs_runnable.
         let rows = sqlx::query(concat!(
             "SELECT ",
             queued_columns!(),
@@ -587,27 +591,32 @@ impl Store for SqliteStore {
     // ---- user actions
 
     async fn cancel(&self, id: &VideoId, now_ms: i64) -> Result<Job, StoreError> {
+        let error = JobError::new(CANCELLED, "the video generation was cancelled");
         let mut conn = self.writer.lock().await;
         let mut tx = begin(&mut conn).await?;
-        let row = sqlx::query("SELECT state FROM jobs WHERE id = ?")
+        let from: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
             .bind(id.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(db)?;
-        let Some(row) = row else { return Err(StoreError::NotFound(id.clone())) };
-        let from = get_state(&row, "state")?;
+        let Some(from) = from else { return Err(StoreError::NotFound(id.clone())) };
+        let from = JobState::parse(&from)
+            .ok_or_else(|| StoreError::Backend(format!("corrupt state {from:?} of job {id}")))?;
         let to = next(from, Transition::Cancel)?;
-        let error = JobError::new(CANCELLED, "the video generation was cancelled");
+        let data = event_data(to, Some(Phase::Cancelled), None, None, json!({}))?;
         let row = sqlx::query(concat!(
-            "UPDATE jobs SET state = ?, phase = ?, error_json = ?, lease_worker = NULL, ",
-            "lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1 ",
-            "WHERE id = ? AND state = ? RETURNING ",
-            job_columns!(),
-            ", last_event_seq"
+            "UPDATE jobs SET state = ?1, phase = ?2, error_json = ?3, lease_worker = NULL, ",
+            "lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1, ",
+            "event_kind = 'cancelled', event_at_ms = ?4, ",
+            "event_data_json = json_set(?5, '$.progress', progress, '$.attempt', attempt) ",
+            "WHERE id = ?6 AND state = ?7 RETURNING ",
+            job_columns!()
         ))
         .bind(to.as_str())
         .bind(Phase::Cancelled.as_str())
         .bind(to_json(&error)?)
+        .bind(now_ms)
+        .bind(data)
         .bind(id.as_str())
         .bind(from.as_str())
         .fetch_optional(&mut *tx)
@@ -617,9 +626,7 @@ impl Store for SqliteStore {
         // compare-and-set cannot miss; report it as a backend fault if it does.
         let row = row.ok_or_else(|| StoreError::Backend(format!("job {id} changed under a write lock")))?;
         let job = rows::job(&row)?;
-        let data = event_data(to, Phase::Cancelled, job.progress, job.attempt, json!({}));
-        insert_event(&mut tx, id, get(&row, "last_event_seq")?, now_ms, "cancelled", &data).await?;
-        commit(tx).await?;
+        tx.commit().await.map_err(db)?;
         Ok(job)
     }
 
@@ -639,7 +646,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db)?;
         let job = row.as_ref().map(rows::job).transpose()?;
-        commit(tx).await?;
+        tx.commit().await.map_err(db)?;
         Ok(job)
     }
 
@@ -655,14 +662,17 @@ impl Store for SqliteStore {
         let from = JobState::Queued;
         let to = next(from, Transition::Lease)?;
         let expires_at_ms = now_ms.saturating_add(ttl_ms);
+        let data = event_data(to, None, None, None, json!({ "worker": worker.as_str() }))?;
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        let row = sqlx::query(
-            "UPDATE jobs SET state = ?, attempt = attempt + 1, \
-             phase = CASE WHEN checkpoint_json IS NULL THEN ? ELSE ? END, \
-             lease_worker = ?, lease_expires_at_ms = ?, \
-             started_at_ms = COALESCE(started_at_ms, ?), last_event_seq = last_event_seq + 1 \
-             WHERE id = ? AND state = ? RETURNING attempt, phase, progress, last_event_seq",
+        let attempt: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = ?1, attempt = attempt + 1, \
+             phase = CASE WHEN checkpoint_json IS NULL THEN ?2 ELSE ?3 END, \
+             lease_worker = ?4, lease_expires_at_ms = ?5, started_at_ms = COALESCE(started_at_ms, ?6), \
+             last_event_seq = last_event_seq + 1, event_kind = 'leased', event_at_ms = ?6, \
+             event_data_json = json_set(?7, \
+                 '$.phase', CASE WHEN checkpoint_json IS NULL THEN ?2 ELSE ?3 END, \
+                 '$.progress', progress, '$.attempt', attempt + 1) \
+             WHERE id = ?8 AND state = ?9 RETURNING attempt",
         )
         .bind(to.as_str())
         .bind(Phase::LoadingModel.as_str())
@@ -670,25 +680,16 @@ impl Store for SqliteStore {
         .bind(worker.as_str())
         .bind(expires_at_ms)
         .bind(now_ms)
+        .bind(data)
         .bind(id.as_str())
         .bind(from.as_str())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(db)?;
-        let Some(row) = row else {
-            commit(tx).await?;
-            return Ok(None);
-        };
-        let attempt = get_u32(&row, "attempt")?;
-        let data = event_data(
-            to,
-            get_phase(&row, "phase")?,
-            get_u8(&row, "progress")?,
-            attempt,
-            json!({ "worker": worker.as_str() }),
-        );
-        insert_event(&mut tx, id, get(&row, "last_event_seq")?, now_ms, "leased", &data).await?;
-        commit(tx).await?;
+        drop(conn);
+        let Some(attempt) = attempt else { return Ok(None) };
+        let attempt = u32::try_from(attempt)
+            .map_err(|_| StoreError::Backend(format!("corrupt attempt {attempt} of job {id}")))?;
         Ok(Some(Lease { job_id: id.clone(), attempt, worker: worker.clone(), expires_at_ms }))
     }
 
@@ -701,77 +702,73 @@ impl Store for SqliteStore {
     ) -> Result<i64, StoreError> {
         let expires_at_ms = now_ms.saturating_add(ttl_ms);
         let percent = progress.percent.min(100);
+        let data = event_data(
+            JobState::Running,
+            Some(progress.phase),
+            Some(percent),
+            Some(lease.attempt),
+            json!({ "step": progress.step, "total_steps": progress.total_steps }),
+        )?;
+        // A `progress` event only when the phase or percent changes: heartbeats
+        // are frequent, and this bounds the log to (phases + 101) per attempt.
+        // SET expressions all see the row as it was before the update.
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        let row = sqlx::query("SELECT phase, progress FROM jobs WHERE id = ? AND state = ? AND attempt = ?")
-            .bind(lease.job_id.as_str())
-            .bind(JobState::Running.as_str())
-            .bind(i64::from(lease.attempt))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-        let Some(row) = row else { return Err(stale(lease)) };
-        // Only a visible change is logged: heartbeats are frequent, the event
-        // log stays bounded by (phases + 101 percent values) per attempt.
-        let changed = get_phase(&row, "phase")? != progress.phase || get_u8(&row, "progress")? != percent;
-        let row = sqlx::query(
-            "UPDATE jobs SET phase = ?, progress = ?, step = ?, total_steps = ?, \
-             lease_expires_at_ms = ?, last_event_seq = last_event_seq + ? \
-             WHERE id = ? AND state = ? AND attempt = ? RETURNING last_event_seq",
+        let done = sqlx::query(
+            "UPDATE jobs SET \
+             last_event_seq = last_event_seq + (phase <> ?1 OR progress <> ?2), \
+             event_kind = CASE WHEN phase <> ?1 OR progress <> ?2 THEN 'progress' ELSE event_kind END, \
+             event_at_ms = CASE WHEN phase <> ?1 OR progress <> ?2 THEN ?3 ELSE event_at_ms END, \
+             event_data_json = CASE WHEN phase <> ?1 OR progress <> ?2 THEN ?4 ELSE event_data_json END, \
+             phase = ?1, progress = ?2, step = ?5, total_steps = ?6, lease_expires_at_ms = ?7 \
+             WHERE id = ?8 AND state = ?9 AND attempt = ?10",
         )
         .bind(progress.phase.as_str())
         .bind(i64::from(percent))
+        .bind(now_ms)
+        .bind(data)
         .bind(i64::from(progress.step))
         .bind(i64::from(progress.total_steps))
         .bind(expires_at_ms)
-        .bind(i64::from(changed))
         .bind(lease.job_id.as_str())
         .bind(JobState::Running.as_str())
         .bind(i64::from(lease.attempt))
-        .fetch_optional(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db)?;
-        let Some(row) = row else { return Err(stale(lease)) };
-        if changed {
-            let data = event_data(
-                JobState::Running,
-                progress.phase,
-                percent,
-                lease.attempt,
-                json!({ "step": progress.step, "total_steps": progress.total_steps }),
-            );
-            insert_event(&mut tx, &lease.job_id, get(&row, "last_event_seq")?, now_ms, "progress", &data)
-                .await?;
+        if done.rows_affected() == 0 {
+            return Err(stale(lease));
         }
-        commit(tx).await?;
         Ok(expires_at_ms)
     }
 
     async fn commit_checkpoint(&self, lease: &Lease, ck: &CheckpointRef, now_ms: i64) -> Result<(), StoreError> {
+        let data = event_data(
+            JobState::Running,
+            None,
+            None,
+            Some(lease.attempt),
+            json!({ "step": ck.step, "key": ck.key }),
+        )?;
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        let row = sqlx::query(
-            "UPDATE jobs SET prev_checkpoint_json = checkpoint_json, checkpoint_json = ?, \
-             last_event_seq = last_event_seq + 1 \
-             WHERE id = ? AND state = ? AND attempt = ? RETURNING phase, progress, last_event_seq",
+        let done = sqlx::query(
+            "UPDATE jobs SET prev_checkpoint_json = checkpoint_json, checkpoint_json = ?1, \
+             last_event_seq = last_event_seq + 1, event_kind = 'checkpoint', event_at_ms = ?2, \
+             event_data_json = json_set(?3, '$.phase', phase, '$.progress', progress) \
+             WHERE id = ?4 AND state = ?5 AND attempt = ?6",
         )
         .bind(to_json(ck)?)
+        .bind(now_ms)
+        .bind(data)
         .bind(lease.job_id.as_str())
         .bind(JobState::Running.as_str())
         .bind(i64::from(lease.attempt))
-        .fetch_optional(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db)?;
-        let Some(row) = row else { return Err(stale(lease)) };
-        let data = event_data(
-            JobState::Running,
-            get_phase(&row, "phase")?,
-            get_u8(&row, "progress")?,
-            lease.attempt,
-            json!({ "step": ck.step, "key": ck.key }),
-        );
-        insert_event(&mut tx, &lease.job_id, get(&row, "last_event_seq")?, now_ms, "checkpoint", &data).await?;
-        commit(tx).await
+        if done.rows_affected() == 0 {
+            return Err(stale(lease));
+        }
+        Ok(())
     }
 
     async fn complete(
@@ -783,146 +780,166 @@ impl Store for SqliteStore {
     ) -> Result<Job, StoreError> {
         let from = JobState::Running;
         let to = next(from, Transition::Complete)?;
+        let data = event_data(
+            to,
+            Some(Phase::Completed),
+            Some(100),
+            Some(lease.attempt),
+            json!({ "expires_at_ms": expires_at_ms }),
+        )?;
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
         let row = sqlx::query(concat!(
-            "UPDATE jobs SET state = ?, phase = ?, progress = 100, outputs_json = ?, ",
-            "completed_at_ms = ?, expires_at_ms = ?, lease_worker = NULL, lease_expires_at_ms = NULL, ",
-            "last_event_seq = last_event_seq + 1 WHERE id = ? AND state = ? AND attempt = ? RETURNING ",
-            job_columns!(),
-            ", last_event_seq"
+            "UPDATE jobs SET state = ?1, phase = ?2, progress = 100, outputs_json = ?3, ",
+            "completed_at_ms = ?4, expires_at_ms = ?5, lease_worker = NULL, lease_expires_at_ms = NULL, ",
+            "last_event_seq = last_event_seq + 1, event_kind = 'completed', event_at_ms = ?4, ",
+            "event_data_json = ?6 WHERE id = ?7 AND state = ?8 AND attempt = ?9 RETURNING ",
+            job_columns!()
         ))
         .bind(to.as_str())
         .bind(Phase::Completed.as_str())
         .bind(to_json(outputs)?)
         .bind(now_ms)
         .bind(expires_at_ms)
+        .bind(data)
         .bind(lease.job_id.as_str())
         .bind(from.as_str())
         .bind(i64::from(lease.attempt))
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(db)?;
+        drop(conn);
         let Some(row) = row else { return Err(stale(lease)) };
-        let job = rows::job(&row)?;
-        let data = event_data(
-            to,
-            Phase::Completed,
-            100,
-            lease.attempt,
-            json!({ "expires_at_ms": expires_at_ms }),
-        );
-        insert_event(&mut tx, &lease.job_id, get(&row, "last_event_seq")?, now_ms, "completed", &data).await?;
-        commit(tx).await?;
-        Ok(job)
+        rows::job(&row)
     }
 
     async fn fail(&self, lease: &Lease, error: &JobError, now_ms: i64) -> Result<(), StoreError> {
+        let from = JobState::Running;
+        let to = next(from, Transition::Fail)?;
+        let data = event_data(
+            to,
+            Some(Phase::Failed),
+            None,
+            Some(lease.attempt),
+            json!({ "error": rows::error_value(error) }),
+        )?;
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        if !fail_in_tx(&mut tx, &lease.job_id, lease.attempt, error, now_ms).await? {
+        let done = sqlx::query(
+            "UPDATE jobs SET state = ?1, phase = ?2, error_json = ?3, lease_worker = NULL, \
+             lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1, \
+             event_kind = 'failed', event_at_ms = ?4, event_data_json = json_set(?5, '$.progress', progress) \
+             WHERE id = ?6 AND state = ?7 AND attempt = ?8",
+        )
+        .bind(to.as_str())
+        .bind(Phase::Failed.as_str())
+        .bind(to_json(error)?)
+        .bind(now_ms)
+        .bind(data)
+        .bind(lease.job_id.as_str())
+        .bind(from.as_str())
+        .bind(i64::from(lease.attempt))
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
             return Err(stale(lease));
         }
-        commit(tx).await
+        Ok(())
     }
 
     async fn release(&self, lease: &Lease, now_ms: i64) -> Result<QueuedJob, StoreError> {
+        let from = JobState::Running;
+        let reason = RequeueReason::Released;
+        let to = next(from, Transition::Requeue(reason))?;
+        let data = event_data(to, Some(Phase::Queued), None, None, json!({ "reason": reason.as_str() }))?;
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        let Some(q) = requeue_in_tx(&mut tx, &lease.job_id, lease.attempt, RequeueReason::Released, now_ms).await?
-        else {
-            return Err(stale(lease));
-        };
-        commit(tx).await?;
-        Ok(q)
+        let row = sqlx::query(RELEASE)
+            .bind(to.as_str())
+            .bind(Phase::Queued.as_str())
+            .bind(now_ms)
+            .bind(data)
+            .bind(lease.job_id.as_str())
+            .bind(from.as_str())
+            .bind(i64::from(lease.attempt))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db)?;
+        drop(conn);
+        let Some(row) = row else { return Err(stale(lease)) };
+        rows::queued_job(&row)
     }
 
     // ---- housekeeping
 
     async fn reclaim_expired(&self, now_ms: i64, max_attempts: u32) -> Result<Vec<Reclaimed>, StoreError> {
-        let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        // The literal 'running' lets SQLite use the partial index jobs_leases.
-        let rows = sqlx::query(
-            "SELECT id, attempt FROM jobs WHERE state = 'running' AND lease_expires_at_ms < ? \
-             ORDER BY lease_expires_at_ms, id",
+        self.reclaim(
+            DEAD_LETTER_EXPIRED,
+            REQUEUE_EXPIRED,
+            Filter::ExpiredBefore(now_ms),
+            RequeueReason::LeaseExpired,
+            now_ms,
+            max_attempts,
         )
-        .bind(now_ms)
-        .fetch_all(&mut *tx)
         .await
-        .map_err(db)?;
-        let running = running_rows(rows)?;
-        let out = reclaim_in_tx(&mut tx, running, RequeueReason::LeaseExpired, now_ms, max_attempts).await?;
-        commit(tx).await?;
-        Ok(out)
     }
 
     async fn reclaim_node(&self, node: &str, now_ms: i64, max_attempts: u32) -> Result<Vec<Reclaimed>, StoreError> {
-        // Worker ids are `{node}/{name}`: compare the prefix including the
-        // slash, so node `a` does not match workers of node `ab`. substr/length
-        // count characters on both sides; no LIKE, so no escaping of `%`/`_`.
+        // Worker ids are `{node}/{name}`: match the prefix including the slash,
+        // so node `a` does not reclaim the workers of node `ab`.
         let prefix = format!("{node}/");
-        let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        let rows = sqlx::query(
-            "SELECT id, attempt FROM jobs WHERE state = 'running' \
-             AND substr(lease_worker, 1, length(?1)) = ?1 ORDER BY id",
+        self.reclaim(
+            DEAD_LETTER_NODE,
+            REQUEUE_NODE,
+            Filter::WorkerPrefix(&prefix),
+            RequeueReason::NodeRestarted,
+            now_ms,
+            max_attempts,
         )
-        .bind(prefix.as_str())
-        .fetch_all(&mut *tx)
         .await
-        .map_err(db)?;
-        let running = running_rows(rows)?;
-        let out = reclaim_in_tx(&mut tx, running, RequeueReason::NodeRestarted, now_ms, max_attempts).await?;
-        commit(tx).await?;
-        Ok(out)
     }
 
     async fn expire_due(&self, now_ms: i64, limit: u32) -> Result<Vec<Job>, StoreError> {
         let from = JobState::Completed;
         let to = next(from, Transition::Expire)?;
+        let data = event_data(to, Some(Phase::Expired), None, None, json!({}))?;
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        // The literal 'completed' in the subquery lets SQLite use jobs_expiry.
         let rows = sqlx::query(concat!(
-            "UPDATE jobs SET state = ?, phase = ?, last_event_seq = last_event_seq + 1 ",
-            "WHERE state = ? AND id IN (SELECT id FROM jobs WHERE state = 'completed' ",
-            "AND expires_at_ms <= ? ORDER BY expires_at_ms, id LIMIT ?) RETURNING ",
-            job_columns!(),
-            ", last_event_seq"
+            "UPDATE jobs SET state = ?1, phase = ?2, last_event_seq = last_event_seq + 1, ",
+            "event_kind = 'expired', event_at_ms = ?3, ",
+            "event_data_json = json_set(?4, '$.progress', progress, '$.attempt', attempt) ",
+            "WHERE id IN (SELECT id FROM jobs WHERE state = 'completed' AND expires_at_ms <= ?3 ",
+            "ORDER BY expires_at_ms, id LIMIT ?5) AND state = ?6 RETURNING ",
+            job_columns!()
         ))
         .bind(to.as_str())
         .bind(Phase::Expired.as_str())
-        .bind(from.as_str())
         .bind(now_ms)
+        .bind(data)
         .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
+        .bind(from.as_str())
+        .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-        let mut jobs = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let job = rows::job(row)?;
-            let data = event_data(to, Phase::Expired, job.progress, job.attempt, json!({}));
-            insert_event(&mut tx, &job.id, get(row, "last_event_seq")?, now_ms, "expired", &data).await?;
-            jobs.push(job);
-        }
-        commit(tx).await?;
+        drop(conn);
+        let mut jobs = rows.iter().map(rows::job).collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by(|a, b| (a.expires_at_ms, &a.id).cmp(&(b.expires_at_ms, &b.id)));
         Ok(jobs)
     }
 
     async fn append_event(&self, id: &VideoId, kind: &str, data: Value, now_ms: i64) -> Result<i64, StoreError> {
+        let data = to_json(&data)?;
         let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        let seq: Option<i64> =
-            sqlx::query_scalar("UPDATE jobs SET last_event_seq = last_event_seq + 1 WHERE id = ? RETURNING last_event_seq")
-                .bind(id.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-        let Some(seq) = seq else { return Err(StoreError::NotFound(id.clone())) };
-        insert_event(&mut tx, id, seq, now_ms, kind, &data).await?;
-        commit(tx).await?;
-        Ok(seq)
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET last_event_seq = last_event_seq + 1, event_kind = ?1, \
+             event_at_ms = ?2, event_data_json = ?3 WHERE id = ?4 RETURNING last_event_seq",
+        )
+        .bind(kind)
+        .bind(now_ms)
+        .bind(data)
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+        seq.ok_or_else(|| StoreError::NotFound(id.clone()))
     }
 }
 
@@ -937,4 +954,5 @@ mod tests {
         assert_eq!(JobState::Running.as_str(), "running");
         assert_eq!(JobState::Completed.as_str(), "completed");
     }
+
 }

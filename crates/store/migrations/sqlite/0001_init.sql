@@ -29,12 +29,23 @@ CREATE TABLE jobs (
     lease_expires_at_ms   INTEGER,
     idempotency_key       TEXT,
     idempotency_body_hash TEXT,
+    -- Event outbox: a statement that changes the job also sets these and bumps
+    -- last_event_seq; the triggers below then append that event to job_events
+    -- in the same statement (hence the same transaction). One statement per
+    -- change keeps the hot path to a single round trip. (PostgreSQL: a CTE,
+    -- `WITH j AS (UPDATE … RETURNING …) INSERT INTO job_events …`.)
     last_event_seq        INTEGER NOT NULL DEFAULT 0,     -- seq of the newest job_events row
+    event_kind            TEXT,
+    event_at_ms           INTEGER,
+    event_data_json       TEXT,
     CHECK (state IN ('queued', 'running', 'completed', 'failed', 'cancelled', 'expired')),
-    CHECK (progress BETWEEN 0 AND 100),
-    -- NULL keys are distinct (SQLite and PostgreSQL alike): only keyed submissions collide.
-    UNIQUE (tenant, idempotency_key)
+    CHECK (progress BETWEEN 0 AND 100)
 );
+
+-- Idempotency records: (tenant, key) is unique among keyed submissions only,
+-- so unkeyed submissions do not pay for this index.
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
 -- Runnable jobs, oldest first (scheduler seeding on start-up).
 CREATE INDEX jobs_runnable ON jobs (enqueued_at_ms, id) WHERE state = 'queued';
@@ -54,6 +65,20 @@ CREATE TABLE job_events (
     data_json TEXT    NOT NULL,
     PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
+
+CREATE TRIGGER jobs_event_on_insert AFTER INSERT ON jobs
+WHEN NEW.last_event_seq > 0
+BEGIN
+    INSERT INTO job_events (job_id, seq, at_ms, kind, data_json)
+    VALUES (NEW.id, NEW.last_event_seq, NEW.event_at_ms, NEW.event_kind, NEW.event_data_json);
+END;
+
+CREATE TRIGGER jobs_event_on_update AFTER UPDATE OF last_event_seq ON jobs
+WHEN NEW.last_event_seq <> OLD.last_event_seq
+BEGIN
+    INSERT INTO job_events (job_id, seq, at_ms, kind, data_json)
+    VALUES (NEW.id, NEW.last_event_seq, NEW.event_at_ms, NEW.event_kind, NEW.event_data_json);
+END;
 
 -- API keys: only the SHA-256 of the secret is stored.
 CREATE TABLE api_keys (

@@ -1,0 +1,430 @@
+//! `videogen bench dispatch`: no-op jobs through the real hot path.
+//!
+//! Pipeline (one fresh database file per run, WAL, as in production): a
+//! producer task calls `store.submit` then `dispatcher.enqueue`; `N` worker
+//! tasks loop `dispatcher.next` → `store.lease` → `store.complete` (dummy
+//! outputs: no model, no blobs). Jobs/s is completed jobs over the wall time
+//! from the first submit to the last completion.
+//!
+//! Two references run in the same process on the same kind of file:
+//! - **baseline**: bare sqlx, one autocommit `INSERT`, `UPDATE`, `UPDATE` per
+//!   job on a plain table (WAL, `synchronous = NORMAL`), what SQLite itself
+//!   costs for three single-statement transactions per job;
+//! - **store serial**: `submit`, `lease`, `complete` one after the other in a
+//!   single task, without the dispatcher: the store's own cost per job.
+//!
+//! The baseline runs before and after the pipelines; ratios use their mean.
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use videogen_core::spec::{REFERENCE_MODEL, Seconds, VideoSize, VideoSpec};
+use videogen_core::store::{NewJob, Store, Submitted};
+use videogen_core::{Clock, Outputs, QueuedJob, SystemClock, TenantId, Tier, VideoId, WorkerId};
+use videogen_sched::SchedulerConfig;
+use videogen_store::SqliteStore;
+use videogen_worker::Dispatcher;
+
+use super::{Machine, Percentiles, print_json};
+
+/// The issue's target for the full pipeline on a 2-core machine.
+const TARGET_JOBS_PER_SEC: f64 = 5_000.0;
+const LEASE_TTL_MS: i64 = 30_000;
+const RETENTION_MS: i64 = 86_400_000;
+
+#[derive(Args, Debug)]
+pub struct DispatchArgs {
+    /// Jobs per run.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    jobs: u64,
+    /// Worker counts to run the pipeline with, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    workers: Vec<usize>,
+    /// Parent directory for the per-run database files (default: system temp dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Throughput and per-operation latency of one run.
+#[derive(Debug, Serialize)]
+struct Run {
+    name: String,
+    workers: usize,
+    jobs: u64,
+    wall_s: f64,
+    jobs_per_sec: f64,
+    /// `jobs_per_sec` / mean baseline `jobs_per_sec`.
+    ratio_to_baseline: f64,
+    /// Pipelines: when the producer had submitted every job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    submits_done_s: Option<f64>,
+    /// Latency of each operation (store methods include waiting for the writer).
+    ops: Vec<(String, Percentiles)>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    bench: &'static str,
+    machine: Machine,
+    build: &'static str,
+    jobs: u64,
+    target_jobs_per_sec: f64,
+    baseline_before: Run,
+    baseline_after: Run,
+    store_serial: Run,
+    pipelines: Vec<Run>,
+}
+
+pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(!args.workers.is_empty() && !args.workers.contains(&0), "--workers must be positive counts");
+    let machine = Machine::detect();
+    let parent = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => std::env::temp_dir(),
+    };
+    let fresh = || {
+        tempfile::Builder::new()
+            .prefix("videogen-bench-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("creating a temp dir in {}", parent.display()))
+    };
+    let n = args.jobs;
+
+    progress(&format!("baseline (bare sqlx), {n} jobs"));
+    let mut baseline_before = baseline(&fresh()?.path().join("baseline.db"), n).await?;
+    progress(&format!("store serial, {n} jobs"));
+    let mut store_serial = store_serial(fresh()?.path(), n).await?;
+    let mut pipelines = Vec::new();
+    for &w in &args.workers {
+        progress(&format!("pipeline, {w} worker(s), {n} jobs"));
+        pipelines.push(pipeline(fresh()?.path(), n, w).await?);
+    }
+    progress(&format!("baseline again, {n} jobs"));
+    let mut baseline_after = baseline(&fresh()?.path().join("baseline.db"), n).await?;
+
+    let base = (baseline_before.jobs_per_sec + baseline_after.jobs_per_sec) / 2.0;
+    for r in [&mut baseline_before, &mut baseline_after, &mut store_serial].into_iter().chain(pipelines.iter_mut()) {
+        r.ratio_to_baseline = r.jobs_per_sec / base;
+    }
+    let report = Report {
+        bench: "dispatch",
+        machine,
+        build: if cfg!(debug_assertions) { "debug" } else { "release" },
+        jobs: n,
+        target_jobs_per_sec: TARGET_JOBS_PER_SEC,
+        baseline_before,
+        baseline_after,
+        store_serial,
+        pipelines,
+    };
+    if args.json {
+        print_json(&report)
+    } else {
+        print_report(&report);
+        Ok(())
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("[bench dispatch] {msg}");
+}
+
+fn print_report(r: &Report) {
+    println!("videogen bench dispatch: no-op jobs, embedded SQLite store (WAL, synchronous=NORMAL)");
+    r.machine.print();
+    println!("jobs per run: {}; target: >= {:.0} jobs/s end to end\n", r.jobs, r.target_jobs_per_sec);
+    println!("{:<38} {:>8} {:>11} {:>8} {:>14}", "run", "wall s", "jobs/s", "x base", "submits done s");
+    let runs = [&r.baseline_before, &r.store_serial].into_iter().chain(&r.pipelines).chain([&r.baseline_after]);
+    for run in runs.clone() {
+        let submits = run.submits_done_s.map_or_else(|| "-".to_owned(), |s| format!("{s:.2}"));
+        println!(
+            "{:<38} {:>8.2} {:>11.0} {:>8.2} {:>14}",
+            run.name, run.wall_s, run.jobs_per_sec, run.ratio_to_baseline, submits
+        );
+    }
+    println!("\nper-operation latency, ms (store calls include queueing for the single writer):");
+    println!("{:<38} {:<10} {:>8} {:>8} {:>8} {:>8} {:>8}", "run", "op", "mean", "p50", "p99", "p99.9", "max");
+    for run in runs {
+        for (op, p) in &run.ops {
+            println!(
+                "{:<38} {:<10} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+                run.name, op, p.mean_ms, p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms
+            );
+        }
+    }
+    for p in &r.pipelines {
+        let verdict = if p.jobs_per_sec >= r.target_jobs_per_sec { "meets" } else { "MISSES" };
+        println!("\n{}: {:.0} jobs/s {verdict} the {:.0} jobs/s target", p.name, p.jobs_per_sec, r.target_jobs_per_sec);
+    }
+}
+
+fn spec() -> VideoSpec {
+    VideoSpec {
+        model: REFERENCE_MODEL.to_owned(),
+        prompt: "a red fox trotting through fresh snow at dawn, cinematic".to_owned(),
+        seconds: Seconds::S4,
+        size: VideoSize::Landscape720,
+        seed: 42,
+        style: None,
+        steps: 30,
+        input_reference: None,
+    }
+}
+
+fn tier(i: u64) -> Tier {
+    [Tier::Free, Tier::Paid, Tier::Internal][(i % 3) as usize]
+}
+
+fn outputs(id: &VideoId) -> Outputs {
+    Outputs {
+        video_key: format!("videos/{id}/1/video.mp4"),
+        thumbnail_key: format!("videos/{id}/1/thumbnail.jpg"),
+        spritesheet_key: format!("videos/{id}/1/spritesheet.jpg"),
+        video_bytes: 1_234_567,
+    }
+}
+
+fn new_job(i: u64, tenant: &TenantId, spec: &VideoSpec, now_ms: i64) -> NewJob {
+    NewJob { id: VideoId::generate(), tenant: tenant.clone(), tier: tier(i), spec: spec.clone(), now_ms }
+}
+
+fn tenant() -> TenantId {
+    TenantId::parse("bench").expect("valid tenant")
+}
+
+fn finish_run(name: String, workers: usize, jobs: u64, wall: Duration, ops: Vec<(&str, Vec<Duration>)>) -> Run {
+    let wall_s = wall.as_secs_f64();
+    Run {
+        name,
+        workers,
+        jobs,
+        wall_s,
+        jobs_per_sec: jobs as f64 / wall_s,
+        ratio_to_baseline: 0.0,
+        submits_done_s: None,
+        ops: ops.into_iter().map(|(op, mut v)| (op.to_owned(), Percentiles::of(&mut v))).collect(),
+    }
+}
+
+/// Bare sqlx: per job, autocommit INSERT, UPDATE (lease), UPDATE (complete).
+async fn baseline(file: &Path, jobs: u64) -> anyhow::Result<Run> {
+    let mut conn = SqliteConnectOptions::new()
+        .filename(file)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    sqlx::query(
+        "CREATE TABLE bench_jobs (id TEXT NOT NULL PRIMARY KEY, tenant TEXT NOT NULL, \
+         state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, spec_json TEXT NOT NULL, \
+         worker TEXT, outputs_json TEXT, created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER)",
+    )
+    .execute(&mut conn)
+    .await?;
+    let spec_json = serde_json::to_string(&spec())?;
+    let clock = SystemClock;
+    let (mut ins, mut upd1, mut upd2) = (Vec::new(), Vec::new(), Vec::new());
+    let start = Instant::now();
+    for _ in 0..jobs {
+        let id = VideoId::generate();
+        let outputs_json = serde_json::to_string(&outputs(&id))?;
+        let t0 = Instant::now();
+        sqlx::query("INSERT INTO bench_jobs (id, tenant, state, spec_json, created_at_ms) VALUES (?, ?, 'queued', ?, ?)")
+            .bind(id.as_str())
+            .bind("bench")
+            .bind(spec_json.as_str())
+            .bind(clock.now_ms())
+            .execute(&mut conn)
+            .await?;
+        let t1 = Instant::now();
+        let leased = sqlx::query(
+            "UPDATE bench_jobs SET state = 'running', attempt = attempt + 1, worker = ?, updated_at_ms = ? \
+             WHERE id = ? AND state = 'queued'",
+        )
+        .bind("bench/w0")
+        .bind(clock.now_ms())
+        .bind(id.as_str())
+        .execute(&mut conn)
+        .await?;
+        let t2 = Instant::now();
+        let completed = sqlx::query(
+            "UPDATE bench_jobs SET state = 'completed', outputs_json = ?, updated_at_ms = ? \
+             WHERE id = ? AND state = 'running' AND attempt = 1",
+        )
+        .bind(outputs_json)
+        .bind(clock.now_ms())
+        .bind(id.as_str())
+        .execute(&mut conn)
+        .await?;
+        let t3 = Instant::now();
+        anyhow::ensure!(leased.rows_affected() == 1 && completed.rows_affected() == 1, "baseline update missed");
+        ins.push(t1 - t0);
+        upd1.push(t2 - t1);
+        upd2.push(t3 - t2);
+    }
+    let wall = start.elapsed();
+    conn.close().await?;
+    Ok(finish_run(
+        "baseline: sqlx INSERT+UPDATE+UPDATE".into(),
+        1,
+        jobs,
+        wall,
+        vec![("insert", ins), ("update1", upd1), ("update2", upd2)],
+    ))
+}
+
+/// The store alone: submit, lease, complete per job in one task.
+async fn store_serial(dir: &Path, jobs: u64) -> anyhow::Result<Run> {
+    let store = SqliteStore::open(&dir.join("videogen.db")).await?;
+    let clock = SystemClock;
+    let (tenant, spec) = (tenant(), spec());
+    let worker = WorkerId::new("bench", "w0");
+    let (mut sub, mut lea, mut com) = (Vec::new(), Vec::new(), Vec::new());
+    let start = Instant::now();
+    for i in 0..jobs {
+        let t0 = Instant::now();
+        let Submitted::Created(job) = store.submit(new_job(i, &tenant, &spec, clock.now_ms()), None).await? else {
+            bail!("submit without idempotency key replayed a job");
+        };
+        let t1 = Instant::now();
+        let now = clock.now_ms();
+        let lease = store.lease(&job.id, &worker, now, LEASE_TTL_MS).await?.context("fresh job not leasable")?;
+        let t2 = Instant::now();
+        let now = clock.now_ms();
+        store.complete(&lease, &outputs(&job.id), now, now + RETENTION_MS).await?;
+        let t3 = Instant::now();
+        sub.push(t1 - t0);
+        lea.push(t2 - t1);
+        com.push(t3 - t2);
+    }
+    let wall = start.elapsed();
+    store.close().await?;
+    Ok(finish_run(
+        "store serial: submit+lease+complete".into(),
+        1,
+        jobs,
+        wall,
+        vec![("submit", sub), ("lease", lea), ("complete", com)],
+    ))
+}
+
+/// Producer and `workers` worker tasks running concurrently.
+async fn pipeline(dir: &Path, jobs: u64, workers: usize) -> anyhow::Result<Run> {
+    let store = Arc::new(SqliteStore::open(&dir.join("videogen.db")).await?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let dispatcher = Arc::new(Dispatcher::new(SchedulerConfig::default(), clock.clone()));
+    let shutdown = CancellationToken::new();
+    let done = Arc::new(AtomicUsize::new(0));
+    let target = usize::try_from(jobs)?;
+
+    let start = Instant::now();
+    let producer = {
+        let (store, clock, dispatcher, shutdown) = (store.clone(), clock.clone(), dispatcher.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let (tenant, spec) = (tenant(), spec());
+            let mut lat = Vec::with_capacity(target);
+            for i in 0..jobs {
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                let t0 = Instant::now();
+                let Submitted::Created(job) = store.submit(new_job(i, &tenant, &spec, clock.now_ms()), None).await?
+                else {
+                    bail!("submit without idempotency key replayed a job");
+                };
+                dispatcher.enqueue(QueuedJob {
+                    id: job.id,
+                    tenant: job.tenant,
+                    tier: job.tier,
+                    model: job.spec.model,
+                    enqueued_at_ms: job.enqueued_at_ms,
+                });
+                lat.push(t0.elapsed());
+            }
+            anyhow::Ok((lat, start.elapsed()))
+        })
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..workers {
+        let (store, clock, dispatcher, shutdown, done) =
+            (store.clone(), clock.clone(), dispatcher.clone(), shutdown.clone(), done.clone());
+        tasks.spawn(async move {
+            let id = WorkerId::new("bench", &format!("w{w}"));
+            let loaded = vec![REFERENCE_MODEL.to_owned()];
+            let (mut lea, mut com) = (Vec::new(), Vec::new());
+            let result = async {
+                while let Some(job) = dispatcher.next(&loaded, &shutdown).await {
+                    let t0 = Instant::now();
+                    let lease = store
+                        .lease(&job.id, &id, clock.now_ms(), LEASE_TTL_MS)
+                        .await?
+                        .with_context(|| format!("job {} not leasable", job.id))?;
+                    let t1 = Instant::now();
+                    let now = clock.now_ms();
+                    store.complete(&lease, &outputs(&job.id), now, now + RETENTION_MS).await?;
+                    com.push(t1.elapsed());
+                    lea.push(t1 - t0);
+                    if done.fetch_add(1, Ordering::Relaxed) + 1 == target {
+                        shutdown.cancel();
+                    }
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            if result.is_err() {
+                // Stop everyone rather than wait forever for jobs that will not finish.
+                shutdown.cancel();
+            }
+            result.map(|()| (lea, com))
+        });
+    }
+    let (mut lea, mut com) = (Vec::new(), Vec::new());
+    let mut first_err = None;
+    while let Some(r) = tasks.join_next().await {
+        match r? {
+            Ok((l, c)) => {
+                lea.extend(l);
+                com.extend(c);
+            }
+            Err(e) => first_err = first_err.or(Some(e)),
+        }
+    }
+    let wall = start.elapsed();
+    let (sub, submit_wall) = producer.await??;
+    if let Some(e) = first_err {
+        return Err(e.context("worker failed"));
+    }
+    let completed = done.load(Ordering::Relaxed);
+    anyhow::ensure!(completed == target, "only {completed} of {target} jobs completed");
+    anyhow::ensure!(store.queued_jobs().await?.is_empty(), "jobs left queued in the store");
+    drop(dispatcher);
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close().await?;
+    }
+    let mut run = finish_run(
+        format!("pipeline: {workers} worker(s)"),
+        workers,
+        jobs,
+        wall,
+        vec![("submit", sub), ("lease", lea), ("complete", com)],
+    );
+    run.submits_done_s = Some(submit_wall.as_secs_f64());
+    Ok(run)
+}

@@ -1,0 +1,149 @@
+//! Test harness: starts the real `videogen` binary on an ephemeral port with
+//! a temporary data dir and talks to it over HTTP.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ADMIN_KEY: &str = "vg_test_admin_key_0123456789";
+pub const BIN: &str = env!("CARGO_BIN_EXE_videogen");
+
+/// Fast model settings so a video completes in about a second.
+pub const FAST: &[&str] = &["--steps", "8", "--step-ms", "5", "--checkpoint-every-steps", "2", "--poll-after-ms", "100"];
+
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Server {
+    pub fn start(dir: &Path, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--data-dir").arg(dir).args(["--listen", "127.0.0.1:0"]).args(extra);
+        cmd.env("VIDEOGEN_API_KEY", ADMIN_KEY).env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn videogen serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("videogen listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
+                    }
+                }
+            }
+        });
+        let base = rx.recv_timeout(Duration::from_secs(60)).expect("server did not report its address");
+        Server { child: Some(child), base, data_dir: dir.to_owned(), http: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn submit(&self, key: &str, body: Value) -> (u16, Value) {
+        let r = self.http.post(self.url("/v1/videos")).bearer_auth(key).json(&body).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, key: &str, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).bearer_auth(key).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn video(&self, key: &str, id: &str) -> Value {
+        let (s, v) = self.get_json(key, &format!("/v1/videos/{id}")).await;
+        assert_eq!(s, 200, "{v}");
+        v
+    }
+
+    /// Polls until the video's status is terminal.
+    pub async fn wait_done(&self, key: &str, id: &str, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.video(key, id).await;
+            if matches!(v["status"].as_str(), Some("completed" | "failed")) {
+                return v;
+            }
+            assert!(start.elapsed() < timeout, "video {id} not done after {timeout:?}: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until `pred` holds for the video.
+    pub async fn wait_until(&self, key: &str, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.video(key, id).await;
+            if pred(&v) {
+                return v;
+            }
+            assert!(start.elapsed() < timeout, "condition not reached for {id} after {timeout:?}: {v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn content(&self, key: &str, id: &str, variant: &str) -> (u16, Vec<u8>) {
+        let r = self
+            .http
+            .get(self.url(&format!("/v1/videos/{id}/content?variant={variant}")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Creates a key with the CLI, as an operator would.
+pub fn create_key(dir: &Path, tenant: &str, tier: &str) -> String {
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--tenant", tenant, "--tier", tier, "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("videogen keys create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+pub fn body(prompt: &str, seed: u64) -> Value {
+    serde_json::json!({ "model": "videogen-ref", "prompt": prompt, "seconds": "4", "size": "720x1280", "seed": seed })
+}
+
+/// Files under the blob directory (to prove nothing was left behind).
+pub fn blob_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                let path = e.path();
+                if path.is_dir() { walk(&path, out) } else { out.push(path) }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dir.join("blobs"), &mut out);
+    out.sort();
+    out
+}
