@@ -52,10 +52,10 @@ pub async fn visible_job(state: &AppState, caller: &Caller, raw_id: &str) -> Api
 
 fn with_poll_hint(state: &AppState, job: &Job, body: serde_json::Value, status: StatusCode) -> Response {
     let mut resp = (status, Json(body)).into_response();
-    if !job.state.is_terminal() {
-        if let Ok(v) = HeaderValue::from_str(&state.poll_after_ms.to_string()) {
-            resp.headers_mut().insert(POLL_AFTER_HEADER, v);
-        }
+    if !job.state.is_terminal()
+        && let Ok(v) = HeaderValue::from_str(&state.poll_after_ms.to_string())
+    {
+        resp.headers_mut().insert(POLL_AFTER_HEADER, v);
     }
     resp
 }
@@ -72,9 +72,7 @@ pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Re
         tracing::info!(tenant = %caller.tenant, %category, "prompt blocked by moderation");
         metrics::counter!("videogen_moderation_blocks_total", "side" => "prompt", "category" => category.clone())
             .increment(1);
-        return Err(ApiError::invalid("prompt", "content_policy_violation", format!(
-            "{reason}"
-        )));
+        return Err(ApiError::invalid("prompt", "content_policy_violation", reason));
     }
     let id = VideoId::generate();
     let now = state.clock.now_ms();

@@ -19,6 +19,8 @@ use videogen_worker::{Dispatcher, JobBus, RuntimeConfig, Runtime, Worker, housek
 const ADMIN_TENANT: &str = "admin";
 /// How long a graceful shutdown waits for workers to checkpoint and release.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long in-flight HTTP requests get to finish on shutdown.
+const HTTP_DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -220,7 +222,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!("shutting down: workers checkpoint and release their jobs");
         stop.cancel();
     });
-    videogen_api::serve(listener, state, shutdown.clone().cancelled_owned()).await?;
+    // Open SSE streams would hold a graceful shutdown forever: give in-flight
+    // requests a bounded grace period, then stop serving.
+    let server = videogen_api::serve(listener, state, shutdown.clone().cancelled_owned());
+    let hard_stop = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(HTTP_DRAIN_GRACE).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        _ = hard_stop => tracing::warn!("HTTP connections still open after {HTTP_DRAIN_GRACE:?}; closing"),
+    }
     if tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
         tracing::warn!("workers did not stop within {SHUTDOWN_GRACE:?}; their leases will expire");
     }

