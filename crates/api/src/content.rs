@@ -2,7 +2,7 @@
 //! single-range `Range` support so players can seek.
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use std::ops::Range;
@@ -11,13 +11,13 @@ use videogen_core::blob::BlobError;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{query_pairs, visible_job};
+use crate::routes::{VideoPath, query_pairs, visible_job};
 use crate::state::AppState;
 
 pub async fn download(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    VideoPath(id): VideoPath,
     RawQuery(q): RawQuery,
     headers: HeaderMap,
 ) -> ApiResult<Response> {

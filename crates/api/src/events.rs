@@ -5,7 +5,7 @@
 //! computed live and sent (without an id) whenever it changes. The stream ends
 //! after a terminal event.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
@@ -16,7 +16,7 @@ use videogen_core::VideoId;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::visible_job;
+use crate::routes::{VideoPath, visible_job};
 use crate::state::AppState;
 
 /// Events read from the store per round trip.
@@ -28,7 +28,7 @@ const TERMINAL_KINDS: [&str; 4] = ["completed", "failed", "cancelled", "expired"
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    VideoPath(id): VideoPath,
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let job = visible_job(&state, &caller, &id).await?;

@@ -40,6 +40,21 @@ fn get<'a>(pairs: &'a [(String, String)], k: &str) -> Option<&'a str> {
     pairs.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.as_str())
 }
 
+/// A `{id}` path segment. Its rejection (e.g. invalid UTF-8) is the same 404
+/// as an unknown id, in the error envelope.
+pub struct VideoPath(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for VideoPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| VideoPath(id))
+            .map_err(|_| ApiError::video_not_found("(invalid id)"))
+    }
+}
+
 /// Loads a job the caller may see; anything else is the same 404.
 pub async fn visible_job(state: &AppState, caller: &Caller, raw_id: &str) -> ApiResult<Job> {
     let shown: String = raw_id.chars().take(80).collect();
@@ -137,7 +152,7 @@ fn idempotency_key(headers: &HeaderMap, max_chars: usize) -> ApiResult<Option<St
     })
 }
 
-pub async fn retrieve_video(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn retrieve_video(State(state): State<AppState>, caller: Caller, VideoPath(id): VideoPath) -> ApiResult<Response> {
     let job = visible_job(&state, &caller, &id).await?;
     let body = render(&job, position(&state, &job));
     Ok(with_poll_hint(&state, &job, body, StatusCode::OK))
@@ -176,7 +191,7 @@ pub async fn list_videos(State(state): State<AppState>, caller: Caller, RawQuery
     .into_response())
 }
 
-pub async fn delete_video(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn delete_video(State(state): State<AppState>, caller: Caller, VideoPath(id): VideoPath) -> ApiResult<Response> {
     let job = visible_job(&state, &caller, &id).await?;
     if matches!(job.state, JobState::Queued | JobState::Running) {
         // Stop it first so no worker commits output for a deleted video.
@@ -196,7 +211,7 @@ pub async fn delete_video(State(state): State<AppState>, caller: Caller, Path(id
     Ok(Json(json!({ "id": job.id.as_str(), "object": "video.deleted", "deleted": true })).into_response())
 }
 
-pub async fn cancel_video(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+pub async fn cancel_video(State(state): State<AppState>, caller: Caller, VideoPath(id): VideoPath) -> ApiResult<Response> {
     let job = visible_job(&state, &caller, &id).await?;
     let job = state.store.cancel(&job.id, state.clock.now_ms()).await?;
     state.dispatcher.cancel(&job.id);

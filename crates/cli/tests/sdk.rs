@@ -16,7 +16,10 @@ mod common;
 use common::*;
 use std::process::Command;
 
-const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/test_openai_sdk.py");
+const SUITE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/sdk/test_openai_sdk.py"
+);
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 #[test]
@@ -53,8 +56,18 @@ fn the_official_openai_python_sdk_suite_passes() {
     if !stderr.trim().is_empty() {
         println!("---- pytest stderr ----\n{stderr}");
     }
-    assert!(out.status.success(), "the openai SDK suite failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "the openai SDK suite failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
     // A skip (e.g. the env not reaching pytest) exits 0 too: every test must run.
-    assert!(stdout.contains(" passed"), "the SDK suite ran no test:\n{stdout}");
-    assert!(!stdout.contains("skipped"), "SDK tests were skipped:\n{stdout}");
+    assert!(
+        stdout.contains(" passed"),
+        "the SDK suite ran no test:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains("skipped"),
+        "SDK tests were skipped:\n{stdout}"
+    );
 }

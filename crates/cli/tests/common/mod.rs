@@ -32,10 +32,10 @@ impl Server {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("videogen listening on ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
-                    }
+                if let Some(addr) = line.strip_prefix("videogen listening on ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_owned());
                 }
             }
         });
