@@ -34,8 +34,9 @@ pub fn hash_key(secret: &str) -> String {
 pub fn generate_secret() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    let tail: String =
-        (0..KEY_RANDOM_CHARS).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    let tail: String = (0..KEY_RANDOM_CHARS)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
     format!("{KEY_PREFIX}{tail}")
 }
 
@@ -76,7 +77,12 @@ impl FromRequestParts<AppState> for Caller {
             .map_err(|e| ApiError::unavailable("api key lookup", &e))?
             .filter(|k| k.revoked_at_ms.is_none())
             .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
-        Ok(Caller { tenant: key.tenant, tier: key.tier, admin: key.admin, key_id: key.id })
+        Ok(Caller {
+            tenant: key.tenant,
+            tier: key.tier,
+            admin: key.admin,
+            key_id: key.id,
+        })
     }
 }
 
@@ -84,7 +90,9 @@ impl OptionalFromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Option<Self>, Self::Rejection> {
-        <Caller as FromRequestParts<AppState>>::from_request_parts(parts, state).await.map(Some)
+        <Caller as FromRequestParts<AppState>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
     }
 }
 

@@ -51,7 +51,11 @@ pub async fn download(
             ));
         }
     };
-    let size = state.blob.size(key).await.map_err(|e| blob_error(&job.id.to_string(), e))?;
+    let size = state
+        .blob
+        .size(key)
+        .await
+        .map_err(|e| blob_error(&job.id.to_string(), e))?;
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
         Some(r) => parse_range(r, size)?,
@@ -84,7 +88,9 @@ pub async fn download(
 /// progress) reads as expired; anything else is infrastructure trouble.
 fn blob_error(id: &str, e: BlobError) -> ApiError {
     match e {
-        BlobError::NotFound(_) => ApiError::video_not_found(id).with_code("video_expired", "This video's content is no longer available."),
+        BlobError::NotFound(_) => {
+            ApiError::video_not_found(id).with_code("video_expired", "This video's content is no longer available.")
+        }
         other => ApiError::unavailable("blob read", &other),
     }
 }
@@ -101,8 +107,11 @@ fn key_tag(key: &str) -> String {
 /// Parses one `bytes=` range against `size` (RFC 9110 §14.1.2). Multiple
 /// ranges are answered with the whole body (allowed by the RFC).
 pub fn parse_range(header: &str, size: u64) -> ApiResult<Option<Range<u64>>> {
-    let unsatisfiable = || ApiError::range_not_satisfiable(format!("Range '{header}' is not satisfiable for {size} bytes."));
-    let Some(spec) = header.trim().strip_prefix("bytes=") else { return Ok(None) };
+    let unsatisfiable =
+        || ApiError::range_not_satisfiable(format!("Range '{header}' is not satisfiable for {size} bytes."));
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
     if spec.contains(',') {
         return Ok(None);
     }
@@ -116,7 +125,11 @@ pub fn parse_range(header: &str, size: u64) -> ApiResult<Option<Range<u64>>> {
         size.saturating_sub(n)..size
     } else {
         let start: u64 = a.parse().map_err(|_| unsatisfiable())?;
-        let end_incl = if b.is_empty() { size.saturating_sub(1) } else { b.parse().map_err(|_| unsatisfiable())? };
+        let end_incl = if b.is_empty() {
+            size.saturating_sub(1)
+        } else {
+            b.parse().map_err(|_| unsatisfiable())?
+        };
         if start >= size || end_incl < start {
             return Err(unsatisfiable());
         }
@@ -138,8 +151,19 @@ mod tests {
         assert_eq!(parse_range("bytes=-5000", 1000).unwrap(), Some(0..1000));
         assert_eq!(parse_range("bytes=0-1,5-6", 1000).unwrap(), None);
         assert_eq!(parse_range("items=0-1", 1000).unwrap(), None);
-        for bad in ["bytes=1000-", "bytes=5-2", "bytes=x-1", "bytes=-0", "bytes=-", "bytes=1"] {
-            assert_eq!(parse_range(bad, 1000).unwrap_err().status, StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
+        for bad in [
+            "bytes=1000-",
+            "bytes=5-2",
+            "bytes=x-1",
+            "bytes=-0",
+            "bytes=-",
+            "bytes=1",
+        ] {
+            assert_eq!(
+                parse_range(bad, 1000).unwrap_err().status,
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "{bad}"
+            );
         }
     }
 }

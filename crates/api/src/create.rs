@@ -60,9 +60,9 @@ pub async fn read(req: Request<Body>, limits: &Limits) -> ApiResult<CreateReques
         .unwrap_or("")
         .to_ascii_lowercase();
     declared_length_ok(&parts.headers, limits.body_bytes_max)?;
-    let bytes = axum::body::to_bytes(body, limits.body_bytes_max).await.map_err(|_| {
-        ApiError::too_large(format!("Request body exceeds {} bytes.", limits.body_bytes_max))
-    })?;
+    let bytes = axum::body::to_bytes(body, limits.body_bytes_max)
+        .await
+        .map_err(|_| ApiError::too_large(format!("Request body exceeds {} bytes.", limits.body_bytes_max)))?;
     if content_type.starts_with("application/json") {
         parse_json(&bytes)
     } else if content_type.starts_with("multipart/form-data") {
@@ -93,7 +93,10 @@ fn parse_json(bytes: &[u8]) -> ApiResult<CreateRequest> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("Request body is not valid JSON: {e}")))?;
     let Value::Object(map) = value else {
-        return Err(ApiError::bad_request("invalid_json", "Request body must be a JSON object."));
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            "Request body must be a JSON object.",
+        ));
     };
     let mut req = CreateRequest::default();
     for (k, v) in map {
@@ -118,12 +121,20 @@ fn parse_json(bytes: &[u8]) -> ApiResult<CreateRequest> {
 }
 
 fn type_error(param: &str, expected: &str) -> ApiError {
-    ApiError::invalid(param, "invalid_type", format!("Invalid type for '{param}': expected {expected}."))
+    ApiError::invalid(
+        param,
+        "invalid_type",
+        format!("Invalid type for '{param}': expected {expected}."),
+    )
 }
 
 fn unknown_parameter(name: &str) -> ApiError {
     let shown: String = name.chars().take(64).collect();
-    ApiError::invalid(shown.clone(), "unknown_parameter", format!("Unrecognized request argument supplied: {shown}"))
+    ApiError::invalid(
+        shown.clone(),
+        "unknown_parameter",
+        format!("Unrecognized request argument supplied: {shown}"),
+    )
 }
 
 fn json_string(param: &str, v: Value) -> ApiResult<String> {
@@ -150,11 +161,19 @@ fn json_seed(v: Value) -> ApiResult<Option<u64>> {
 }
 
 fn seed_error() -> ApiError {
-    ApiError::invalid("seed", "invalid_seed", format!("'seed' must be an integer from 0 to {SEED_MAX}."))
+    ApiError::invalid(
+        "seed",
+        "invalid_seed",
+        format!("'seed' must be an integer from 0 to {SEED_MAX}."),
+    )
 }
 
 fn parse_seed(s: &str) -> ApiResult<u64> {
-    s.trim().parse::<u64>().ok().filter(|v| *v <= SEED_MAX).ok_or_else(seed_error)
+    s.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|v| *v <= SEED_MAX)
+        .ok_or_else(seed_error)
 }
 
 fn json_input_reference(v: Value) -> ApiResult<Option<Bytes>> {
@@ -193,9 +212,9 @@ fn input_reference_object(map: Map<String, Value>) -> ApiResult<Option<Bytes>> {
 /// Only `data:` URLs: fetching arbitrary URLs server-side would be an SSRF hole.
 fn decode_data_url(url: &str) -> ApiResult<Bytes> {
     let err = |m: &str| ApiError::invalid("input_reference.image_url", "invalid_image_url", m.to_owned());
-    let rest = url
-        .strip_prefix("data:")
-        .ok_or_else(|| err("Only base64 data URLs (data:image/png;base64,...) are accepted; remote URLs are not fetched."))?;
+    let rest = url.strip_prefix("data:").ok_or_else(|| {
+        err("Only base64 data URLs (data:image/png;base64,...) are accepted; remote URLs are not fetched.")
+    })?;
     let (meta, data) = rest.split_once(',').ok_or_else(|| err("Malformed data URL."))?;
     if !meta.ends_with(";base64") {
         return Err(err("Data URL must be base64-encoded."));
@@ -218,7 +237,11 @@ async fn parse_multipart(mut mp: Multipart, limits: &Limits) -> ApiResult<Create
         let name = field.name().unwrap_or("").to_owned();
         if !seen.insert(name.clone()) {
             let shown: String = name.chars().take(64).collect();
-            return Err(ApiError::invalid(shown.clone(), "duplicate_parameter", format!("'{shown}' was sent twice.")));
+            return Err(ApiError::invalid(
+                shown.clone(),
+                "duplicate_parameter",
+                format!("'{shown}' was sent twice."),
+            ));
         }
         let is_file = field.file_name().is_some();
         let data = field
@@ -241,7 +264,11 @@ async fn parse_multipart(mut mp: Multipart, limits: &Limits) -> ApiResult<Create
             continue;
         }
         if data.len() > TEXT_FIELD_BYTES_MAX {
-            return Err(ApiError::invalid(name.clone(), "field_too_large", format!("'{name}' is too long.")));
+            return Err(ApiError::invalid(
+                name.clone(),
+                "field_too_large",
+                format!("'{name}' is too long."),
+            ));
         }
         let text = String::from_utf8(data.to_vec())
             .map_err(|_| ApiError::invalid(name.clone(), "invalid_encoding", format!("'{name}' is not UTF-8.")))?;
@@ -254,8 +281,9 @@ async fn parse_multipart(mut mp: Multipart, limits: &Limits) -> ApiResult<Create
             "seed" => req.seed = Some(parse_seed(&text)?),
             "input_reference[image_url]" => req.input_reference = Some(decode_data_url(&text)?),
             "input_reference[file_id]" => {
-                return Err(input_reference_object(Map::from_iter([("file_id".into(), Value::String(text))]))
-                    .unwrap_err());
+                return Err(
+                    input_reference_object(Map::from_iter([("file_id".into(), Value::String(text))])).unwrap_err(),
+                );
             }
             other => return Err(unknown_parameter(other)),
         }
@@ -268,14 +296,30 @@ async fn parse_multipart(mut mp: Multipart, limits: &Limits) -> ApiResult<Create
 pub async fn validate(req: CreateRequest, models: &[String], limits: &Limits) -> ApiResult<ValidCreate> {
     let field = |e: spec::SpecError| ApiError::invalid(e.param, "invalid_value", e.message);
     let prompt = req.prompt.ok_or_else(|| {
-        ApiError::invalid("prompt", "missing_required_parameter", "Missing required parameter: 'prompt'.")
+        ApiError::invalid(
+            "prompt",
+            "missing_required_parameter",
+            "Missing required parameter: 'prompt'.",
+        )
     })?;
     spec::validate_prompt(&prompt).map_err(field)?;
     let model = req.model.unwrap_or_else(|| models[0].clone());
     let known: Vec<&str> = models.iter().map(String::as_str).collect();
     spec::validate_model(&model, &known).map_err(field)?;
-    let seconds: Seconds = req.seconds.as_deref().map(str::parse).transpose().map_err(field)?.unwrap_or_default();
-    let size: VideoSize = req.size.as_deref().map(str::parse).transpose().map_err(field)?.unwrap_or_default();
+    let seconds: Seconds = req
+        .seconds
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(field)?
+        .unwrap_or_default();
+    let size: VideoSize = req
+        .size
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(field)?
+        .unwrap_or_default();
     if let Some(style) = &req.style {
         spec::validate_style(style).map_err(field)?;
     }
@@ -315,12 +359,24 @@ pub async fn validate(req: CreateRequest, models: &[String], limits: &Limits) ->
 pub fn check_image(bytes: &[u8], max_bytes: usize, max_side: u32) -> ApiResult<Vec<u8>> {
     let bad = |code: &'static str, m: String| ApiError::invalid("input_reference", code, m);
     if bytes.len() > max_bytes {
-        return Err(ApiError::too_large(format!("input_reference exceeds {max_bytes} bytes.")).with_param("input_reference"));
+        return Err(
+            ApiError::too_large(format!("input_reference exceeds {max_bytes} bytes.")).with_param("input_reference"),
+        );
     }
     let format = image::guess_format(bytes)
         .ok()
-        .filter(|f| matches!(f, image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP))
-        .ok_or_else(|| bad("invalid_image_format", "input_reference must be a PNG, JPEG or WebP image.".into()))?;
+        .filter(|f| {
+            matches!(
+                f,
+                image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP
+            )
+        })
+        .ok_or_else(|| {
+            bad(
+                "invalid_image_format",
+                "input_reference must be a PNG, JPEG or WebP image.".into(),
+            )
+        })?;
     let reader = || image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
     let (w, h) = reader()
         .into_dimensions()
@@ -337,7 +393,9 @@ pub fn check_image(bytes: &[u8], max_bytes: usize, max_side: u32) -> ApiResult<V
     lim.max_image_height = Some(max_side);
     lim.max_alloc = Some(u64::from(max_side) * u64::from(max_side) * 4 + (1 << 20));
     r.limits(lim);
-    let img = r.decode().map_err(|e| bad("invalid_image", format!("input_reference could not be decoded: {e}")))?;
+    let img = r
+        .decode()
+        .map_err(|e| bad("invalid_image", format!("input_reference could not be decoded: {e}")))?;
     let mut out = std::io::Cursor::new(Vec::new());
     img.to_rgb8()
         .write_to(&mut out, image::ImageFormat::Png)
@@ -359,9 +417,21 @@ mod tests {
 
     #[test]
     fn json_rejects_unknown_fields_and_wrong_types() {
-        assert_eq!(parse_json(br#"{"prompt":"x","colour":"red"}"#).unwrap_err().param.as_deref(), Some("colour"));
-        assert_eq!(parse_json(br#"{"prompt":5}"#).unwrap_err().param.as_deref(), Some("prompt"));
-        assert_eq!(parse_json(br#"{"prompt":"x","seed":-1}"#).unwrap_err().param.as_deref(), Some("seed"));
+        assert_eq!(
+            parse_json(br#"{"prompt":"x","colour":"red"}"#)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("colour")
+        );
+        assert_eq!(
+            parse_json(br#"{"prompt":5}"#).unwrap_err().param.as_deref(),
+            Some("prompt")
+        );
+        assert_eq!(
+            parse_json(br#"{"prompt":"x","seed":-1}"#).unwrap_err().param.as_deref(),
+            Some("seed")
+        );
         assert_eq!(parse_json(br#"[1]"#).unwrap_err().code, "invalid_json");
     }
 
@@ -376,9 +446,14 @@ mod tests {
         let e = check_image(b"GIF89a....", 1 << 20, 4096).unwrap_err();
         assert_eq!(e.code, "invalid_image_format");
         let mut png = std::io::Cursor::new(Vec::new());
-        image::RgbImage::new(8, 8).write_to(&mut png, image::ImageFormat::Png).unwrap();
+        image::RgbImage::new(8, 8)
+            .write_to(&mut png, image::ImageFormat::Png)
+            .unwrap();
         assert!(check_image(png.get_ref(), 1 << 20, 4096).is_ok());
-        assert_eq!(check_image(png.get_ref(), 1 << 20, 4).unwrap_err().code, "invalid_image_dimensions");
+        assert_eq!(
+            check_image(png.get_ref(), 1 << 20, 4).unwrap_err().code,
+            "invalid_image_dimensions"
+        );
         let truncated = &png.get_ref()[..png.get_ref().len() / 2];
         assert_eq!(check_image(truncated, 1 << 20, 4096).unwrap_err().code, "invalid_image");
     }

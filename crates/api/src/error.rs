@@ -20,7 +20,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, kind, code, param: None, message: message.into() }
+        Self {
+            status,
+            kind,
+            code,
+            param: None,
+            message: message.into(),
+        }
     }
 
     /// Same status and type, a more specific code and message.
@@ -45,7 +51,12 @@ impl ApiError {
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key", message)
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_api_key",
+            message,
+        )
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
@@ -68,23 +79,48 @@ impl ApiError {
     }
 
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error", "request_too_large", message)
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            message,
+        )
     }
 
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error", "unsupported_media_type", message)
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            message,
+        )
     }
 
     pub fn range_not_satisfiable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::RANGE_NOT_SATISFIABLE, "invalid_request_error", "range_not_satisfiable", message)
+        Self::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "invalid_request_error",
+            "range_not_satisfiable",
+            message,
+        )
     }
 
     pub fn route_not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", "Unknown endpoint.")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            "Unknown endpoint.",
+        )
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "method_not_allowed", "Method not allowed.")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            "Method not allowed.",
+        )
     }
 
     /// Infrastructure trouble (database or storage unavailable). Logged; the
@@ -100,7 +136,12 @@ impl ApiError {
     }
 
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", "Internal error.")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            "Internal error.",
+        )
     }
 }
 
@@ -117,7 +158,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(id) => ApiError::video_not_found(id.as_str()),
-            StoreError::IllegalTransition(t) => ApiError::conflict("invalid_state", format!("Video is {}: {t}.", t.from)),
+            StoreError::IllegalTransition(t) => {
+                ApiError::conflict("invalid_state", format!("Video is {}: {t}.", t.from))
+            }
             StoreError::IdempotencyConflict => ApiError::conflict(
                 "idempotency_key_reused",
                 "This Idempotency-Key was already used with a different request body.",

@@ -35,9 +35,19 @@ pub async fn stream(
     let mut after: i64 = match headers.get("last-event-id").map(|v| v.to_str().map(str::trim)) {
         None => 0,
         Some(Ok(s)) => s.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(|| {
-            ApiError::invalid("Last-Event-ID", "invalid_value", "Last-Event-ID must be a non-negative integer.")
+            ApiError::invalid(
+                "Last-Event-ID",
+                "invalid_value",
+                "Last-Event-ID must be a non-negative integer.",
+            )
         })?,
-        Some(Err(_)) => return Err(ApiError::invalid("Last-Event-ID", "invalid_value", "Last-Event-ID must be ASCII.")),
+        Some(Err(_)) => {
+            return Err(ApiError::invalid(
+                "Last-Event-ID",
+                "invalid_value",
+                "Last-Event-ID must be ASCII.",
+            ));
+        }
     };
     let id = job.id;
     let mut wake = state.bus.subscribe();

@@ -64,7 +64,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -78,8 +80,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
         Some(id) => state.store.job(&id).await.is_ok(),
         None => false,
     };
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = serde_json::json!({ "status": if ok { "ready" } else { "unavailable" }, "queued": state.dispatcher.queued() });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body =
+        serde_json::json!({ "status": if ok { "ready" } else { "unavailable" }, "queued": state.dispatcher.queued() });
     (status, axum::Json(body)).into_response()
 }
 

@@ -26,10 +26,18 @@ pub fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Vec<(String
     for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
         if !allowed.contains(&k.as_ref()) {
             let shown: String = k.chars().take(64).collect();
-            return Err(ApiError::invalid(shown.clone(), "unknown_parameter", format!("Unknown query parameter '{shown}'.")));
+            return Err(ApiError::invalid(
+                shown.clone(),
+                "unknown_parameter",
+                format!("Unknown query parameter '{shown}'."),
+            ));
         }
         if out.iter().any(|(ok, _)| ok == k.as_ref()) {
-            return Err(ApiError::invalid(k.to_string(), "duplicate_parameter", format!("'{k}' was sent twice.")));
+            return Err(ApiError::invalid(
+                k.to_string(),
+                "duplicate_parameter",
+                format!("'{k}' was sent twice."),
+            ));
         }
         out.push((k.into_owned(), v.into_owned()));
     }
@@ -76,14 +84,20 @@ fn with_poll_hint(state: &AppState, job: &Job, body: serde_json::Value, status: 
 }
 
 fn position(state: &AppState, job: &Job) -> Option<u64> {
-    (job.state == JobState::Queued).then(|| state.dispatcher.position(&job.id)).flatten()
+    (job.state == JobState::Queued)
+        .then(|| state.dispatcher.position(&job.id))
+        .flatten()
 }
 
 pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Request<Body>) -> ApiResult<Response> {
     let idem_key = idempotency_key(req.headers(), state.limits.idempotency_key_chars_max)?;
     let parsed = create::read(req, &state.limits).await?;
     let valid = create::validate(parsed, &state.models, &state.limits).await?;
-    if let Verdict::Block { category, reason } = state.moderator.check_prompt(&valid.prompt, valid.style.as_deref()).await {
+    if let Verdict::Block { category, reason } = state
+        .moderator
+        .check_prompt(&valid.prompt, valid.style.as_deref())
+        .await
+    {
         tracing::info!(tenant = %caller.tenant, %category, "prompt blocked by moderation");
         metrics::counter!("videogen_moderation_blocks_total", "side" => "prompt", "category" => category.clone())
             .increment(1);
@@ -113,8 +127,17 @@ pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Re
         steps: state.default_steps,
         input_reference: input_key.clone(),
     };
-    let new = NewJob { id: id.clone(), tenant: caller.tenant.clone(), tier: caller.tier, spec, now_ms: now };
-    let idem = idem_key.map(|key| Idempotency { key, body_hash: valid.body_hash });
+    let new = NewJob {
+        id: id.clone(),
+        tenant: caller.tenant.clone(),
+        tier: caller.tier,
+        spec,
+        now_ms: now,
+    };
+    let idem = idem_key.map(|key| Idempotency {
+        key,
+        body_hash: valid.body_hash,
+    });
     let outcome = state.store.submit(new, idem).await;
     // The job row did not take this request's upload: do not leave it behind.
     let orphaned = !matches!(outcome, Ok(Submitted::Created(_)));
@@ -141,8 +164,14 @@ pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Re
 }
 
 fn idempotency_key(headers: &HeaderMap, max_chars: usize) -> ApiResult<Option<String>> {
-    let Some(v) = headers.get(IDEMPOTENCY_HEADER) else { return Ok(None) };
-    let s = v.to_str().ok().map(str::trim).filter(|s| !s.is_empty() && s.len() <= max_chars);
+    let Some(v) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= max_chars);
     s.map(|s| Some(s.to_owned())).ok_or_else(|| {
         ApiError::invalid(
             "Idempotency-Key",
@@ -152,7 +181,11 @@ fn idempotency_key(headers: &HeaderMap, max_chars: usize) -> ApiResult<Option<St
     })
 }
 
-pub async fn retrieve_video(State(state): State<AppState>, caller: Caller, VideoPath(id): VideoPath) -> ApiResult<Response> {
+pub async fn retrieve_video(
+    State(state): State<AppState>,
+    caller: Caller,
+    VideoPath(id): VideoPath,
+) -> ApiResult<Response> {
     let job = visible_job(&state, &caller, &id).await?;
     let body = render(&job, position(&state, &job));
     Ok(with_poll_hint(&state, &job, body, StatusCode::OK))
@@ -162,22 +195,50 @@ pub async fn list_videos(State(state): State<AppState>, caller: Caller, RawQuery
     let pairs = query_pairs(q.as_deref(), &["after", "limit", "order"])?;
     let limit = match get(&pairs, "limit") {
         None => state.limits.list_limit_default,
-        Some(s) => s.parse::<u32>().ok().filter(|n| (1..=state.limits.list_limit_max).contains(n)).ok_or_else(|| {
-            ApiError::invalid("limit", "invalid_value", format!("'limit' must be an integer from 1 to {}.", state.limits.list_limit_max))
-        })?,
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=state.limits.list_limit_max).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    "invalid_value",
+                    format!("'limit' must be an integer from 1 to {}.", state.limits.list_limit_max),
+                )
+            })?,
     };
     let order = match get(&pairs, "order") {
         None | Some("desc") => Order::Desc,
         Some("asc") => Order::Asc,
-        Some(_) => return Err(ApiError::invalid("order", "invalid_value", "'order' must be 'asc' or 'desc'.")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "order",
+                "invalid_value",
+                "'order' must be 'asc' or 'desc'.",
+            ));
+        }
     };
     let after = match get(&pairs, "after") {
         None | Some("") => None,
         Some(s) => Some(VideoId::parse(s).ok_or_else(|| {
-            ApiError::invalid("after", "invalid_value", "'after' must be a video id from a previous page.")
+            ApiError::invalid(
+                "after",
+                "invalid_value",
+                "'after' must be a video id from a previous page.",
+            )
         })?),
     };
-    let mut jobs = state.store.list_jobs(&caller.tenant, &ListQuery { after, limit: limit + 1, order }).await?;
+    let mut jobs = state
+        .store
+        .list_jobs(
+            &caller.tenant,
+            &ListQuery {
+                after,
+                limit: limit + 1,
+                order,
+            },
+        )
+        .await?;
     let has_more = jobs.len() > limit as usize;
     jobs.truncate(limit as usize);
     let data: Vec<_> = jobs.iter().map(|j| render(j, position(&state, j))).collect();
@@ -191,7 +252,11 @@ pub async fn list_videos(State(state): State<AppState>, caller: Caller, RawQuery
     .into_response())
 }
 
-pub async fn delete_video(State(state): State<AppState>, caller: Caller, VideoPath(id): VideoPath) -> ApiResult<Response> {
+pub async fn delete_video(
+    State(state): State<AppState>,
+    caller: Caller,
+    VideoPath(id): VideoPath,
+) -> ApiResult<Response> {
     let job = visible_job(&state, &caller, &id).await?;
     if matches!(job.state, JobState::Queued | JobState::Running) {
         // Stop it first so no worker commits output for a deleted video.
@@ -211,7 +276,11 @@ pub async fn delete_video(State(state): State<AppState>, caller: Caller, VideoPa
     Ok(Json(json!({ "id": job.id.as_str(), "object": "video.deleted", "deleted": true })).into_response())
 }
 
-pub async fn cancel_video(State(state): State<AppState>, caller: Caller, VideoPath(id): VideoPath) -> ApiResult<Response> {
+pub async fn cancel_video(
+    State(state): State<AppState>,
+    caller: Caller,
+    VideoPath(id): VideoPath,
+) -> ApiResult<Response> {
     let job = visible_job(&state, &caller, &id).await?;
     let job = state.store.cancel(&job.id, state.clock.now_ms()).await?;
     state.dispatcher.cancel(&job.id);

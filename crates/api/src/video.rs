@@ -11,8 +11,15 @@ fn secs(ms: i64) -> i64 {
 
 /// Renders a job. `queue_position` is only known for queued jobs.
 pub fn render(job: &Job, queue_position: Option<u64>) -> Value {
-    let error = job.error.as_ref().map(|e| json!({ "code": e.code, "message": e.message }));
-    let queue_position = if job.state == JobState::Queued { queue_position } else { None };
+    let error = job
+        .error
+        .as_ref()
+        .map(|e| json!({ "code": e.code, "message": e.message }));
+    let queue_position = if job.state == JobState::Queued {
+        queue_position
+    } else {
+        None
+    };
     json!({
         "id": job.id.as_str(),
         "object": "video",

@@ -75,9 +75,7 @@ pub fn validate_key(key: &str) -> Result<(), BlobError> {
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
         {
-            return invalid(&format!(
-                "character {c:?} not allowed (only A-Z a-z 0-9 . _ - and '/')"
-            ));
+            return invalid(&format!("character {c:?} not allowed (only A-Z a-z 0-9 . _ - and '/')"));
         }
     }
     Ok(())
@@ -155,10 +153,7 @@ impl BlobStore for ObjectBlobStore {
             self.inner.head(&path).await.map_err(|e| map_err(key, e))?;
             return Ok(Bytes::new());
         }
-        self.inner
-            .get_range(&path, range)
-            .await
-            .map_err(|e| map_err(key, e))
+        self.inner.get_range(&path, range).await.map_err(|e| map_err(key, e))
     }
 
     async fn size(&self, key: &str) -> Result<u64, BlobError> {
@@ -180,15 +175,10 @@ impl BlobStore for ObjectBlobStore {
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
         validate_prefix(prefix)?;
-        let path = StorePath::parse(prefix)
-            .map_err(|e| BlobError::Backend(format!("invalid blob prefix: {e}")))?;
+        let path = StorePath::parse(prefix).map_err(|e| BlobError::Backend(format!("invalid blob prefix: {e}")))?;
         // object_store matches prefixes on whole segments: `a/b` covers
         // `a/b/c` but not `a/bc`.
-        let locations = self
-            .inner
-            .list(Some(&path))
-            .map_ok(|meta| meta.location)
-            .boxed();
+        let locations = self.inner.list(Some(&path)).map_ok(|meta| meta.location).boxed();
         self.inner
             .delete_stream(locations)
             .try_for_each(|_| futures::future::ready(Ok(())))
@@ -212,9 +202,8 @@ impl LocalBlobStore {
     /// Opens (creating if needed) a store rooted at `root`. Deleting the last
     /// object in a directory removes the emptied directories up to `root`.
     pub fn new(root: &Path) -> Result<Self, BlobError> {
-        std::fs::create_dir_all(root).map_err(|e| {
-            BlobError::Backend(format!("creating blob root {}: {e}", root.display()))
-        })?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| BlobError::Backend(format!("creating blob root {}: {e}", root.display())))?;
         let fs = LocalFileSystem::new_with_prefix(root)
             .map_err(|e| BlobError::Backend(format!("opening blob root {}: {e}", root.display())))?
             .with_automatic_cleanup(true);
@@ -272,22 +261,14 @@ mod tests {
     #[tokio::test]
     async fn put_get_size_range_roundtrip() {
         let (_dir, s) = store();
-        s.put("a/b/c.bin", Bytes::from_static(b"hello world"))
-            .await
-            .unwrap();
+        s.put("a/b/c.bin", Bytes::from_static(b"hello world")).await.unwrap();
         assert_eq!(s.get("a/b/c.bin").await.unwrap(), &b"hello world"[..]);
         assert_eq!(s.size("a/b/c.bin").await.unwrap(), 11);
-        assert_eq!(
-            s.get_range("a/b/c.bin", 6..11).await.unwrap(),
-            &b"world"[..]
-        );
+        assert_eq!(s.get_range("a/b/c.bin", 6..11).await.unwrap(), &b"world"[..]);
         assert_eq!(s.get_range("a/b/c.bin", 0..1).await.unwrap(), &b"h"[..]);
         assert!(s.get_range("a/b/c.bin", 3..3).await.unwrap().is_empty());
         // The object is a real file under the root.
-        assert_eq!(
-            std::fs::read(s.root().join("a/b/c.bin")).unwrap(),
-            b"hello world"
-        );
+        assert_eq!(std::fs::read(s.root().join("a/b/c.bin")).unwrap(), b"hello world");
     }
 
     #[tokio::test]
@@ -313,8 +294,7 @@ mod tests {
     #[tokio::test]
     async fn missing_objects_are_not_found() {
         let (_dir, s) = store();
-        let nf =
-            |r: Result<_, BlobError>| matches!(r, Err(BlobError::NotFound(k)) if k == "no/such");
+        let nf = |r: Result<_, BlobError>| matches!(r, Err(BlobError::NotFound(k)) if k == "no/such");
         assert!(nf(s.get("no/such").await.map(|_| ())));
         assert!(nf(s.size("no/such").await.map(|_| ())));
         assert!(nf(s.get_range("no/such", 0..4).await.map(|_| ())));
@@ -375,10 +355,7 @@ mod tests {
         for p in keys::job_prefixes(&id) {
             s.delete_prefix(&p).await.unwrap();
         }
-        assert!(matches!(
-            s.get(&keys::video(&id, 1)).await,
-            Err(BlobError::NotFound(_))
-        ));
+        assert!(matches!(s.get(&keys::video(&id, 1)).await, Err(BlobError::NotFound(_))));
         assert!(matches!(
             s.get(&keys::input_reference(&id)).await,
             Err(BlobError::NotFound(_))

@@ -38,7 +38,10 @@ pub struct GenerateArgs {
 }
 
 fn error_message(body: &Value) -> String {
-    body.pointer("/error/message").and_then(Value::as_str).unwrap_or("unknown error").to_owned()
+    body.pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown error")
+        .to_owned()
 }
 
 pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
@@ -46,7 +49,11 @@ pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
     let auth = format!("Bearer {}", a.api_key);
     let mut body = serde_json::json!({ "prompt": a.prompt, "seconds": a.seconds, "size": a.size });
-    for (k, v) in [("model", a.model.map(Value::from)), ("style", a.style.map(Value::from)), ("seed", a.seed.map(Value::from))] {
+    for (k, v) in [
+        ("model", a.model.map(Value::from)),
+        ("style", a.style.map(Value::from)),
+        ("seed", a.seed.map(Value::from)),
+    ] {
         if let Some(v) = v {
             body[k] = v;
         }
@@ -67,10 +74,16 @@ pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
     eprintln!("submitted {id} (seed {})", video["seed"]);
 
     let bar = ProgressBar::new(100);
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos:>3}% {msg}")?);
+    bar.set_style(ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {pos:>3}% {msg}",
+    )?);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(a.timeout_secs);
     let final_video = loop {
-        let resp = client.get(format!("{base}/v1/videos/{id}")).header("authorization", &auth).send().await?;
+        let resp = client
+            .get(format!("{base}/v1/videos/{id}"))
+            .header("authorization", &auth)
+            .send()
+            .await?;
         let v: Value = resp.json().await?;
         if v.get("error").is_some_and(|e| e.get("type").is_some()) {
             bail!("{}", error_message(&v));
@@ -80,14 +93,20 @@ pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
         let msg = match (v["status"].as_str(), v["queue_position"].as_u64()) {
             (Some("queued"), Some(p)) => format!("queued, {p} ahead"),
             (Some("queued"), None) => "queued".into(),
-            _ => format!("{phase} step {}/{} (attempt {})", v["step"], v["total_steps"], v["attempt"]),
+            _ => format!(
+                "{phase} step {}/{} (attempt {})",
+                v["step"], v["total_steps"], v["attempt"]
+            ),
         };
         bar.set_message(msg);
         match v["status"].as_str() {
             Some("completed") => break v,
             Some("failed") => {
                 bar.abandon();
-                bail!("generation failed: {}", v.pointer("/error/message").and_then(Value::as_str).unwrap_or("unknown"));
+                bail!(
+                    "generation failed: {}",
+                    v.pointer("/error/message").and_then(Value::as_str).unwrap_or("unknown")
+                );
             }
             _ => {}
         }
@@ -108,6 +127,13 @@ pub async fn run(a: GenerateArgs) -> anyhow::Result<()> {
         .bytes()
         .await?;
     std::fs::write(&a.output, &bytes).with_context(|| format!("writing {}", a.output.display()))?;
-    println!("{} ({} bytes, {} s, {}) saved to {}", id, bytes.len(), final_video["seconds"].as_str().unwrap_or("?"), final_video["size"].as_str().unwrap_or("?"), a.output.display());
+    println!(
+        "{} ({} bytes, {} s, {}) saved to {}",
+        id,
+        bytes.len(),
+        final_video["seconds"].as_str().unwrap_or("?"),
+        final_video["size"].as_str().unwrap_or("?"),
+        a.output.display()
+    );
     Ok(())
 }

@@ -50,14 +50,23 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             let rec = videogen_api::auth::key_record(&secret, tenant, a.tier, a.admin, SystemClock.now_ms());
             store.insert_api_key(&rec).await?;
             println!("{secret}");
-            eprintln!("created {} for tenant {} (tier {}); the secret above is not stored and will not be shown again", rec.id, rec.tenant, rec.tier);
+            eprintln!(
+                "created {} for tenant {} (tier {}); the secret above is not stored and will not be shown again",
+                rec.id, rec.tenant, rec.tier
+            );
         }
         KeysCommand::List(d) => {
             let store = crate::serve::open_store(&d.data_dir).await?;
-            println!("{:<22} {:<10} {:<20} {:<9} {:<6} status", "id", "prefix", "tenant", "tier", "admin");
+            println!(
+                "{:<22} {:<10} {:<20} {:<9} {:<6} status",
+                "id", "prefix", "tenant", "tier", "admin"
+            );
             for k in store.list_api_keys().await? {
                 let status = if k.revoked_at_ms.is_some() { "revoked" } else { "active" };
-                println!("{:<22} {:<10} {:<20} {:<9} {:<6} {status}", k.id, k.prefix, k.tenant, k.tier, k.admin);
+                println!(
+                    "{:<22} {:<10} {:<20} {:<9} {:<6} {status}",
+                    k.id, k.prefix, k.tenant, k.tier, k.admin
+                );
             }
         }
         KeysCommand::Revoke { id, dir } => {

@@ -13,7 +13,7 @@ use videogen_core::store::Store;
 use videogen_core::{Clock, SystemClock, TenantId, Tier, WorkerId};
 use videogen_model::{Model, REFERENCE_DEFAULT_STEPS, ReferenceConfig, ReferenceModel};
 use videogen_sched::SchedulerConfig;
-use videogen_worker::{Dispatcher, JobBus, RuntimeConfig, Runtime, Worker, housekeeping};
+use videogen_worker::{Dispatcher, JobBus, Runtime, RuntimeConfig, Worker, housekeeping};
 
 /// Tenant of the bootstrap admin key.
 const ADMIN_TENANT: &str = "admin";
@@ -69,7 +69,10 @@ pub struct ServeArgs {
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v).ok().filter(|d| !d.is_zero()).with_context(|| format!("--{name} must be a positive number of seconds"))
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("--{name} must be a positive number of seconds"))
 }
 
 pub async fn open_store(data_dir: &Path) -> anyhow::Result<Arc<videogen_store::SqliteStore>> {
@@ -105,20 +108,38 @@ async fn bootstrap_admin_key(store: &dyn Store) -> anyhow::Result<()> {
         anyhow::ensure!(secret.len() >= 16, "VIDEOGEN_API_KEY must be at least 16 characters");
         let hash = videogen_api::auth::hash_key(&secret);
         if store.api_key_by_hash(&hash).await?.is_none() {
-            store.insert_api_key(&videogen_api::auth::key_record(&secret, tenant, Tier::Internal, true, now)).await?;
+            store
+                .insert_api_key(&videogen_api::auth::key_record(
+                    &secret,
+                    tenant,
+                    Tier::Internal,
+                    true,
+                    now,
+                ))
+                .await?;
         }
         return Ok(());
     }
     if store.list_api_keys().await?.is_empty() {
         let secret = videogen_api::auth::generate_secret();
-        store.insert_api_key(&videogen_api::auth::key_record(&secret, tenant, Tier::Internal, true, now)).await?;
+        store
+            .insert_api_key(&videogen_api::auth::key_record(
+                &secret,
+                tenant,
+                Tier::Internal,
+                true,
+                now,
+            ))
+            .await?;
         println!("Admin API key (shown once, store it now): {secret}");
     }
     Ok(())
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let seconds = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+    let seconds = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ];
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)?
         .install_recorder()
@@ -213,7 +234,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    println!("videogen listening on http://{addr} (data dir {}, {} worker(s))", args.data_dir.display(), args.workers);
+    println!(
+        "videogen listening on http://{addr} (data dir {}, {} worker(s))",
+        args.data_dir.display(),
+        args.workers
+    );
     std::io::stdout().flush()?;
 
     let stop = shutdown.clone();
@@ -233,7 +258,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         r = server => r?,
         _ = hard_stop => tracing::warn!("HTTP connections still open after {HTTP_DRAIN_GRACE:?}; closing"),
     }
-    if tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
         tracing::warn!("workers did not stop within {SHUTDOWN_GRACE:?}; their leases will expire");
     }
     Ok(())

@@ -27,11 +27,7 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= u32::from(b);
         for _ in 0..8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ 0xEDB8_8320
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { (c >> 1) ^ 0xEDB8_8320 } else { c >> 1 };
         }
     }
     !c
@@ -94,9 +90,8 @@ fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..4 {
             out.push(if i <= c.len() {
                 A[(n >> (18 - 6 * i)) as usize & 63] as char
@@ -130,9 +125,7 @@ fn multipart(parts: &[Part]) -> Vec<u8> {
         out.extend(format!("--{BOUNDARY}\r\n").bytes());
         match p {
             Part::Text(name, value) => {
-                out.extend(
-                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").bytes(),
-                );
+                out.extend(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").bytes());
                 out.extend_from_slice(value);
             }
             Part::File {
@@ -283,12 +276,8 @@ fn raw_send(base: &str, c: &Case, mode: Raw) -> Result<Reply, String> {
         .trim_end_matches('/')
         .to_owned();
     let mut stream = std::net::TcpStream::connect(&addr).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    stream
-        .set_write_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut head = format!(
         "{} {} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n",
         c.method, c.path
@@ -337,12 +326,7 @@ fn raw_send(base: &str, c: &Case, mode: Raw) -> Result<Reply, String> {
     };
     let _ = stream.shutdown(std::net::Shutdown::Both);
     let _ = write.join(); // the server may refuse the rest: write errors are expected
-    reply.ok_or_else(|| {
-        format!(
-            "no complete HTTP response; got {:?}",
-            String::from_utf8_lossy(&buf)
-        )
-    })
+    reply.ok_or_else(|| format!("no complete HTTP response; got {:?}", String::from_utf8_lossy(&buf)))
 }
 
 /// A complete response in `buf` (one with a `Content-Length`).
@@ -419,16 +403,10 @@ async fn send(s: &Server, c: &Case) -> Result<Reply, String> {
 fn envelope(r: &Reply) -> Result<Value, String> {
     let shown = String::from_utf8_lossy(&r.body[..r.body.len().min(400)]).into_owned();
     if !r.content_type.starts_with("application/json") {
-        return Err(format!(
-            "content-type {:?}, not JSON; body {shown:?}",
-            r.content_type
-        ));
+        return Err(format!("content-type {:?}, not JSON; body {shown:?}", r.content_type));
     }
-    let v: Value = serde_json::from_slice(&r.body)
-        .map_err(|e| format!("body is not JSON ({e}): {shown:?}"))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| format!("body is not an object: {shown}"))?;
+    let v: Value = serde_json::from_slice(&r.body).map_err(|e| format!("body is not JSON ({e}): {shown:?}"))?;
+    let obj = v.as_object().ok_or_else(|| format!("body is not an object: {shown}"))?;
     if obj.len() != 1 || !obj.contains_key("error") {
         return Err(format!("body is not {{\"error\": ...}}: {shown}"));
     }
@@ -444,9 +422,7 @@ fn envelope(r: &Reply) -> Result<Value, String> {
         return Err(format!("error.message is not a non-empty string: {shown}"));
     }
     if !e["type"].is_string() || !e["code"].is_string() {
-        return Err(format!(
-            "error.type and error.code must be strings: {shown}"
-        ));
+        return Err(format!("error.type and error.code must be strings: {shown}"));
     }
     if !(e["param"].is_null() || e["param"].is_string()) {
         return Err(format!("error.param must be null or a string: {shown}"));
@@ -458,10 +434,7 @@ async fn check(s: &Server, c: &Case) -> Result<(), String> {
     let r = send(s, c).await?;
     let shown = String::from_utf8_lossy(&r.body[..r.body.len().min(400)]).into_owned();
     if r.status != c.status {
-        return Err(format!(
-            "status {} (expected {}): {shown}",
-            r.status, c.status
-        ));
+        return Err(format!("status {} (expected {}): {shown}", r.status, c.status));
     }
     let e = envelope(&r)?;
     let want_param = c.param.map_or(Value::Null, |p| Value::String(p.into()));
@@ -503,10 +476,7 @@ async fn assert_nothing_left(s: &Server) {
         assert_eq!(page["has_more"], false);
     }
     let files = blob_files(&s.data_dir);
-    assert!(
-        files.is_empty(),
-        "a rejected request left bytes behind: {files:?}"
-    );
+    assert!(files.is_empty(), "a rejected request left bytes behind: {files:?}");
 }
 
 fn valid_json() -> Value {
@@ -530,141 +500,69 @@ fn json_cases(no_fetch_url: &str) -> Vec<Case> {
     let truncated = &png8[..png8.len() / 2];
     let image_url = |url: String| with("input_reference", json!({ "image_url": url }));
     vec![
-        Case::json_value("missing prompt", without("prompt")).expect(
-            400,
-            "missing_required_parameter",
-            Some("prompt"),
-        ),
-        Case::json_value("empty prompt", with("prompt", json!(""))).expect(
-            400,
-            "invalid_value",
-            Some("prompt"),
-        ),
+        Case::json_value("missing prompt", without("prompt")).expect(400, "missing_required_parameter", Some("prompt")),
+        Case::json_value("empty prompt", with("prompt", json!(""))).expect(400, "invalid_value", Some("prompt")),
         Case::json_value("whitespace prompt", with("prompt", json!(" \n\t  "))).expect(
             400,
             "invalid_value",
             Some("prompt"),
         ),
-        Case::json_value(
-            "prompt of 4001 chars",
-            with("prompt", json!("a".repeat(4001))),
-        )
-        .expect(400, "invalid_value", Some("prompt")),
+        Case::json_value("prompt of 4001 chars", with("prompt", json!("a".repeat(4001)))).expect(
+            400,
+            "invalid_value",
+            Some("prompt"),
+        ),
         Case::json_value(
             "prompt of 4001 multibyte chars",
             with("prompt", json!("é".repeat(4001))),
         )
         .expect(400, "invalid_value", Some("prompt")),
-        Case::json_value(
-            "prompt with BEL",
-            with("prompt", json!("a bell \u{7} rings")),
-        )
-        .expect(400, "invalid_value", Some("prompt")),
+        Case::json_value("prompt with BEL", with("prompt", json!("a bell \u{7} rings"))).expect(
+            400,
+            "invalid_value",
+            Some("prompt"),
+        ),
         Case::json_value("prompt with NUL", with("prompt", json!("nul \u{0} byte"))).expect(
             400,
             "invalid_value",
             Some("prompt"),
         ),
-        Case::json_value("prompt is a number", with("prompt", json!(42))).expect(
-            400,
-            "invalid_type",
-            Some("prompt"),
-        ),
-        Case::json_value("prompt is null", with("prompt", Value::Null)).expect(
-            400,
-            "invalid_type",
-            Some("prompt"),
-        ),
+        Case::json_value("prompt is a number", with("prompt", json!(42))).expect(400, "invalid_type", Some("prompt")),
+        Case::json_value("prompt is null", with("prompt", Value::Null)).expect(400, "invalid_type", Some("prompt")),
         Case::json_value("seconds is a bool", with("seconds", json!(true))).expect(
             400,
             "invalid_type",
             Some("seconds"),
         ),
-        Case::json_value("size is a number", with("size", json!(720))).expect(
-            400,
-            "invalid_type",
-            Some("size"),
-        ),
-        Case::json_value("model is a number", with("model", json!(2))).expect(
-            400,
-            "invalid_type",
-            Some("model"),
-        ),
-        Case::json_value("seconds \"5\"", with("seconds", json!("5"))).expect(
-            400,
-            "invalid_value",
-            Some("seconds"),
-        ),
-        Case::json_value("seconds 7", with("seconds", json!(7))).expect(
-            400,
-            "invalid_value",
-            Some("seconds"),
-        ),
-        Case::json_value("seconds 4.0", with("seconds", json!(4.0))).expect(
-            400,
-            "invalid_value",
-            Some("seconds"),
-        ),
-        Case::json_value("size 640x480", with("size", json!("640x480"))).expect(
-            400,
-            "invalid_value",
-            Some("size"),
-        ),
+        Case::json_value("size is a number", with("size", json!(720))).expect(400, "invalid_type", Some("size")),
+        Case::json_value("model is a number", with("model", json!(2))).expect(400, "invalid_type", Some("model")),
+        Case::json_value("seconds \"5\"", with("seconds", json!("5"))).expect(400, "invalid_value", Some("seconds")),
+        Case::json_value("seconds 7", with("seconds", json!(7))).expect(400, "invalid_value", Some("seconds")),
+        Case::json_value("seconds 4.0", with("seconds", json!(4.0))).expect(400, "invalid_value", Some("seconds")),
+        Case::json_value("size 640x480", with("size", json!("640x480"))).expect(400, "invalid_value", Some("size")),
         Case::json_value("unknown model sora-2", with("model", json!("sora-2"))).expect(
             400,
             "invalid_value",
             Some("model"),
         ),
-        Case::json_value("empty model", with("model", json!(""))).expect(
-            400,
-            "invalid_value",
-            Some("model"),
-        ),
+        Case::json_value("empty model", with("model", json!(""))).expect(400, "invalid_value", Some("model")),
         Case::json_value("style of 65 chars", with("style", json!("s".repeat(65)))).expect(
             400,
             "invalid_value",
             Some("style"),
         ),
-        Case::json_value("empty style", with("style", json!(""))).expect(
+        Case::json_value("empty style", with("style", json!(""))).expect(400, "invalid_value", Some("style")),
+        Case::json_value("style with control char", with("style", json!("noir\u{1b}[0m"))).expect(
             400,
             "invalid_value",
             Some("style"),
         ),
-        Case::json_value(
-            "style with control char",
-            with("style", json!("noir\u{1b}[0m")),
-        )
-        .expect(400, "invalid_value", Some("style")),
-        Case::json_value("seed -1", with("seed", json!(-1))).expect(
-            400,
-            "invalid_seed",
-            Some("seed"),
-        ),
-        Case::json_value("seed 2^53", with("seed", json!(1u64 << 53))).expect(
-            400,
-            "invalid_seed",
-            Some("seed"),
-        ),
-        Case::json_value("seed u64::MAX", with("seed", json!(u64::MAX))).expect(
-            400,
-            "invalid_seed",
-            Some("seed"),
-        ),
-        Case::json_value("seed 1.5", with("seed", json!(1.5))).expect(
-            400,
-            "invalid_seed",
-            Some("seed"),
-        ),
-        Case::json_value("seed \"abc\"", with("seed", json!("abc"))).expect(
-            400,
-            "invalid_seed",
-            Some("seed"),
-        ),
-        Case::json_value("seed is a bool", with("seed", json!(true))).expect(
-            400,
-            "invalid_seed",
-            Some("seed"),
-        ),
+        Case::json_value("seed -1", with("seed", json!(-1))).expect(400, "invalid_seed", Some("seed")),
+        Case::json_value("seed 2^53", with("seed", json!(1u64 << 53))).expect(400, "invalid_seed", Some("seed")),
+        Case::json_value("seed u64::MAX", with("seed", json!(u64::MAX))).expect(400, "invalid_seed", Some("seed")),
+        Case::json_value("seed 1.5", with("seed", json!(1.5))).expect(400, "invalid_seed", Some("seed")),
+        Case::json_value("seed \"abc\"", with("seed", json!("abc"))).expect(400, "invalid_seed", Some("seed")),
+        Case::json_value("seed is a bool", with("seed", json!(true))).expect(400, "invalid_seed", Some("seed")),
         Case::json_value("unknown field", with("colour", json!("red"))).expect(
             400,
             "unknown_parameter",
@@ -675,17 +573,13 @@ fn json_cases(no_fetch_url: &str) -> Vec<Case> {
         Case::json("null, not an object", "null").expect(400, "invalid_json", None),
         Case::json("invalid JSON", "{\"prompt\": ").expect(400, "invalid_json", None),
         Case::json("trailing garbage", "{\"prompt\": \"x\"} {}").expect(400, "invalid_json", None),
-        Case::json("not UTF-8", b"{\"prompt\": \"\xff\xfe\"}".to_vec()).expect(
+        Case::json("not UTF-8", b"{\"prompt\": \"\xff\xfe\"}".to_vec()).expect(400, "invalid_json", None),
+        Case::json("empty body", "").expect(400, "invalid_json", None),
+        Case::json("deeply nested", format!("{}{}", "[".repeat(10_000), "]".repeat(10_000))).expect(
             400,
             "invalid_json",
             None,
         ),
-        Case::json("empty body", "").expect(400, "invalid_json", None),
-        Case::json(
-            "deeply nested",
-            format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
-        )
-        .expect(400, "invalid_json", None),
         Case::json_value(
             "input_reference http URL is not fetched",
             image_url(no_fetch_url.to_owned()),
@@ -696,25 +590,21 @@ fn json_cases(no_fetch_url: &str) -> Vec<Case> {
             image_url("http://169.254.169.254/latest/meta-data".into()),
         )
         .expect(400, "invalid_image_url", Some("input_reference.image_url")),
-        Case::json_value(
-            "input_reference file URL",
-            image_url("file:///etc/passwd".into()),
-        )
-        .expect(400, "invalid_image_url", Some("input_reference.image_url")),
+        Case::json_value("input_reference file URL", image_url("file:///etc/passwd".into())).expect(
+            400,
+            "invalid_image_url",
+            Some("input_reference.image_url"),
+        ),
         Case::json_value(
             "input_reference file_id",
             with("input_reference", json!({"file_id": "file-abc123"})),
         )
-        .expect(
+        .expect(400, "unsupported_parameter", Some("input_reference.file_id")),
+        Case::json_value("input_reference without image_url", with("input_reference", json!({}))).expect(
             400,
-            "unsupported_parameter",
-            Some("input_reference.file_id"),
+            "missing_required_parameter",
+            Some("input_reference"),
         ),
-        Case::json_value(
-            "input_reference without image_url",
-            with("input_reference", json!({})),
-        )
-        .expect(400, "missing_required_parameter", Some("input_reference")),
         Case::json_value(
             "input_reference unknown key",
             with("input_reference", json!({"url": "x"})),
@@ -730,36 +620,36 @@ fn json_cases(no_fetch_url: &str) -> Vec<Case> {
             image_url("data:image/png;base64,!!not*base64$$".into()),
         )
         .expect(400, "invalid_image_url", Some("input_reference.image_url")),
-        Case::json_value(
-            "data URL without ;base64",
-            image_url("data:image/png,rawbytes".into()),
-        )
-        .expect(400, "invalid_image_url", Some("input_reference.image_url")),
-        Case::json_value(
-            "data URL without comma",
-            image_url("data:image/png;base64".into()),
-        )
-        .expect(400, "invalid_image_url", Some("input_reference.image_url")),
+        Case::json_value("data URL without ;base64", image_url("data:image/png,rawbytes".into())).expect(
+            400,
+            "invalid_image_url",
+            Some("input_reference.image_url"),
+        ),
+        Case::json_value("data URL without comma", image_url("data:image/png;base64".into())).expect(
+            400,
+            "invalid_image_url",
+            Some("input_reference.image_url"),
+        ),
         Case::json_value("data URL of a GIF", image_url(data_url("image/gif", GIF))).expect(
             400,
             "invalid_image_format",
             Some("input_reference"),
         ),
-        Case::json_value(
-            "GIF data URL labelled PNG",
-            image_url(data_url("image/png", GIF)),
-        )
-        .expect(400, "invalid_image_format", Some("input_reference")),
+        Case::json_value("GIF data URL labelled PNG", image_url(data_url("image/png", GIF))).expect(
+            400,
+            "invalid_image_format",
+            Some("input_reference"),
+        ),
         Case::json_value(
             "data URL of a truncated PNG",
             image_url(data_url("image/png", truncated)),
         )
         .expect(400, "invalid_image", Some("input_reference")),
-        Case::json_value(
-            "data URL of an empty image",
-            image_url("data:image/png;base64,".into()),
-        )
-        .expect(400, "invalid_image_format", Some("input_reference")),
+        Case::json_value("data URL of an empty image", image_url("data:image/png;base64,".into())).expect(
+            400,
+            "invalid_image_format",
+            Some("input_reference"),
+        ),
         Case::json_value(
             "data URL of a 4097x1 PNG",
             image_url(data_url("image/png", &png(4097, 1))),
@@ -780,27 +670,22 @@ fn multipart_cases() -> Vec<Case> {
     let wide = png(4097, 1);
     let tall = png(1, 4097);
     let ok_prompt = Part::Text("prompt", b"a quiet harbour at dawn");
-    let file =
-        |filename: &'static str, content_type: &'static str, data: &'static [u8]| Part::File {
-            name: "input_reference",
-            filename,
-            content_type,
-            data,
-        };
+    let file = |filename: &'static str, content_type: &'static str, data: &'static [u8]| Part::File {
+        name: "input_reference",
+        filename,
+        content_type,
+        data,
+    };
     let wide: &'static [u8] = wide.leak();
     let tall: &'static [u8] = tall.leak();
     let png8: &'static [u8] = png8.leak();
     let mut cases = vec![
-        Case::multipart(
-            "multipart: missing prompt",
-            &[Part::Text("model", b"videogen-ref")],
-        )
-        .expect(400, "missing_required_parameter", Some("prompt")),
-        Case::multipart("multipart: no fields at all", &[]).expect(
+        Case::multipart("multipart: missing prompt", &[Part::Text("model", b"videogen-ref")]).expect(
             400,
             "missing_required_parameter",
             Some("prompt"),
         ),
+        Case::multipart("multipart: no fields at all", &[]).expect(400, "missing_required_parameter", Some("prompt")),
         Case::multipart(
             "multipart: duplicate prompt",
             &[Part::Text("prompt", b"one"), Part::Text("prompt", b"two")],
@@ -816,11 +701,11 @@ fn multipart_cases() -> Vec<Case> {
             "invalid_value",
             Some("prompt"),
         ),
-        Case::multipart(
-            "multipart: prompt not UTF-8",
-            &[Part::Text("prompt", b"caf\xe9")],
-        )
-        .expect(400, "invalid_encoding", Some("prompt")),
+        Case::multipart("multipart: prompt not UTF-8", &[Part::Text("prompt", b"caf\xe9")]).expect(
+            400,
+            "invalid_encoding",
+            Some("prompt"),
+        ),
         Case::multipart(
             "multipart: seconds 5",
             &[Part::Text("prompt", b"x"), Part::Text("seconds", b"5")],
@@ -838,10 +723,7 @@ fn multipart_cases() -> Vec<Case> {
         .expect(400, "invalid_value", Some("model")),
         Case::multipart(
             "multipart: input_reference as a text field",
-            &[
-                Part::Text("prompt", b"x"),
-                Part::Text("input_reference", png8),
-            ],
+            &[Part::Text("prompt", b"x"), Part::Text("input_reference", png8)],
         )
         .expect(400, "invalid_type", Some("input_reference")),
         Case::multipart(
@@ -900,11 +782,7 @@ fn multipart_cases() -> Vec<Case> {
                 Part::Text("input_reference[file_id]", b"file-abc"),
             ],
         )
-        .expect(
-            400,
-            "unsupported_parameter",
-            Some("input_reference.file_id"),
-        ),
+        .expect(400, "unsupported_parameter", Some("input_reference.file_id")),
         Case::multipart(
             "multipart: valid image, bad size after it",
             &[
@@ -943,10 +821,7 @@ fn multipart_cases() -> Vec<Case> {
     cases.push(
         Case::multipart(
             "multipart: 10.3 MiB image",
-            &[
-                Part::Text("prompt", b"x"),
-                file("big.png", "image/png", big.leak()),
-            ],
+            &[Part::Text("prompt", b"x"), file("big.png", "image/png", big.leak())],
         )
         .expect(413, "request_too_large", Some("input_reference")),
     );
@@ -963,20 +838,15 @@ fn transport_and_auth_cases() -> Vec<Case> {
         Case::json("chunked body over 12 MiB", vec![b' '; BODY_BYTES_MAX + 1])
             .raw(Raw::Chunked)
             .expect(413, "request_too_large", None),
-        Case::json(
-            "declared length over 12 MiB, short body",
-            valid_json().to_string(),
-        )
-        .raw(Raw::Declared(BODY_BYTES_MAX + 1))
-        .expect(413, "request_too_large", None),
+        Case::json("declared length over 12 MiB, short body", valid_json().to_string())
+            .raw(Raw::Declared(BODY_BYTES_MAX + 1))
+            .expect(413, "request_too_large", None),
         post_valid("text/plain")
             .content_type(Some("text/plain"))
             .expect(415, "unsupported_media_type", None),
-        post_valid("no content type").content_type(None).expect(
-            415,
-            "unsupported_media_type",
-            None,
-        ),
+        post_valid("no content type")
+            .content_type(None)
+            .expect(415, "unsupported_media_type", None),
         post_valid("form-urlencoded")
             .content_type(Some("application/x-www-form-urlencoded"))
             .expect(415, "unsupported_media_type", None),
@@ -1014,13 +884,10 @@ fn transport_and_auth_cases() -> Vec<Case> {
             .auth(None)
             .expect(401, "invalid_api_key", None)
             .kind(AUTH_ERROR),
-        Case::get(
-            "retrieve with Bearer wrong",
-            format!("/v1/videos/{ZERO_ID}"),
-        )
-        .auth(Some("Bearer wrong"))
-        .expect(401, "invalid_api_key", None)
-        .kind(AUTH_ERROR),
+        Case::get("retrieve with Bearer wrong", format!("/v1/videos/{ZERO_ID}"))
+            .auth(Some("Bearer wrong"))
+            .expect(401, "invalid_api_key", None)
+            .kind(AUTH_ERROR),
     ]
 }
 
@@ -1029,10 +896,7 @@ fn id_list_route_cases() -> Vec<Case> {
     let list = |q: &str| Case::get(format!("list ?{q}"), format!("/v1/videos?{q}"));
     vec![
         nf(Case::get("retrieve not-an-id", "/v1/videos/not-an-id")),
-        nf(Case::get(
-            "retrieve zero id",
-            format!("/v1/videos/{ZERO_ID}"),
-        )),
+        nf(Case::get("retrieve zero id", format!("/v1/videos/{ZERO_ID}"))),
         nf(Case::get(
             "retrieve uppercase id",
             format!("/v1/videos/{}", ZERO_ID.to_uppercase()),
@@ -1041,38 +905,22 @@ fn id_list_route_cases() -> Vec<Case> {
             "retrieve over-long id",
             format!("/v1/videos/video_{}", "0".repeat(500)),
         )),
-        nf(Case::get(
-            "retrieve percent-encoded junk id",
-            "/v1/videos/%20%27%22%3B",
-        )),
+        nf(Case::get("retrieve percent-encoded junk id", "/v1/videos/%20%27%22%3B")),
         nf(Case::get("retrieve non-UTF-8 id", "/v1/videos/%FF%FE")),
-        nf(Case::get(
-            "content of non-UTF-8 id",
-            "/v1/videos/%FF/content",
-        )),
+        nf(Case::get("content of non-UTF-8 id", "/v1/videos/%FF/content")),
         nf(Case::new(
             "delete zero id",
             Method::DELETE,
             format!("/v1/videos/{ZERO_ID}"),
         )),
-        nf(Case::new(
-            "delete not-an-id",
-            Method::DELETE,
-            "/v1/videos/not-an-id",
-        )),
+        nf(Case::new("delete not-an-id", Method::DELETE, "/v1/videos/not-an-id")),
         nf(Case::new(
             "cancel zero id",
             Method::POST,
             format!("/v1/videos/{ZERO_ID}/cancel"),
         )),
-        nf(Case::get(
-            "content of zero id",
-            format!("/v1/videos/{ZERO_ID}/content"),
-        )),
-        nf(Case::get(
-            "events of zero id",
-            format!("/v1/videos/{ZERO_ID}/events"),
-        )),
+        nf(Case::get("content of zero id", format!("/v1/videos/{ZERO_ID}/content"))),
+        nf(Case::get("events of zero id", format!("/v1/videos/{ZERO_ID}/events"))),
         list("limit=0").expect(400, "invalid_value", Some("limit")),
         list("limit=101").expect(400, "invalid_value", Some("limit")),
         list("limit=abc").expect(400, "invalid_value", Some("limit")),
@@ -1083,43 +931,26 @@ fn id_list_route_cases() -> Vec<Case> {
         list("after=garbage").expect(400, "invalid_value", Some("after")),
         list("foo=1").expect(400, "unknown_parameter", Some("foo")),
         list("limit=1&limit=2").expect(400, "duplicate_parameter", Some("limit")),
-        Case::get(
-            "content ?foo=1",
-            format!("/v1/videos/{ZERO_ID}/content?foo=1"),
-        )
-        .expect(400, "unknown_parameter", Some("foo")),
+        Case::get("content ?foo=1", format!("/v1/videos/{ZERO_ID}/content?foo=1")).expect(
+            400,
+            "unknown_parameter",
+            Some("foo"),
+        ),
         Case::get("unknown route /v1/nope", "/v1/nope").expect(404, "not_found", None),
         Case::get("unknown route /nope", "/nope").expect(404, "not_found", None),
         Case::get("unknown route /v2/videos", "/v2/videos").expect(404, "not_found", None),
-        Case::get(
-            "unknown sub-resource",
-            format!("/v1/videos/{ZERO_ID}/remix"),
-        )
-        .expect(404, "not_found", None),
+        Case::get("unknown sub-resource", format!("/v1/videos/{ZERO_ID}/remix")).expect(404, "not_found", None),
         Case::get("unknown route, no auth", "/v1/nope")
             .auth(None)
             .expect(404, "not_found", None),
-        Case::new("PUT /v1/videos", Method::PUT, "/v1/videos").expect(
+        Case::new("PUT /v1/videos", Method::PUT, "/v1/videos").expect(405, "method_not_allowed", None),
+        Case::new("DELETE /v1/videos", Method::DELETE, "/v1/videos").expect(405, "method_not_allowed", None),
+        Case::new("PATCH a video", Method::PATCH, format!("/v1/videos/{ZERO_ID}")).expect(
             405,
             "method_not_allowed",
             None,
         ),
-        Case::new("DELETE /v1/videos", Method::DELETE, "/v1/videos").expect(
-            405,
-            "method_not_allowed",
-            None,
-        ),
-        Case::new(
-            "PATCH a video",
-            Method::PATCH,
-            format!("/v1/videos/{ZERO_ID}"),
-        )
-        .expect(405, "method_not_allowed", None),
-        Case::get("GET cancel", format!("/v1/videos/{ZERO_ID}/cancel")).expect(
-            405,
-            "method_not_allowed",
-            None,
-        ),
+        Case::get("GET cancel", format!("/v1/videos/{ZERO_ID}/cancel")).expect(405, "method_not_allowed", None),
         Case::new("PUT /healthz", Method::PUT, "/healthz").expect(405, "method_not_allowed", None),
         Case::new("POST /readyz", Method::POST, "/readyz").expect(405, "method_not_allowed", None),
     ]
@@ -1179,17 +1010,9 @@ async fn edge_values_are_accepted_and_rejections_do_not_consume_idempotency_keys
         with("style", json!("s".repeat(64))),
     ))
     .await;
-    let v = ok(Case::json_value(
-        "seed 2^53-1",
-        with("seed", json!((1u64 << 53) - 1)),
-    ))
-    .await;
+    let v = ok(Case::json_value("seed 2^53-1", with("seed", json!((1u64 << 53) - 1)))).await;
     assert_eq!(v["seed"], (1u64 << 53) - 1);
-    ok(Case::json_value(
-        "seconds 12 as a number",
-        with("seconds", json!(12)),
-    ))
-    .await;
+    ok(Case::json_value("seconds 12 as a number", with("seconds", json!(12)))).await;
     ok(Case::json_value(
         "4096x1 PNG",
         with(
@@ -1229,15 +1052,10 @@ async fn edge_values_are_accepted_and_rejections_do_not_consume_idempotency_keys
     // A rejected request with an Idempotency-Key does not consume the key.
     let keyed = |name: &str, body: Value| {
         let mut c = Case::json_value(name, body);
-        c.headers
-            .push(("Idempotency-Key", "retry-after-fixing-it".into()));
+        c.headers.push(("Idempotency-Key", "retry-after-fixing-it".into()));
         c
     };
-    let bad = keyed("keyed, bad", with("size", json!("640x480"))).expect(
-        400,
-        "invalid_value",
-        Some("size"),
-    );
+    let bad = keyed("keyed, bad", with("size", json!("640x480"))).expect(400, "invalid_value", Some("size"));
     check(&s, &bad).await.unwrap();
     let png_body = with(
         "input_reference",
@@ -1249,18 +1067,13 @@ async fn edge_values_are_accepted_and_rejections_do_not_consume_idempotency_keys
     // A replay returns the same video and leaves no second upload behind.
     let replay = ok(keyed("keyed, replay", png_body.clone())).await;
     assert_eq!(replay["id"], first["id"]);
-    assert_eq!(
-        blob_files(&s.data_dir),
-        files,
-        "a replay left its upload behind"
-    );
+    assert_eq!(blob_files(&s.data_dir), files, "a replay left its upload behind");
     // A different body under the same key: 409, and its upload is removed.
     let other_png = with(
         "input_reference",
         json!({"image_url": data_url("image/png", &png(9, 9))}),
     );
-    let conflict =
-        keyed("keyed, different body", other_png).expect(409, "idempotency_key_reused", None);
+    let conflict = keyed("keyed, different body", other_png).expect(409, "idempotency_key_reused", None);
     check(&s, &conflict).await.unwrap();
     assert_eq!(
         blob_files(&s.data_dir),
@@ -1276,19 +1089,12 @@ async fn edge_values_are_accepted_and_rejections_do_not_consume_idempotency_keys
 async fn content_and_events_of_existing_videos_reject_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), FAST);
-    let (st, v) = s
-        .submit(ADMIN_KEY, body("a lighthouse in a storm", 3))
-        .await;
+    let (st, v) = s.submit(ADMIN_KEY, body("a lighthouse in a storm", 3)).await;
     assert_eq!(st, 200, "{v}");
     let id = v["id"].as_str().unwrap().to_owned();
     let done = s.wait_done(ADMIN_KEY, &id, T).await;
     assert_eq!(done["status"], "completed", "{done}");
-    let content = |q: &str| {
-        Case::get(
-            format!("content ?{q}"),
-            format!("/v1/videos/{id}/content?{q}"),
-        )
-    };
+    let content = |q: &str| Case::get(format!("content ?{q}"), format!("/v1/videos/{id}/content?{q}"));
     let events = |name: &str, last: &str| {
         Case::get(name, format!("/v1/videos/{id}/events"))
             .header("Last-Event-ID", last)
@@ -1298,11 +1104,7 @@ async fn content_and_events_of_existing_videos_reject_bad_input() {
         content("variant=gif").expect(400, "invalid_value", Some("variant")),
         content("variant=").expect(400, "invalid_value", Some("variant")),
         content("variant=VIDEO").expect(400, "invalid_value", Some("variant")),
-        content("variant=video&variant=thumbnail").expect(
-            400,
-            "duplicate_parameter",
-            Some("variant"),
-        ),
+        content("variant=video&variant=thumbnail").expect(400, "duplicate_parameter", Some("variant")),
         content("size=1").expect(400, "unknown_parameter", Some("size")),
         content("variant=video")
             .header("Range", "bytes=999999999-")
@@ -1339,11 +1141,9 @@ async fn content_of_a_queued_video_is_not_ready() {
             )
             .expect(409, "video_not_ready", None)
         })
-        .chain([
-            Case::get("Last-Event-ID: abc", format!("/v1/videos/{id}/events"))
-                .header("Last-Event-ID", "abc")
-                .expect(400, "invalid_value", Some("Last-Event-ID")),
-        ])
+        .chain([Case::get("Last-Event-ID: abc", format!("/v1/videos/{id}/events"))
+            .header("Last-Event-ID", "abc")
+            .expect(400, "invalid_value", Some("Last-Event-ID"))])
         .collect();
     run_all(&s, &cases).await;
     assert_eq!(s.video(ADMIN_KEY, &id).await["status"], "queued");
@@ -1378,9 +1178,7 @@ impl Rng {
     /// Visible ASCII (valid in a header value).
     fn visible(&mut self, max: usize) -> String {
         let n = self.below(max + 1);
-        (0..n)
-            .map(|_| (b'!' + self.below(94) as u8) as char)
-            .collect()
+        (0..n).map(|_| (b'!' + self.below(94) as u8) as char).collect()
     }
     /// Arbitrary bytes, percent-encoded for a URL.
     fn url_part(&mut self, max: usize) -> String {
@@ -1426,11 +1224,7 @@ impl Rng {
                 " ",
                 "data:image/png;base64,AA=="
             ])),
-            6 => Value::Array(
-                (0..self.below(4))
-                    .map(|_| self.json_value(depth + 1))
-                    .collect(),
-            ),
+            6 => Value::Array((0..self.below(4)).map(|_| self.json_value(depth + 1)).collect()),
             _ => {
                 let keys = [
                     "prompt",
@@ -1545,10 +1339,7 @@ fn fuzz_case(rng: &mut Rng, i: usize) -> Case {
     let method = rng.pick(&methods).clone();
     let id = match rng.below(4) {
         0 => ZERO_ID.to_owned(),
-        1 => format!(
-            "video_{:032x}",
-            u128::from(rng.next()) << 64 | u128::from(rng.next())
-        ),
+        1 => format!("video_{:032x}", u128::from(rng.next()) << 64 | u128::from(rng.next())),
         _ => rng.url_part(12),
     };
     let mut path = match rng.below(10) {
@@ -1588,8 +1379,7 @@ fn fuzz_case(rng: &mut Rng, i: usize) -> Case {
         c.headers.push(("Last-Event-ID", rng.visible(12)));
     }
     if rng.chance(15) {
-        c.headers
-            .push(("Range", format!("bytes={}", rng.visible(10))));
+        c.headers.push(("Range", format!("bytes={}", rng.visible(10))));
     }
     c
 }

@@ -9,7 +9,16 @@ use serde_json::Value;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(180);
-const SLOW: &[&str] = &["--steps", "40", "--step-ms", "60", "--checkpoint-every-steps", "4", "--poll-after-ms", "100"];
+const SLOW: &[&str] = &[
+    "--steps",
+    "40",
+    "--step-ms",
+    "60",
+    "--checkpoint-every-steps",
+    "4",
+    "--poll-after-ms",
+    "100",
+];
 
 async fn events(s: &Server, id: &str) -> Vec<Value> {
     let text = s
@@ -23,7 +32,11 @@ async fn events(s: &Server, id: &str) -> Vec<Value> {
         .await
         .unwrap();
     text.split("\n\n")
-        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("data: ")).and_then(|d| serde_json::from_str(d).ok()))
+        .filter_map(|b| {
+            b.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .and_then(|d| serde_json::from_str(d).ok())
+        })
         .collect()
 }
 
@@ -33,7 +46,8 @@ async fn kill_9_mid_generation_resumes_from_a_checkpoint_with_identical_output()
     let mut s = Server::start(crashed_dir.path(), SLOW);
     let (_, v) = s.submit(ADMIN_KEY, body("a red fox running through snow", 11)).await;
     let id = v["id"].as_str().unwrap().to_owned();
-    s.wait_until(ADMIN_KEY, &id, T, |v| v["step"].as_u64().unwrap_or(0) >= 14).await;
+    s.wait_until(ADMIN_KEY, &id, T, |v| v["step"].as_u64().unwrap_or(0) >= 14)
+        .await;
     s.kill9();
 
     let s = Server::start(crashed_dir.path(), SLOW);
@@ -45,20 +59,28 @@ async fn kill_9_mid_generation_resumes_from_a_checkpoint_with_identical_output()
     assert_eq!(requeued["reason"], "node_restarted");
     let resumed = log.iter().find(|e| e["type"] == "resumed").expect("a resumed event");
     let from_step = resumed["from_step"].as_u64().unwrap();
-    assert!(from_step >= 12, "resumed from step {from_step}, expected a checkpoint >= 12");
+    assert!(
+        from_step >= 12,
+        "resumed from step {from_step}, expected a checkpoint >= 12"
+    );
     assert_eq!(resumed["phase"], "resuming_from_checkpoint");
     let (_, crashed_mp4) = s.content(ADMIN_KEY, &id, "video").await;
 
     // The same request on a fresh server, never interrupted.
     let clean_dir = tempfile::tempdir().unwrap();
     let clean = Server::start(clean_dir.path(), SLOW);
-    let (_, v) = clean.submit(ADMIN_KEY, body("a red fox running through snow", 11)).await;
+    let (_, v) = clean
+        .submit(ADMIN_KEY, body("a red fox running through snow", 11))
+        .await;
     let clean_id = v["id"].as_str().unwrap().to_owned();
     let clean_done = clean.wait_done(ADMIN_KEY, &clean_id, T).await;
     assert_eq!(clean_done["attempt"], 1);
     let (_, clean_mp4) = clean.content(ADMIN_KEY, &clean_id, "video").await;
     assert!(!crashed_mp4.is_empty());
-    assert!(crashed_mp4 == clean_mp4, "resumed output differs from an uninterrupted run");
+    assert!(
+        crashed_mp4 == clean_mp4,
+        "resumed output differs from an uninterrupted run"
+    );
 }
 
 #[tokio::test]

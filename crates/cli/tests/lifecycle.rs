@@ -39,7 +39,11 @@ async fn a_submitted_video_completes_as_a_fast_start_h264_mp4_with_images() {
     assert_eq!(info.codec, "avc1");
     assert_eq!((info.width, info.height), (720, 1280));
     assert_eq!(info.sample_count, 96);
-    assert!((info.duration_secs() - 4.0).abs() < 1.0 / 24.0, "{}", info.duration_secs());
+    assert!(
+        (info.duration_secs() - 4.0).abs() < 1.0 / 24.0,
+        "{}",
+        info.duration_secs()
+    );
     ffprobe_check(&mp4, 96, 4.0);
 
     for variant in ["thumbnail", "spritesheet"] {
@@ -70,8 +74,17 @@ fn ffprobe_check(mp4: &[u8], frames: u32, secs: f64) {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), mp4).unwrap();
     let out = std::process::Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-            "stream=codec_name,pix_fmt,nb_read_frames,duration", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name,pix_fmt,nb_read_frames,duration",
+            "-of",
+            "json",
+        ])
         .arg(f.path())
         .output()
         .unwrap();
@@ -108,8 +121,14 @@ async fn listing_paginates_with_cursors_in_both_orders() {
             let data = page["data"].as_array().unwrap();
             assert!(data.len() <= 2);
             seen.extend(data.iter().map(|v| v["id"].as_str().unwrap().to_owned()));
-            assert_eq!(page["first_id"], data.first().map(|v| v["id"].clone()).unwrap_or(Value::Null));
-            assert_eq!(page["last_id"], data.last().map(|v| v["id"].clone()).unwrap_or(Value::Null));
+            assert_eq!(
+                page["first_id"],
+                data.first().map(|v| v["id"].clone()).unwrap_or(Value::Null)
+            );
+            assert_eq!(
+                page["last_id"],
+                data.last().map(|v| v["id"].clone()).unwrap_or(Value::Null)
+            );
             if !page["has_more"].as_bool().unwrap() {
                 break;
             }
@@ -131,7 +150,12 @@ async fn idempotency_key_replays_the_same_video_and_rejects_a_different_body() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &["--workers", "0"]);
     let send = |b: Value| {
-        s.http.post(s.url("/v1/videos")).bearer_auth(ADMIN_KEY).header("Idempotency-Key", "order-42").json(&b).send()
+        s.http
+            .post(s.url("/v1/videos"))
+            .bearer_auth(ADMIN_KEY)
+            .header("Idempotency-Key", "order-42")
+            .json(&b)
+            .send()
     };
     let a: Value = send(body("a lighthouse", 1)).await.unwrap().json().await.unwrap();
     let b: Value = send(body("a lighthouse", 1)).await.unwrap().json().await.unwrap();
@@ -144,16 +168,34 @@ async fn idempotency_key_replays_the_same_video_and_rejects_a_different_body() {
     assert_eq!(page["data"].as_array().unwrap().len(), 1);
     // Without a seed the server picks one, and a replay still matches.
     let no_seed = json!({"prompt": "no seed given", "model": "videogen-ref"});
-    let c = s.http.post(s.url("/v1/videos")).bearer_auth(ADMIN_KEY).header("Idempotency-Key", "k2").json(&no_seed).send();
+    let c = s
+        .http
+        .post(s.url("/v1/videos"))
+        .bearer_auth(ADMIN_KEY)
+        .header("Idempotency-Key", "k2")
+        .json(&no_seed)
+        .send();
     let c: Value = c.await.unwrap().json().await.unwrap();
-    let d = s.http.post(s.url("/v1/videos")).bearer_auth(ADMIN_KEY).header("Idempotency-Key", "k2").json(&no_seed).send();
+    let d = s
+        .http
+        .post(s.url("/v1/videos"))
+        .bearer_auth(ADMIN_KEY)
+        .header("Idempotency-Key", "k2")
+        .json(&no_seed)
+        .send();
     let d: Value = d.await.unwrap().json().await.unwrap();
     assert_eq!(c["id"], d["id"]);
     assert_eq!(c["seed"], d["seed"]);
 }
 
 async fn cancel(s: &Server, id: &str) -> (u16, Value) {
-    let r = s.http.post(s.url(&format!("/v1/videos/{id}/cancel"))).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/videos/{id}/cancel")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
@@ -161,7 +203,10 @@ async fn cancel(s: &Server, id: &str) -> (u16, Value) {
 async fn cancel_works_while_queued_and_while_running_and_is_refused_when_done() {
     let dir = tempfile::tempdir().unwrap();
     // Slow steps so the job is observably running.
-    let s = Server::start(dir.path(), &["--steps", "200", "--step-ms", "50", "--checkpoint-every-steps", "5"]);
+    let s = Server::start(
+        dir.path(),
+        &["--steps", "200", "--step-ms", "50", "--checkpoint-every-steps", "5"],
+    );
     let (_, running) = s.submit(ADMIN_KEY, body("slow clip", 1)).await;
     let (_, queued) = s.submit(ADMIN_KEY, body("waiting clip", 2)).await;
     let running = running["id"].as_str().unwrap().to_owned();
@@ -173,16 +218,25 @@ async fn cancel_works_while_queued_and_while_running_and_is_refused_when_done() 
     assert_eq!(v["phase"], "cancelled");
     assert_eq!(v["error"]["code"], "cancelled");
 
-    s.wait_until(ADMIN_KEY, &running, T, |v| v["phase"] == "generating" && v["step"].as_u64().unwrap() >= 3).await;
+    s.wait_until(ADMIN_KEY, &running, T, |v| {
+        v["phase"] == "generating" && v["step"].as_u64().unwrap() >= 3
+    })
+    .await;
     let (st, v) = cancel(&s, &running).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["phase"], "cancelled");
     // The worker notices at the next step and frees its slot: a new job runs.
     let (_, next) = s.submit(ADMIN_KEY, body("next clip", 3)).await;
     let next = next["id"].as_str().unwrap().to_owned();
-    s.wait_until(ADMIN_KEY, &next, Duration::from_secs(30), |v| v["status"] == "in_progress").await;
+    s.wait_until(ADMIN_KEY, &next, Duration::from_secs(30), |v| {
+        v["status"] == "in_progress"
+    })
+    .await;
     let after = s.video(ADMIN_KEY, &running).await;
-    assert_eq!(after["phase"], "cancelled", "a cancelled job must stay cancelled: {after}");
+    assert_eq!(
+        after["phase"], "cancelled",
+        "a cancelled job must stay cancelled: {after}"
+    );
     let (st, _) = s.content(ADMIN_KEY, &running, "video").await;
     assert_eq!(st, 409);
 
@@ -199,15 +253,30 @@ async fn delete_removes_the_video_and_its_bytes() {
     let id = v["id"].as_str().unwrap().to_owned();
     s.wait_done(ADMIN_KEY, &id, T).await;
     assert!(blob_files(dir.path()).iter().any(|p| p.to_string_lossy().contains(&id)));
-    let r = s.http.delete(s.url(&format!("/v1/videos/{id}"))).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    let r = s
+        .http
+        .delete(s.url(&format!("/v1/videos/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let d: Value = r.json().await.unwrap();
     assert_eq!(d, json!({"id": id, "object": "video.deleted", "deleted": true}));
     let (st, e) = s.get_json(ADMIN_KEY, &format!("/v1/videos/{id}")).await;
     assert_eq!(st, 404);
     assert_eq!(e["error"]["code"], "video_not_found");
-    assert!(!blob_files(dir.path()).iter().any(|p| p.to_string_lossy().contains(&id)), "bytes left behind");
-    let r = s.http.delete(s.url(&format!("/v1/videos/{id}"))).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert!(
+        !blob_files(dir.path()).iter().any(|p| p.to_string_lossy().contains(&id)),
+        "bytes left behind"
+    );
+    let r = s
+        .http
+        .delete(s.url(&format!("/v1/videos/{id}")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
 }
 
@@ -223,7 +292,10 @@ async fn content_supports_byte_ranges() {
     let get = |range: &'static str| s.http.get(&url).bearer_auth(ADMIN_KEY).header("Range", range).send();
     let r = get("bytes=0-99").await.unwrap();
     assert_eq!(r.status().as_u16(), 206);
-    assert_eq!(r.headers()["content-range"].to_str().unwrap(), format!("bytes 0-99/{}", full.len()));
+    assert_eq!(
+        r.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 0-99/{}", full.len())
+    );
     assert_eq!(r.bytes().await.unwrap().as_ref(), &full[..100]);
     let r = get("bytes=-10").await.unwrap();
     assert_eq!(r.status().as_u16(), 206);
@@ -246,14 +318,30 @@ async fn tenants_see_only_their_own_videos() {
     assert_eq!(st, 200);
     assert_eq!(v["tier"], "paid");
     let id = v["id"].as_str().unwrap().to_owned();
-    for path in [format!("/v1/videos/{id}"), format!("/v1/videos/{id}/content"), format!("/v1/videos/{id}/events")] {
+    for path in [
+        format!("/v1/videos/{id}"),
+        format!("/v1/videos/{id}/content"),
+        format!("/v1/videos/{id}/events"),
+    ] {
         let (st, e) = s.get_json(&bob, &path).await;
         assert_eq!(st, 404, "{path}");
         assert_eq!(e["error"]["code"], "video_not_found");
     }
-    let r = s.http.delete(s.url(&format!("/v1/videos/{id}"))).bearer_auth(&bob).send().await.unwrap();
+    let r = s
+        .http
+        .delete(s.url(&format!("/v1/videos/{id}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
-    let r = s.http.post(s.url(&format!("/v1/videos/{id}/cancel"))).bearer_auth(&bob).send().await.unwrap();
+    let r = s
+        .http
+        .post(s.url(&format!("/v1/videos/{id}/cancel")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
     let (_, page) = s.get_json(&bob, "/v1/videos").await;
     assert_eq!(page["data"].as_array().unwrap().len(), 0);
@@ -262,11 +350,26 @@ async fn tenants_see_only_their_own_videos() {
     // Still there for its owner.
     assert_eq!(s.video(&alice, &id).await["status"], "queued");
     // Revoked keys stop working at once.
-    let out = std::process::Command::new(BIN).args(["keys", "list", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["keys", "list", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let listing = String::from_utf8(out.stdout).unwrap();
     assert!(!listing.contains(&bob), "secrets must never be listed");
-    let bob_id = listing.lines().find(|l| l.contains(" bob ")).unwrap().split_whitespace().next().unwrap().to_owned();
-    let out = std::process::Command::new(BIN).args(["keys", "revoke", &bob_id, "--data-dir"]).arg(dir.path()).output().unwrap();
+    let bob_id = listing
+        .lines()
+        .find(|l| l.contains(" bob "))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = std::process::Command::new(BIN)
+        .args(["keys", "revoke", &bob_id, "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let (st, e) = s.get_json(&bob, "/v1/videos").await;
     assert_eq!(st, 401);
@@ -282,12 +385,17 @@ async fn retention_expires_bytes_and_content_says_so() {
     let (_, v) = s.submit(ADMIN_KEY, body("short-lived", 1)).await;
     let id = v["id"].as_str().unwrap().to_owned();
     s.wait_done(ADMIN_KEY, &id, T).await;
-    let v = s.wait_until(ADMIN_KEY, &id, Duration::from_secs(30), |v| v["phase"] == "expired").await;
+    let v = s
+        .wait_until(ADMIN_KEY, &id, Duration::from_secs(30), |v| v["phase"] == "expired")
+        .await;
     assert_eq!(v["status"], "completed");
     let (st, e) = s.get_json(ADMIN_KEY, &format!("/v1/videos/{id}/content")).await;
     assert_eq!(st, 404);
     assert_eq!(e["error"]["code"], "video_expired");
-    assert!(!blob_files(dir.path()).iter().any(|p| p.to_string_lossy().contains(&id)), "expired bytes left behind");
+    assert!(
+        !blob_files(dir.path()).iter().any(|p| p.to_string_lossy().contains(&id)),
+        "expired bytes left behind"
+    );
 }
 
 #[tokio::test]
@@ -297,7 +405,13 @@ async fn events_stream_replays_the_log_and_resumes_after_last_event_id() {
     let (_, v) = s.submit(ADMIN_KEY, body("events", 1)).await;
     let id = v["id"].as_str().unwrap().to_owned();
     // Streams until the terminal event, then the server closes it.
-    let text = s.http.get(s.url(&format!("/v1/videos/{id}/events"))).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    let text = s
+        .http
+        .get(s.url(&format!("/v1/videos/{id}/events")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(text.headers()["content-type"], "text/event-stream");
     let text = tokio::time::timeout(T, text.text()).await.unwrap().unwrap();
     let events = parse_sse(&text);
@@ -307,9 +421,14 @@ async fn events_stream_replays_the_log_and_resumes_after_last_event_id() {
     assert!(kinds.contains(&"checkpoint"));
     assert_eq!(kinds.last(), Some(&"completed"));
     let ids: Vec<i64> = events.iter().filter_map(|(id, _, _)| *id).collect();
-    assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids must be consecutive: {ids:?}");
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "ids must be consecutive: {ids:?}"
+    );
     for (_, _, data) in &events {
-        assert!(["queued", "in_progress", "completed", "failed"].contains(&data["status"].as_str().unwrap_or("queued")));
+        assert!(
+            ["queued", "in_progress", "completed", "failed"].contains(&data["status"].as_str().unwrap_or("queued"))
+        );
     }
     // Resume from the middle.
     let mid = ids[ids.len() / 2];

@@ -16,10 +16,7 @@ mod common;
 use common::*;
 use std::process::Command;
 
-const SUITE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/sdk/test_openai_sdk.py"
-);
+const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/test_openai_sdk.py");
 const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 #[test]
@@ -62,12 +59,6 @@ fn the_official_openai_python_sdk_suite_passes() {
         out.status
     );
     // A skip (e.g. the env not reaching pytest) exits 0 too: every test must run.
-    assert!(
-        stdout.contains(" passed"),
-        "the SDK suite ran no test:\n{stdout}"
-    );
-    assert!(
-        !stdout.contains("skipped"),
-        "SDK tests were skipped:\n{stdout}"
-    );
+    assert!(stdout.contains(" passed"), "the SDK suite ran no test:\n{stdout}");
+    assert!(!stdout.contains("skipped"), "SDK tests were skipped:\n{stdout}");
 }

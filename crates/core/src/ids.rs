@@ -24,8 +24,7 @@ impl VideoId {
     /// Parses an id from untrusted input; `None` if it is not of our form.
     pub fn parse(s: &str) -> Option<Self> {
         let hex = s.strip_prefix(VIDEO_PREFIX)?;
-        let ok = hex.len() == VIDEO_HEX_LEN
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let ok = hex.len() == VIDEO_HEX_LEN && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         ok.then(|| Self(s.to_owned()))
     }
 

@@ -27,9 +27,7 @@ pub mod tier;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use ids::{TenantId, VideoId, WorkerId};
-pub use job::{
-    CheckpointRef, Job, JobError, JobEvent, Lease, Outputs, Phase, Progress, QueuedJob,
-};
+pub use job::{CheckpointRef, Job, JobError, JobEvent, Lease, Outputs, Phase, Progress, QueuedJob};
 pub use lifecycle::{IllegalTransition, JobState, RequeueReason, Transition};
 pub use spec::{Seconds, SpecError, VideoSize, VideoSpec};
 pub use tier::Tier;

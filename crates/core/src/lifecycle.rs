@@ -111,7 +111,10 @@ impl JobState {
 
     /// No transition leaves a terminal state except `Completed → Expired`.
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled | JobState::Expired)
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Cancelled | JobState::Expired
+        )
     }
 
     /// The status OpenAI's SDKs understand. Only these four literals may ever

@@ -73,12 +73,12 @@ impl fmt::Display for VideoSize {
 impl FromStr for VideoSize {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        VideoSize::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| SpecError::new("size", format!(
-                "invalid size {s:?}: expected one of 720x1280, 1280x720, 1024x1792, 1792x1024"
-            )))
+        VideoSize::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
+            SpecError::new(
+                "size",
+                format!("invalid size {s:?}: expected one of 720x1280, 1280x720, 1024x1792, 1792x1024"),
+            )
+        })
     }
 }
 
@@ -142,7 +142,10 @@ pub struct SpecError {
 
 impl SpecError {
     pub fn new(param: &'static str, message: impl Into<String>) -> Self {
-        Self { param, message: message.into() }
+        Self {
+            param,
+            message: message.into(),
+        }
     }
 }
 
@@ -173,7 +176,10 @@ pub fn validate_prompt(prompt: &str) -> Result<(), SpecError> {
             format!("prompt is {n} characters; the limit is {PROMPT_MAX_CHARS}"),
         ));
     }
-    if prompt.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
+    if prompt
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
         return Err(SpecError::new("prompt", "prompt contains control characters"));
     }
     Ok(())
@@ -215,7 +221,10 @@ mod tests {
 
     #[test]
     fn serde_uses_the_api_literals() {
-        assert_eq!(serde_json::to_string(&VideoSize::Landscape1024).unwrap(), "\"1792x1024\"");
+        assert_eq!(
+            serde_json::to_string(&VideoSize::Landscape1024).unwrap(),
+            "\"1792x1024\""
+        );
         assert_eq!(serde_json::to_string(&Seconds::S8).unwrap(), "\"8\"");
     }
 

@@ -122,16 +122,25 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- worker protocol (fenced)
     /// Queued → running with attempt + 1. `None` if the job is no longer queued.
-    async fn lease(&self, id: &VideoId, worker: &WorkerId, now_ms: i64, ttl_ms: i64)
-    -> Result<Option<Lease>, StoreError>;
+    async fn lease(
+        &self,
+        id: &VideoId,
+        worker: &WorkerId,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>, StoreError>;
     /// Records progress and extends the lease; returns the new expiry.
-    async fn heartbeat(&self, lease: &Lease, progress: &Progress, now_ms: i64, ttl_ms: i64)
-    -> Result<i64, StoreError>;
+    async fn heartbeat(&self, lease: &Lease, progress: &Progress, now_ms: i64, ttl_ms: i64) -> Result<i64, StoreError>;
     /// Points the job at a new checkpoint, keeping the previous one.
     async fn commit_checkpoint(&self, lease: &Lease, ck: &CheckpointRef, now_ms: i64) -> Result<(), StoreError>;
     /// Running → completed; the outputs become visible in the same transaction.
-    async fn complete(&self, lease: &Lease, outputs: &Outputs, now_ms: i64, expires_at_ms: i64)
-    -> Result<Job, StoreError>;
+    async fn complete(
+        &self,
+        lease: &Lease,
+        outputs: &Outputs,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<Job, StoreError>;
     /// Running → failed for good.
     async fn fail(&self, lease: &Lease, error: &JobError, now_ms: i64) -> Result<(), StoreError>;
     /// Running → queued on purpose; the next attempt resumes from the last checkpoint.
@@ -147,11 +156,20 @@ pub trait Store: Send + Sync + 'static {
     /// Completed jobs whose `expires_at` passed → expired; returned so their blobs can go.
     async fn expire_due(&self, now_ms: i64, limit: u32) -> Result<Vec<Job>, StoreError>;
     /// Records an event without a state change (e.g. `resumed` with the step).
-    async fn append_event(&self, id: &VideoId, kind: &str, data: serde_json::Value, now_ms: i64)
-    -> Result<i64, StoreError>;
+    async fn append_event(
+        &self,
+        id: &VideoId,
+        kind: &str,
+        data: serde_json::Value,
+        now_ms: i64,
+    ) -> Result<i64, StoreError>;
 }
 
 /// Why [`Reclaimed::Requeued`] happened, for the event log.
 pub fn reclaim_reason(node_restart: bool) -> RequeueReason {
-    if node_restart { RequeueReason::NodeRestarted } else { RequeueReason::LeaseExpired }
+    if node_restart {
+        RequeueReason::NodeRestarted
+    } else {
+        RequeueReason::LeaseExpired
+    }
 }

@@ -106,18 +106,12 @@ pub(crate) fn find_child(
     parent_range: Range<usize>,
     kind: &[u8; 4],
 ) -> Result<Option<BoxRef>, MediaError> {
-    Ok(children(bytes, parent_range)?
-        .into_iter()
-        .find(|b| &b.kind == kind))
+    Ok(children(bytes, parent_range)?.into_iter().find(|b| &b.kind == kind))
 }
 
 /// Follows a path of box types (first match at every level), e.g.
 /// `[b"moov", b"trak", b"mdia"]`, returning the last box.
-pub(crate) fn find_path(
-    bytes: &[u8],
-    range: Range<usize>,
-    path: &[&[u8; 4]],
-) -> Result<Option<BoxRef>, MediaError> {
+pub(crate) fn find_path(bytes: &[u8], range: Range<usize>, path: &[&[u8; 4]]) -> Result<Option<BoxRef>, MediaError> {
     let mut current: Option<BoxRef> = None;
     let mut range = range;
     for kind in path {

@@ -12,8 +12,8 @@ use muxide::api::{Muxer, MuxerBuilder, VideoCodec};
 use openh264::OpenH264API;
 use openh264::Timestamp;
 use openh264::encoder::{
-    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, QpRange,
-    RateControlMode, SpsPpsStrategy, UsageType, VuiConfig,
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, QpRange, RateControlMode,
+    SpsPpsStrategy, UsageType, VuiConfig,
 };
 use openh264::formats::YUVSlices;
 
@@ -94,9 +94,7 @@ impl Mp4Encoder {
             .num_threads(1)
             .sps_pps_strategy(SpsPpsStrategy::ConstantId)
             .complexity(Complexity::Medium)
-            .intra_frame_period(IntraFramePeriod::from_num_frames(
-                fps * KEYFRAME_INTERVAL_SECS,
-            ))
+            .intra_frame_period(IntraFramePeriod::from_num_frames(fps * KEYFRAME_INTERVAL_SECS))
             // Matches the conversion in `rgb_to_i420`: BT.601, limited range.
             .vui(VuiConfig::bt601());
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)?;
@@ -135,9 +133,7 @@ impl Mp4Encoder {
         let (u, v) = uv.split_at(w * h / 4);
         let source = YUVSlices::new((y, u, v), (w, h), (w, w / 2, w / 2));
         let pts_ms = u64::from(self.frames) * 1000 / u64::from(self.fps);
-        let bitstream = self
-            .encoder
-            .encode_at(&source, Timestamp::from_millis(pts_ms))?;
+        let bitstream = self.encoder.encode_at(&source, Timestamp::from_millis(pts_ms))?;
         let frame_type = bitstream.frame_type();
         self.annexb.clear();
         bitstream.write_vec(&mut self.annexb);
@@ -250,10 +246,9 @@ fn fix_single_frame_duration(bytes: &mut [u8], fps: u32) -> Result<(), MediaErro
     let mvhd = find_child(bytes, moov.payload(), b"mvhd")?.ok_or_else(|| missing("mvhd"))?;
     let trak = find_child(bytes, moov.payload(), b"trak")?.ok_or_else(|| missing("trak"))?;
     let tkhd = find_child(bytes, trak.payload(), b"tkhd")?.ok_or_else(|| missing("tkhd"))?;
-    let mdhd =
-        find_path(bytes, trak.payload(), &[b"mdia", b"mdhd"])?.ok_or_else(|| missing("mdhd"))?;
-    let stts = find_path(bytes, trak.payload(), &[b"mdia", b"minf", b"stbl", b"stts"])?
-        .ok_or_else(|| missing("stts"))?;
+    let mdhd = find_path(bytes, trak.payload(), &[b"mdia", b"mdhd"])?.ok_or_else(|| missing("mdhd"))?;
+    let stts =
+        find_path(bytes, trak.payload(), &[b"mdia", b"minf", b"stbl", b"stts"])?.ok_or_else(|| missing("stts"))?;
 
     let (media_ts, media_dur_at, media_v1) = timescale_and_duration_at(bytes, mdhd, 12, 20)?;
     let ticks = (u64::from(media_ts) + u64::from(fps) / 2) / u64::from(fps);
@@ -262,9 +257,7 @@ fn fix_single_frame_duration(bytes: &mut [u8], fps: u32) -> Result<(), MediaErro
     // stts: FullBox header, entry_count, then (count, delta); one frame = one entry.
     let entries = boxes::read_u32(bytes, stts.payload_start + 4)?;
     if entries != 1 {
-        return Err(MediaError::Mux(format!(
-            "single-frame stts has {entries} entries"
-        )));
+        return Err(MediaError::Mux(format!("single-frame stts has {entries} entries")));
     }
     let delta = u32::try_from(ticks).map_err(|_| MediaError::Mux("frame too long".into()))?;
     boxes::write_u32(bytes, stts.payload_start + 12, delta)?;
@@ -342,10 +335,7 @@ mod tests {
 
     fn assert_structure(mp4: &[u8], w: u32, h: u32, fps: u32, n: u32) {
         let info = inspect_mp4(mp4).unwrap();
-        assert_eq!(
-            info.top_level_boxes.first().map(String::as_str),
-            Some("ftyp")
-        );
+        assert_eq!(info.top_level_boxes.first().map(String::as_str), Some("ftyp"));
         assert!(info.moov_before_mdat, "{:?}", info.top_level_boxes);
         assert_eq!(info.major_brand, "isom");
         assert_eq!(info.codec, "avc1");
@@ -357,11 +347,7 @@ mod tests {
             "duration {} vs {expected}",
             info.duration_secs()
         );
-        assert!(
-            (info.fps() - f64::from(fps)).abs() < 0.01,
-            "fps {}",
-            info.fps()
-        );
+        assert!((info.fps() - f64::from(fps)).abs() < 0.01, "fps {}", info.fps());
     }
 
     #[test]
@@ -406,10 +392,7 @@ mod tests {
     fn truncated_or_corrupted_real_file_never_panics() {
         let mp4 = encode_clip(64, 48, 24, 6);
         for len in 0..mp4.len() {
-            assert!(
-                inspect_mp4(&mp4[..len]).is_err(),
-                "truncated to {len} parsed"
-            );
+            assert!(inspect_mp4(&mp4[..len]).is_err(), "truncated to {len} parsed");
             let _ = video_track_data(&mp4[..len]);
         }
         let moov_end = 200.min(mp4.len());
@@ -533,29 +516,19 @@ mod tests {
     /// Cross-check with ffprobe when it is installed (skipped otherwise).
     #[test]
     fn ffprobe_agrees() {
-        let probe = std::process::Command::new("ffprobe")
-            .arg("-version")
-            .output();
+        let probe = std::process::Command::new("ffprobe").arg("-version").output();
         if !probe.is_ok_and(|o| o.status.success()) {
             eprintln!("note: ffprobe not on PATH, skipping ffprobe_agrees");
             return;
         }
-        for (w, h, n) in [
-            (1280u32, 720u32, 12u32),
-            (1792, 1024, 3),
-            (1024, 1792, 3),
-            (64, 48, 1),
-        ] {
+        for (w, h, n) in [(1280u32, 720u32, 12u32), (1792, 1024, 3), (1024, 1792, 3), (64, 48, 1)] {
             ffprobe_check(w, h, 24, n);
         }
     }
 
     fn ffprobe_check(w: u32, h: u32, fps: u32, n: u32) {
         let mp4 = encode_clip(w, h, fps, n);
-        let dir = std::env::temp_dir().join(format!(
-            "videogen-media-ffprobe-{}-{w}x{h}",
-            std::process::id()
-        ));
+        let dir = std::env::temp_dir().join(format!("videogen-media-ffprobe-{}-{w}x{h}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("clip.mp4");
         std::fs::write(&path, &mp4).unwrap();

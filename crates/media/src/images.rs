@@ -14,16 +14,9 @@ const MAX_JPEG_SIDE: u32 = u16::MAX as u32;
 
 /// JPEG of one RGB frame, scaled down (aspect kept) so that its width is at
 /// most `max_width`. Frames already narrow enough are not upscaled.
-pub fn thumbnail_jpeg(
-    width: u32,
-    height: u32,
-    rgb: &[u8],
-    max_width: u32,
-) -> Result<Vec<u8>, MediaError> {
+pub fn thumbnail_jpeg(width: u32, height: u32, rgb: &[u8], max_width: u32) -> Result<Vec<u8>, MediaError> {
     if max_width == 0 {
-        return Err(MediaError::InvalidDimensions(
-            "thumbnail max_width must be > 0".into(),
-        ));
+        return Err(MediaError::InvalidDimensions("thumbnail max_width must be > 0".into()));
     }
     let img = to_image(width, height, rgb)?;
     let img = if width > max_width {
@@ -39,32 +32,21 @@ pub fn thumbnail_jpeg(
 /// tile `i` sits at column `i % cols`, row `i / cols`, each scaled to
 /// `tile_width` wide (aspect kept). The sheet is `min(cols, n)` tiles wide and
 /// `ceil(n / cols)` tall; unused cells in the last row are black.
-pub fn spritesheet_jpeg(
-    frames: &[(u32, u32, &[u8])],
-    cols: u32,
-    tile_width: u32,
-) -> Result<Vec<u8>, MediaError> {
+pub fn spritesheet_jpeg(frames: &[(u32, u32, &[u8])], cols: u32, tile_width: u32) -> Result<Vec<u8>, MediaError> {
     let Some(&(w, h, _)) = frames.first() else {
-        return Err(MediaError::InvalidInput(
-            "spritesheet needs at least one frame".into(),
-        ));
+        return Err(MediaError::InvalidInput("spritesheet needs at least one frame".into()));
     };
     if cols == 0 || tile_width == 0 {
         return Err(MediaError::InvalidDimensions(format!(
             "spritesheet cols ({cols}) and tile_width ({tile_width}) must be > 0"
         )));
     }
-    if let Some((i, &(fw, fh, _))) = frames
-        .iter()
-        .enumerate()
-        .find(|(_, (fw, fh, _))| (*fw, *fh) != (w, h))
-    {
+    if let Some((i, &(fw, fh, _))) = frames.iter().enumerate().find(|(_, (fw, fh, _))| (*fw, *fh) != (w, h)) {
         return Err(MediaError::InvalidDimensions(format!(
             "spritesheet frame {i} is {fw}x{fh}, frame 0 is {w}x{h}"
         )));
     }
-    let n = u32::try_from(frames.len())
-        .map_err(|_| MediaError::InvalidInput("too many spritesheet frames".into()))?;
+    let n = u32::try_from(frames.len()).map_err(|_| MediaError::InvalidInput("too many spritesheet frames".into()))?;
     if w == 0 || h == 0 {
         return Err(MediaError::InvalidDimensions(format!("frame size {w}x{h}")));
     }
@@ -82,12 +64,7 @@ pub fn spritesheet_jpeg(
     let mut sheet = RgbImage::new(sheet_w as u32, sheet_h as u32);
     for (i, &(fw, fh, rgb)) in frames.iter().enumerate() {
         let i = i as u32;
-        let tile = imageops::resize(
-            &to_image(fw, fh, rgb)?,
-            tile_width,
-            tile_height,
-            FilterType::Triangle,
-        );
+        let tile = imageops::resize(&to_image(fw, fh, rgb)?, tile_width, tile_height, FilterType::Triangle);
         let x = i64::from((i % cols) * tile_width);
         let y = i64::from((i / cols) * tile_height);
         imageops::replace(&mut sheet, &tile, x, y);
@@ -107,9 +84,7 @@ fn to_image(width: u32, height: u32, rgb: &[u8]) -> Result<RgbImage, MediaError>
         .and_then(|p| p.checked_mul(3))
         .ok_or_else(|| MediaError::InvalidDimensions(format!("{width}x{height} overflows")))?;
     if width == 0 || height == 0 {
-        return Err(MediaError::InvalidDimensions(format!(
-            "frame size {width}x{height}"
-        )));
+        return Err(MediaError::InvalidDimensions(format!("frame size {width}x{height}")));
     }
     if rgb.len() != expected {
         return Err(MediaError::FrameSize {

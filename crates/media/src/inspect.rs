@@ -92,10 +92,7 @@ pub fn inspect_mp4(bytes: &[u8]) -> Result<Mp4Info, MediaError> {
     let mdia = require(find_child(bytes, trak.payload(), b"mdia")?, "mdia")?;
     let mdhd = require(find_child(bytes, mdia.payload(), b"mdhd")?, "mdhd")?;
     let (timescale, duration) = parse_mdhd(bytes, mdhd)?;
-    let stbl = require(
-        find_path(bytes, mdia.payload(), &[b"minf", b"stbl"])?,
-        "minf/stbl",
-    )?;
+    let stbl = require(find_path(bytes, mdia.payload(), &[b"minf", b"stbl"])?, "minf/stbl")?;
 
     let entry = first_sample_entry(bytes, stbl)?;
     let codec = entry.kind_str();
@@ -149,10 +146,7 @@ fn video_trak(bytes: &[u8], moov: BoxRef) -> Result<BoxRef, MediaError> {
             }
         }
     }
-    traks
-        .first()
-        .copied()
-        .ok_or_else(|| malformed("moov has no 'trak'"))
+    traks.first().copied().ok_or_else(|| malformed("moov has no 'trak'"))
 }
 
 /// `(timescale, duration)` from an `mdhd` of version 0 or 1.
@@ -160,10 +154,7 @@ fn parse_mdhd(bytes: &[u8], mdhd: BoxRef) -> Result<(u32, u64), MediaError> {
     let p = mdhd.payload_start;
     let version = *bytes.get(p).ok_or_else(|| malformed("empty mdhd"))?;
     let (timescale, duration) = match version {
-        0 => (
-            read_u32(bytes, p + 12)?,
-            u64::from(read_u32(bytes, p + 16)?),
-        ),
+        0 => (read_u32(bytes, p + 12)?, u64::from(read_u32(bytes, p + 16)?)),
         1 => (read_u32(bytes, p + 20)?, read_u64(bytes, p + 24)?),
         v => return Err(malformed(format!("unsupported mdhd version {v}"))),
     };
@@ -229,9 +220,7 @@ fn sample_sizes(bytes: &[u8], stbl: BoxRef) -> Result<SampleSizes, MediaError> {
         // Check the table fits before allocating anything for it.
         let table_end = (p + 12) as u64 + u64::from(count) * 4;
         if table_end > stsz.end as u64 {
-            return Err(malformed(format!(
-                "stsz claims {count} samples but is too short"
-            )));
+            return Err(malformed(format!("stsz claims {count} samples but is too short")));
         }
         let table = (0..count as usize)
             .map(|i| read_u32(bytes, p + 12 + i * 4))
@@ -312,10 +301,7 @@ pub(crate) fn video_track_data(bytes: &[u8]) -> Result<VideoTrackData, MediaErro
     let top = children(bytes, 0..bytes.len())?;
     let moov = require(top.iter().copied().find(|b| &b.kind == b"moov"), "moov")?;
     let trak = video_trak(bytes, moov)?;
-    let stbl = require(
-        find_path(bytes, trak.payload(), &[b"mdia", b"minf", b"stbl"])?,
-        "stbl",
-    )?;
+    let stbl = require(find_path(bytes, trak.payload(), &[b"mdia", b"minf", b"stbl"])?, "stbl")?;
     let entry = first_sample_entry(bytes, stbl)?;
     let avcc = avcc_range(bytes, entry)?
         .and_then(|r| bytes.get(r))
@@ -347,9 +333,7 @@ pub(crate) fn video_track_data(bytes: &[u8]) -> Result<VideoTrackData, MediaErro
                     .get(sample_idx as usize)
                     .ok_or_else(|| malformed("sample size missing"))?,
             };
-            let end = pos
-                .checked_add(u64::from(size))
-                .filter(|&e| e <= bytes.len() as u64);
+            let end = pos.checked_add(u64::from(size)).filter(|&e| e <= bytes.len() as u64);
             let Some(end) = end else {
                 return Err(malformed("sample extends past end of file"));
             };

@@ -89,11 +89,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "decode {} frames: {decode_time:?} ({:?}/frame{})",
         generation.frame_count(),
         decode_time / generation.frame_count(),
-        if png_dir.is_some() {
-            ", incl. PNG writes"
-        } else {
-            ""
-        }
+        if png_dir.is_some() { ", incl. PNG writes" } else { "" }
     );
     println!("whole clip (start + steps + checkpoint/resume + decode): {total:?}");
     println!("pixel checksum: {checksum}");

@@ -45,10 +45,7 @@ pub struct CheckpointInfo {
 impl CheckpointInfo {
     /// Lower-case hex of [`CheckpointInfo::params_hash`].
     pub fn params_hash_hex(&self) -> String {
-        self.params_hash
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        self.params_hash.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
@@ -121,9 +118,7 @@ impl<'a> Reader<'a> {
             .pos
             .checked_add(n)
             .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| {
-                ModelError::CorruptCheckpoint(format!("truncated while reading {what}"))
-            })?;
+            .ok_or_else(|| ModelError::CorruptCheckpoint(format!("truncated while reading {what}")))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -145,8 +140,7 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &str) -> Result<String, ModelError> {
         let len = self.u16(what)? as usize;
         let b = self.take(len, what)?;
-        String::from_utf8(b.to_vec())
-            .map_err(|_| ModelError::CorruptCheckpoint(format!("{what} is not UTF-8")))
+        String::from_utf8(b.to_vec()).map_err(|_| ModelError::CorruptCheckpoint(format!("{what} is not UTF-8")))
     }
 }
 
@@ -297,9 +291,6 @@ mod tests {
         let len = b.len();
         let crc = crc32fast::hash(&b[..len - 4]);
         b[len - 4..].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(
-            checkpoint_info(&b),
-            Err(ModelError::CheckpointMismatch(_))
-        ));
+        assert!(matches!(checkpoint_info(&b), Err(ModelError::CheckpointMismatch(_))));
     }
 }

@@ -46,21 +46,9 @@ mod tests {
     #[test]
     fn codes_and_retryability() {
         let cases = [
-            (
-                ModelError::InvalidRequest("x".into()),
-                "invalid_request",
-                false,
-            ),
-            (
-                ModelError::CorruptCheckpoint("x".into()),
-                "corrupt_checkpoint",
-                false,
-            ),
-            (
-                ModelError::CheckpointMismatch("x".into()),
-                "checkpoint_mismatch",
-                false,
-            ),
+            (ModelError::InvalidRequest("x".into()), "invalid_request", false),
+            (ModelError::CorruptCheckpoint("x".into()), "corrupt_checkpoint", false),
+            (ModelError::CheckpointMismatch("x".into()), "checkpoint_mismatch", false),
             (ModelError::Internal("x".into()), "internal", true),
         ];
         for (e, code, retry) in cases {

@@ -41,11 +41,7 @@ pub trait Model: Send + Sync + 'static {
     fn start(&self, req: &GenerationRequest) -> Result<Box<dyn Generation>, ModelError>;
     /// Continues from `checkpoint` bytes produced by
     /// [`Generation::checkpoint`] for the same request.
-    fn resume(
-        &self,
-        req: &GenerationRequest,
-        checkpoint: &[u8],
-    ) -> Result<Box<dyn Generation>, ModelError>;
+    fn resume(&self, req: &GenerationRequest, checkpoint: &[u8]) -> Result<Box<dyn Generation>, ModelError>;
 }
 
 /// One in-progress generation. Not `Sync`: one thread drives it.

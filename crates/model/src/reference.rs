@@ -95,8 +95,7 @@ impl Model for ReferenceModel {
 
     fn load(&self) -> Result<(), ModelError> {
         // `Once` makes concurrent first callers wait for the one load.
-        self.loaded
-            .call_once(|| std::thread::sleep(self.cfg.load_time));
+        self.loaded.call_once(|| std::thread::sleep(self.cfg.load_time));
         Ok(())
     }
 
@@ -136,11 +135,7 @@ impl Model for ReferenceModel {
         )))
     }
 
-    fn resume(
-        &self,
-        req: &GenerationRequest,
-        checkpoint: &[u8],
-    ) -> Result<Box<dyn Generation>, ModelError> {
+    fn resume(&self, req: &GenerationRequest, checkpoint: &[u8]) -> Result<Box<dyn Generation>, ModelError> {
         req.validate()?;
         let parsed = checkpoint::parse(checkpoint)?;
         let info = &parsed.info;
@@ -355,8 +350,7 @@ impl Generation for RefGeneration {
         let frame_len = d.frame_len();
         let index = index.min(self.frames - 1);
         // Temporal position between latent frames (centre aligned).
-        let tl =
-            ((index as f32 + 0.5) / TEMPORAL_FACTOR as f32 - 0.5).clamp(0.0, (d.frames - 1) as f32);
+        let tl = ((index as f32 + 0.5) / TEMPORAL_FACTOR as f32 - 0.5).clamp(0.0, (d.frames - 1) as f32);
         let t0 = tl.floor() as usize;
         let t1 = (t0 + 1).min(d.frames as usize - 1);
         let wt = tl - t0 as f32;
@@ -375,10 +369,7 @@ impl Generation for RefGeneration {
         // Horizontal upsampling of every latent row, then vertical blending.
         let out_w = self.width as usize;
         let mut rows = vec![0.0f32; lh * out_w * 3];
-        for (src, dst) in low
-            .chunks_exact(lw * 3)
-            .zip(rows.chunks_exact_mut(out_w * 3))
-        {
+        for (src, dst) in low.chunks_exact(lw * 3).zip(rows.chunks_exact_mut(out_w * 3)) {
             for (tap, px) in self.xtaps.iter().zip(dst.chunks_exact_mut(3)) {
                 let a = &src[tap.i0 as usize * 3..][..3];
                 let b = &src[tap.i1 as usize * 3..][..3];

@@ -62,22 +62,14 @@ impl RgbImage {
         self.validate()?;
         let mut out = Vec::new();
         image::codecs::png::PngEncoder::new(&mut out)
-            .write_image(
-                &self.data,
-                self.width,
-                self.height,
-                image::ExtendedColorType::Rgb8,
-            )
+            .write_image(&self.data, self.width, self.height, image::ExtendedColorType::Rgb8)
             .map_err(|e| ModelError::Internal(format!("png encoding failed: {e}")))?;
         Ok(out)
     }
 
     /// Checks that the buffer matches the dimensions and that they are sane.
     pub fn validate(&self) -> Result<(), ModelError> {
-        if self.width == 0
-            || self.height == 0
-            || self.width > MAX_IMAGE_DIMENSION
-            || self.height > MAX_IMAGE_DIMENSION
+        if self.width == 0 || self.height == 0 || self.width > MAX_IMAGE_DIMENSION || self.height > MAX_IMAGE_DIMENSION
         {
             return Err(ModelError::InvalidRequest(format!(
                 "image is {}x{}: each side must be 1..={MAX_IMAGE_DIMENSION}",
@@ -180,10 +172,7 @@ impl GenerationRequest {
                 ));
             }
         }
-        if self.frames == 0
-            || !self.frames.is_multiple_of(TEMPORAL_FACTOR)
-            || self.frames > MAX_FRAMES
-        {
+        if self.frames == 0 || !self.frames.is_multiple_of(TEMPORAL_FACTOR) || self.frames > MAX_FRAMES {
             return bad(format!(
                 "frames {} must be a non-zero multiple of {TEMPORAL_FACTOR} up to {MAX_FRAMES}",
                 self.frames
@@ -315,10 +304,7 @@ mod tests {
     #[test]
     fn png_round_trip() {
         let mut img = RgbImage::new(3, 2);
-        img.data
-            .iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = i as u8 * 10);
+        img.data.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8 * 10);
         let png = img.to_png().unwrap();
         assert_eq!(RgbImage::from_encoded(&png).unwrap(), img);
         assert!(matches!(

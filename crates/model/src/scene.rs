@@ -102,11 +102,7 @@ impl Scene {
         let spread = p.range(0.08, 0.35);
         let bg = [
             hsv(base_hue + 0.5, p.range(0.3, 0.7), p.range(0.08, 0.25)),
-            hsv(
-                base_hue + 0.5 + spread,
-                p.range(0.3, 0.8),
-                p.range(0.25, 0.5),
-            ),
+            hsv(base_hue + 0.5 + spread, p.range(0.3, 0.8), p.range(0.25, 0.5)),
         ];
         // Global motion direction and speed shared by all blobs.
         let dir = p.range(0.0, std::f32::consts::TAU);
@@ -162,8 +158,7 @@ impl Scene {
             for x in 0..w {
                 let fx = x as f32 + 0.5;
                 let u = fx / w as f32;
-                let wave = sin(std::f32::consts::TAU
-                    * (self.wave_freq * (u + 0.5 * v) - self.wave_speed * secs));
+                let wave = sin(std::f32::consts::TAU * (self.wave_freq * (u + 0.5 * v) - self.wave_speed * secs));
                 let mix = (0.75 * v + 0.25 * u + 0.12 * wave).clamp(0.0, 1.0);
                 let mut col = [0.0f32; 3];
                 for (c, o) in col.iter_mut().enumerate() {
@@ -239,8 +234,7 @@ pub(crate) fn build(req: &GenerationRequest) -> Target {
     let mut field = vec![0.0f32; dims.len()];
     for (t, out) in field.chunks_exact_mut(frame_len).enumerate() {
         // Centre of the output frames this latent frame stands for.
-        let secs =
-            (t as f32 * TEMPORAL_FACTOR as f32 + 0.5 * (TEMPORAL_FACTOR - 1) as f32) / FPS as f32;
+        let secs = (t as f32 * TEMPORAL_FACTOR as f32 + 0.5 * (TEMPORAL_FACTOR - 1) as f32) / FPS as f32;
         scene.render(dims, secs, out);
     }
     let cond = req.first_frame.as_ref().map(|img| {

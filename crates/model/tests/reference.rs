@@ -5,8 +5,8 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use videogen_model::{
-    GenerationRequest, Model, ModelError, REFERENCE_DEFAULT_STEPS, ReferenceConfig, ReferenceModel,
-    RgbImage, checkpoint_info,
+    GenerationRequest, Model, ModelError, REFERENCE_DEFAULT_STEPS, ReferenceConfig, ReferenceModel, RgbImage,
+    checkpoint_info,
 };
 
 fn model() -> ReferenceModel {
@@ -34,12 +34,7 @@ fn finished(req: &GenerationRequest) -> Box<dyn videogen_model::Generation> {
 /// Mean absolute per-byte difference of two frames.
 fn diff(a: &RgbImage, b: &RgbImage) -> f64 {
     assert_eq!((a.width, a.height), (b.width, b.height));
-    let s: u64 = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .map(|(&x, &y)| x.abs_diff(y) as u64)
-        .sum();
+    let s: u64 = a.data.iter().zip(&b.data).map(|(&x, &y)| x.abs_diff(y) as u64).sum();
     s as f64 / a.data.len() as f64
 }
 
@@ -88,10 +83,7 @@ fn load_is_idempotent_and_cheap_after_first() {
 fn progress_and_shapes() {
     let req = small("shapes", 1);
     let mut g = model().start(&req).unwrap();
-    assert_eq!(
-        (g.steps_done(), g.total_steps(), g.frame_count()),
-        (0, 8, 16)
-    );
+    assert_eq!((g.steps_done(), g.total_steps(), g.frame_count()), (0, 8, 16));
     assert!(!g.is_done());
     // A preview before any step works and has the output size.
     let f = g.decode_frame(0);
@@ -135,10 +127,7 @@ fn golden_output_is_pinned() {
     h.update(g.checkpoint());
     h.update(&g.decode_frame(7).data);
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(
-        hex,
-        "91e7f1c714c4c97f86b72c278ca3275ffb8df84d9125357d0aafe9eaf39b5e1e"
-    );
+    assert_eq!(hex, "91e7f1c714c4c97f86b72c278ca3275ffb8df84d9125357d0aafe9eaf39b5e1e");
 }
 
 #[test]
@@ -169,11 +158,7 @@ fn resume_at_any_step_is_bit_identical() {
         run_to_end(&mut r);
         assert_eq!(r.checkpoint(), want, "resumed at step {k}");
         for i in [0, 6, 15] {
-            assert_eq!(
-                r.decode_frame(i).data,
-                full.decode_frame(i).data,
-                "frame {i} at k={k}"
-            );
+            assert_eq!(r.decode_frame(i).data, full.decode_frame(i).data, "frame {i} at k={k}");
         }
     }
 }
@@ -191,11 +176,7 @@ fn resume_refuses_bad_checkpoints() {
     for i in [0, 9, 20, 60, ck.len() / 2, ck.len() - 1] {
         let mut bad = ck.clone();
         bad[i] ^= 0x01;
-        assert_eq!(
-            err_code(m.resume(&req, &bad)),
-            "corrupt_checkpoint",
-            "flip at {i}"
-        );
+        assert_eq!(err_code(m.resume(&req, &bad)), "corrupt_checkpoint", "flip at {i}");
     }
     for n in [0, 4, 8, 100, ck.len() - 1] {
         assert_eq!(
@@ -268,10 +249,7 @@ fn invalid_requests_are_rejected() {
     for (i, t) in tweaks.iter().enumerate() {
         let mut r = small("x", 0);
         t(&mut r);
-        let e = m
-            .start(&r)
-            .err()
-            .unwrap_or_else(|| panic!("case {i} accepted"));
+        let e = m.start(&r).err().unwrap_or_else(|| panic!("case {i} accepted"));
         assert_eq!(e.code(), "invalid_request", "case {i}");
         assert!(!e.is_retryable());
     }
@@ -303,10 +281,7 @@ fn output_depends_on_prompt_seed_and_time() {
     let far = diff(&base.decode_frame(0), &base.decode_frame(15));
     assert!(far > 1.0 && near < far, "near {near} far {far}");
     // Not a flat image.
-    let (min, max) = f
-        .data
-        .iter()
-        .fold((255u8, 0u8), |(a, b), &v| (a.min(v), b.max(v)));
+    let (min, max) = f.data.iter().fold((255u8, 0u8), |(a, b), &v| (a.min(v), b.max(v)));
     assert!(max - min > 60, "contrast {min}..{max}");
 }
 
@@ -323,11 +298,7 @@ fn first_frame_shapes_the_start_and_fades() {
     });
     let (a, b) = (finished(&plain), finished(&cond));
     let red = |f: &RgbImage| {
-        f.data
-            .chunks_exact(3)
-            .map(|p| p[0] as f64 - p[2] as f64)
-            .sum::<f64>()
-            / (f.data.len() / 3) as f64
+        f.data.chunks_exact(3).map(|p| p[0] as f64 - p[2] as f64).sum::<f64>() / (f.data.len() / 3) as f64
     };
     let boost0 = red(&b.decode_frame(0)) - red(&a.decode_frame(0));
     let boost_last = red(&b.decode_frame(15)) - red(&a.decode_frame(15));

@@ -66,10 +66,7 @@ pub fn hamming(a: u64, b: u64) -> u32 {
 #[derive(Debug, thiserror::Error)]
 pub enum HashListError {
     #[error("reading hash list {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("hash list line {line}: {msg}")]
     Parse { line: usize, msg: String },
 }
@@ -148,10 +145,7 @@ mod tests {
     #[test]
     fn hash_list_parsing() {
         let text = "# known bad\n\n0xFFFF0000ffff0000\n  abc  # trailing comment\n0\n";
-        assert_eq!(
-            parse_hash_list(text).unwrap(),
-            [0xFFFF_0000_FFFF_0000, 0xABC, 0]
-        );
+        assert_eq!(parse_hash_list(text).unwrap(), [0xFFFF_0000_FFFF_0000, 0xABC, 0]);
         for bad in ["xyz", "0x", "12345678901234567", "-1", "12 34"] {
             match parse_hash_list(&format!("00\n{bad}\n")) {
                 Err(HashListError::Parse { line: 2, .. }) => {}

@@ -26,9 +26,7 @@
 pub mod dhash;
 pub mod text;
 
-pub use dhash::{
-    DEFAULT_HASH_THRESHOLD, HashListError, dhash, hamming, load_hash_file, parse_hash_list,
-};
+pub use dhash::{DEFAULT_HASH_THRESHOLD, HashListError, dhash, hamming, load_hash_file, parse_hash_list};
 pub use text::normalize_tokens;
 
 use async_trait::async_trait;
@@ -45,12 +43,7 @@ pub const UNCHECKABLE_FRAME_CATEGORY: &str = "moderation_error";
 pub const BUILTIN_TERMS: &[(&str, &[&str])] = &[
     (
         "csam",
-        &[
-            "csam",
-            "child sexual abuse material",
-            "child pornography",
-            "child porn",
-        ],
+        &["csam", "child sexual abuse material", "child pornography", "child porn"],
     ),
     (
         "weapons",
@@ -89,11 +82,9 @@ impl DenylistModerator {
     /// The built-in phrase list, no blocked image hashes,
     /// threshold [`DEFAULT_HASH_THRESHOLD`].
     pub fn new() -> Self {
-        BUILTIN_TERMS
-            .iter()
-            .fold(Self::empty(), |m, (category, terms)| {
-                m.with_terms(category, terms.iter().copied())
-            })
+        BUILTIN_TERMS.iter().fold(Self::empty(), |m, (category, terms)| {
+            m.with_terms(category, terms.iter().copied())
+        })
     }
 
     /// No phrases and no hashes: allows everything until configured.
@@ -163,9 +154,7 @@ impl DenylistModerator {
             if let Some(category) = text.and_then(|t| self.matched_category(t)) {
                 return Verdict::Block {
                     category: category.to_string(),
-                    reason: format!(
-                        "The {field} was rejected by the content policy (category: {category})."
-                    ),
+                    reason: format!("The {field} was rejected by the content policy (category: {category})."),
                 };
             }
         }
@@ -181,8 +170,7 @@ impl DenylistModerator {
                 // Fail closed: an output we cannot check is not shown.
                 return Verdict::Block {
                     category: UNCHECKABLE_FRAME_CATEGORY.to_string(),
-                    reason: "The generated video could not be checked by the content policy."
-                        .to_string(),
+                    reason: "The generated video could not be checked by the content policy.".to_string(),
                 };
             }
             if self.blocked_hashes.is_empty() {

@@ -41,9 +41,7 @@ async fn prompt_table() {
 #[tokio::test]
 async fn style_is_checked_too() {
     let m = DenylistModerator::new();
-    let v = m
-        .check_prompt("a quiet forest", Some("Forbidden Test Term"))
-        .await;
+    let v = m.check_prompt("a quiet forest", Some("Forbidden Test Term")).await;
     match v {
         Verdict::Block { category, reason } => {
             assert_eq!(category, "test");
@@ -66,10 +64,7 @@ async fn reasons_never_echo_the_matched_phrase() {
         ("say secret phrase", "custom"),
     ] {
         match m.check_prompt(prompt, None).await {
-            Verdict::Block {
-                category: c,
-                reason,
-            } => {
+            Verdict::Block { category: c, reason } => {
                 assert_eq!(c, category);
                 let r = reason.to_lowercase();
                 for word in ["child", "porn", "abuse", "secret", "phrase"] {
@@ -91,10 +86,7 @@ async fn custom_terms_and_empty_moderator() {
     );
     assert_eq!(m.check_prompt("acme", None).await, Verdict::Allow);
     // The empty moderator has no built-ins.
-    assert_eq!(
-        m.check_prompt("forbidden-test-term", None).await,
-        Verdict::Allow
-    );
+    assert_eq!(m.check_prompt("forbidden-test-term", None).await, Verdict::Allow);
     assert_eq!(m.matched_category("just -- punctuation"), None);
 }
 
@@ -166,11 +158,7 @@ fn dhash_is_stable_under_noise_and_jpeg() {
     let h0 = dhash(W, H, &original);
     assert_eq!(h0, dhash(W, H, &original), "deterministic");
     let with_noise = dhash(W, H, &noisy(&original, 12));
-    assert!(
-        hamming(h0, with_noise) <= 2,
-        "noise moved {}",
-        hamming(h0, with_noise)
-    );
+    assert!(hamming(h0, with_noise) <= 2, "noise moved {}", hamming(h0, with_noise));
     let jpeg = dhash(W, H, &jpeg_roundtrip(W, H, &original, 40));
     assert!(hamming(h0, jpeg) <= 2, "jpeg moved {}", hamming(h0, jpeg));
     // Upscaled 2x (nearest neighbour): same picture, different size.
@@ -182,11 +170,7 @@ fn dhash_is_stable_under_noise_and_jpeg() {
         }
     }
     let scaled = dhash(2 * W, 2 * H, &big);
-    assert!(
-        hamming(h0, scaled) <= 2,
-        "scaling moved {}",
-        hamming(h0, scaled)
-    );
+    assert!(hamming(h0, scaled) <= 2, "scaling moved {}", hamming(h0, scaled));
 }
 
 #[test]
@@ -214,8 +198,7 @@ async fn frames_near_a_denylisted_hash_are_blocked() {
         Verdict::Allow => panic!("near-duplicate not blocked"),
     }
     assert_eq!(
-        m.check_frames("a prompt", &[frame(0, W, H, good.clone())])
-            .await,
+        m.check_frames("a prompt", &[frame(0, W, H, good.clone())]).await,
         Verdict::Allow
     );
     // Threshold 0 only blocks exact hashes.
@@ -254,10 +237,7 @@ async fn hash_file_loading() {
     let path = dir.path().join("hashes.txt");
     std::fs::write(
         &path,
-        format!(
-            "# known bad imagery\n{:016x}\n0x0123456789abcdef\n",
-            dhash(W, H, &bad)
-        ),
+        format!("# known bad imagery\n{:016x}\n0x0123456789abcdef\n", dhash(W, H, &bad)),
     )
     .unwrap();
     let m = DenylistModerator::from_hash_file(&path).unwrap();

@@ -138,8 +138,7 @@ impl Scheduler {
             // cannot cut in ahead of tiers that were already waiting.
             lane.pass = self.vt + lane.stride;
         }
-        self.index
-            .insert(job.id.clone(), (job.tier, job.enqueued_at_ms));
+        self.index.insert(job.id.clone(), (job.tier, job.enqueued_at_ms));
         lane.fifo.insert((job.enqueued_at_ms, job.id.clone()), job);
     }
 
@@ -149,10 +148,7 @@ impl Scheduler {
         let Some((tier, enq)) = self.index.remove(id) else {
             return false;
         };
-        self.lanes[lane_ix(tier)]
-            .fifo
-            .remove(&(enq, id.clone()))
-            .is_some()
+        self.lanes[lane_ix(tier)].fifo.remove(&(enq, id.clone())).is_some()
     }
 
     /// Picks and removes the next job for this worker, or `None` if empty.
@@ -355,10 +351,7 @@ mod tests {
         assert_eq!(s.position(&vid(1), 119_999), Some(4));
         // Aged: ahead of every fresh paid job.
         assert_eq!(s.position(&vid(1), 120_000), Some(0));
-        assert_eq!(
-            s.next(120_000, &WorkerView::NONE).map(|j| j.id),
-            Some(vid(1))
-        );
+        assert_eq!(s.next(120_000, &WorkerView::NONE).map(|j| j.id), Some(vid(1)));
     }
 
     #[test]
@@ -477,9 +470,7 @@ mod tests {
     #[test]
     fn affinity_prefers_a_loaded_model_near_the_head_only() {
         let loaded = vec!["m2".to_owned()];
-        let worker = WorkerView {
-            loaded_models: &loaded,
-        };
+        let worker = WorkerView { loaded_models: &loaded };
         let mut s = Scheduler::new(SchedulerConfig::default());
         for (n, m) in [(1, "m0"), (2, "m1"), (3, "m2"), (4, "m2")] {
             s.enqueue(job_m(n, Tier::Paid, n as i64, m));
@@ -497,9 +488,7 @@ mod tests {
     #[test]
     fn affinity_never_reorders_aged_jobs() {
         let loaded = vec!["m2".to_owned()];
-        let worker = WorkerView {
-            loaded_models: &loaded,
-        };
+        let worker = WorkerView { loaded_models: &loaded };
         let mut s = Scheduler::new(SchedulerConfig::default());
         s.enqueue(job_m(1, Tier::Free, 0, "m0"));
         s.enqueue(job_m(2, Tier::Free, 1, "m2"));

@@ -118,9 +118,7 @@ fn check_bound(
         let aged_at_ms = a.at_ms + max_wait_ms;
         let ahead = (0..arrivals.len())
             .filter(|&k| {
-                arrivals[k].tier == a.tier
-                    && (arrivals[k].at_ms, k) < (a.at_ms, j)
-                    && dispatch_ms[k] >= aged_at_ms
+                arrivals[k].tier == a.tier && (arrivals[k].at_ms, k) < (a.at_ms, j) && dispatch_ms[k] >= aged_at_ms
             })
             .count() as u64;
         let turns = (ahead + 1) * (others_per_turn(cfg, a.tier) + 1);
@@ -256,11 +254,7 @@ fn paid_flood_does_not_starve_free_jobs() {
     let dispatch_ms = simulate(&cfg, &arrivals, &loaded);
     let worst = check_bound(&cfg, &arrivals, &dispatch_ms, WORKERS, SERVICE_MS);
     // The flood really saturated the workers: paid waited far past its aging point.
-    assert!(
-        worst.paid > 10 * cfg.max_wait_ms.paid,
-        "paid worst {} ms",
-        worst.paid
-    );
+    assert!(worst.paid > 10 * cfg.max_wait_ms.paid, "paid worst {} ms", worst.paid);
     // Free's worst case with nothing queued ahead: 120 s + ⌈15 / 4⌉ · 10 s.
     assert!(worst.free <= 160_000, "free worst {} ms", worst.free);
 }

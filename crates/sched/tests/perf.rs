@@ -27,26 +27,19 @@ fn cost_at_100k_queued() {
     let enqueue_ns = t.elapsed().as_nanos() / N as u128;
     println!("enqueue into a queue growing to {N}: {enqueue_ns} ns/job");
     let loaded = vec!["m3".to_owned()];
-    let worker = WorkerView {
-        loaded_models: &loaded,
-    };
+    let worker = WorkerView { loaded_models: &loaded };
 
     // Steady state at 100k: one next + one enqueue per step, first with
     // everything fresh (affinity scans), then with everything aged.
     for (phase, now_ms) in [(1, 0), (2, 10_000_000)] {
-        let refill: Vec<QueuedJob> = (0..N)
-            .map(|k| job(phase * N + k, (phase * N + k) as i64))
-            .collect();
+        let refill: Vec<QueuedJob> = (0..N).map(|k| job(phase * N + k, (phase * N + k) as i64)).collect();
         let t = Instant::now();
         for j in refill {
             std::hint::black_box(s.next(now_ms, &worker).expect("non-empty"));
             s.enqueue(j);
         }
         let pair_ns = t.elapsed().as_nanos() / N as u128;
-        println!(
-            "phase {phase}: next+enqueue at {} queued: {pair_ns} ns",
-            s.len()
-        );
+        println!("phase {phase}: next+enqueue at {} queued: {pair_ns} ns", s.len());
     }
     let probe = VideoId::parse(&format!("video_{:032x}", 2 * N + N / 2)).expect("id");
     let t = Instant::now();

@@ -6,10 +6,7 @@ use serde_json::{Map, Value, json};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use videogen_core::store::{ApiKey, StoreError};
-use videogen_core::{
-    Job, JobError, JobState, Lease, Phase, QueuedJob, TenantId, Tier, VideoId,
-    WorkerId,
-};
+use videogen_core::{Job, JobError, JobState, Lease, Phase, QueuedJob, TenantId, Tier, VideoId, WorkerId};
 
 /// The columns [`job`] decodes, in `SELECT` / `RETURNING` lists.
 macro_rules! job_columns {

@@ -16,15 +16,12 @@
 //! Methods that need a read before they can decide (cancel, reclaim, delete,
 //! keyed submit) run in an explicit `BEGIN IMMEDIATE` transaction instead.
 
-use crate::rows::{
-    self, api_key_columns, db, event_data, get, job_columns, queued_columns, to_json,
-};
+use crate::rows::{self, api_key_columns, db, event_data, get, job_columns, queued_columns, to_json};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 use std::fmt;
@@ -32,12 +29,10 @@ use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
-use videogen_core::store::{
-    ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted,
-};
+use videogen_core::store::{ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted};
 use videogen_core::{
-    CheckpointRef, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, QueuedJob,
-    RequeueReason, TenantId, Transition, VideoId, WorkerId,
+    CheckpointRef, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, QueuedJob, RequeueReason,
+    TenantId, Transition, VideoId, WorkerId,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -140,7 +135,10 @@ async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, S
 }
 
 fn stale(lease: &Lease) -> StoreError {
-    StoreError::StaleLease { job: lease.job_id.clone(), attempt: lease.attempt }
+    StoreError::StaleLease {
+        job: lease.job_id.clone(),
+        attempt: lease.attempt,
+    }
 }
 
 /// [`JobState::apply`], as a store error.
@@ -235,7 +233,12 @@ impl SqliteStore {
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
             .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
         let mut writer = writer;
-        if let Ok(p) = std::env::var("VG_EXP_PRAGMAS") { for kv in p.split(',').filter(|s| !s.is_empty()) { let (k, v) = kv.split_once('=').unwrap(); writer = writer.pragma(k.to_owned(), v.to_owned()); } }
+        if let Ok(p) = std::env::var("VG_EXP_PRAGMAS") {
+            for kv in p.split(',').filter(|s| !s.is_empty()) {
+                let (k, v) = kv.split_once('=').unwrap();
+                writer = writer.pragma(k.to_owned(), v.to_owned());
+            }
+        }
         let mut writer = writer
             .connect()
             .await
@@ -253,7 +256,10 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await
             .map_err(db)?;
-        Ok(Self { writer: Mutex::new(writer), readers: Some(readers) })
+        Ok(Self {
+            writer: Mutex::new(writer),
+            readers: Some(readers),
+        })
     }
 
     /// A private in-memory database on a single connection, for tests. It
@@ -269,7 +275,10 @@ impl SqliteStore {
             .run(&mut conn)
             .await
             .map_err(|e| StoreError::Backend(format!("migrating in-memory store: {e}")))?;
-        Ok(Self { writer: Mutex::new(conn), readers: None })
+        Ok(Self {
+            writer: Mutex::new(conn),
+            readers: None,
+        })
     }
 
     /// Closes every connection, waiting for them to finish (which also
@@ -382,8 +391,13 @@ impl SqliteStore {
         let failed = next(from, Transition::Fail)?;
         let queued = next(from, Transition::Requeue(reason))?;
         let failed_data = event_data(failed, Some(Phase::Failed), None, None, json!({}))?;
-        let queued_data =
-            event_data(queued, Some(Phase::Queued), None, None, json!({ "reason": reason.as_str() }))?;
+        let queued_data = event_data(
+            queued,
+            Some(Phase::Queued),
+            None,
+            None,
+            json!({ "reason": reason.as_str() }),
+        )?;
         let mut conn = self.writer.lock().await;
         let mut tx = begin(&mut conn).await?;
         let dead = sqlx::query_scalar::<_, String>(dead_letter_sql)
@@ -397,7 +411,11 @@ impl SqliteStore {
             Filter::ExpiredBefore(t) => dead.bind(t),
             Filter::WorkerPrefix(p) => dead.bind(p),
         };
-        let dead = dead.bind(i64::from(max_attempts)).fetch_all(&mut *tx).await.map_err(db)?;
+        let dead = dead
+            .bind(i64::from(max_attempts))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
         let requeued = sqlx::query(requeue_sql)
             .bind(queued.as_str())
             .bind(Phase::Queued.as_str())
@@ -407,7 +425,11 @@ impl SqliteStore {
             Filter::ExpiredBefore(t) => requeued.bind(t),
             Filter::WorkerPrefix(p) => requeued.bind(p),
         };
-        let requeued = requeued.bind(i64::from(max_attempts)).fetch_all(&mut *tx).await.map_err(db)?;
+        let requeued = requeued
+            .bind(i64::from(max_attempts))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         drop(conn);
 
@@ -485,22 +507,19 @@ impl Store for SqliteStore {
 
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
         let mut conn = self.writer.lock().await;
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at_ms = ? WHERE id = ? AND revoked_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(id)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+        let done = sqlx::query("UPDATE api_keys SET revoked_at_ms = ? WHERE id = ? AND revoked_at_ms IS NULL")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
         Ok(done.rows_affected() > 0)
     }
 
     // ---- submission and reads
 
     async fn submit(&self, job: NewJob, idem: Option<Idempotency>) -> Result<Submitted, StoreError> {
-        let created =
-            event_data(JobState::Queued, Some(Phase::Queued), Some(0), Some(0), json!({}))?;
+        let created = event_data(JobState::Queued, Some(Phase::Queued), Some(0), Some(0), json!({}))?;
         // Within this process the writer mutex serialises two submits of the
         // same key: the second one's insert conflicts and it reads the first
         // one's job. A retry is only needed if that job is deleted in between
@@ -524,15 +543,21 @@ impl Store for SqliteStore {
     }
 
     async fn list_jobs(&self, tenant: &TenantId, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
-        const ASC: &str =
-            concat!("SELECT ", job_columns!(), " FROM jobs WHERE tenant = ? ORDER BY id ASC LIMIT ?");
+        const ASC: &str = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE tenant = ? ORDER BY id ASC LIMIT ?"
+        );
         const ASC_AFTER: &str = concat!(
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE tenant = ? AND id > ? ORDER BY id ASC LIMIT ?"
         );
-        const DESC: &str =
-            concat!("SELECT ", job_columns!(), " FROM jobs WHERE tenant = ? ORDER BY id DESC LIMIT ?");
+        const DESC: &str = concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE tenant = ? ORDER BY id DESC LIMIT ?"
+        );
         const DESC_AFTER: &str = concat!(
             "SELECT ",
             job_columns!(),
@@ -602,9 +627,11 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(db)?;
-        let Some(from) = from else { return Err(StoreError::NotFound(id.clone())) };
-        let from = JobState::parse(&from)
-            .ok_or_else(|| StoreError::Backend(format!("corrupt state {from:?} of job {id}")))?;
+        let Some(from) = from else {
+            return Err(StoreError::NotFound(id.clone()));
+        };
+        let from =
+            JobState::parse(&from).ok_or_else(|| StoreError::Backend(format!("corrupt state {from:?} of job {id}")))?;
         let to = next(from, Transition::Cancel)?;
         let data = event_data(to, Some(Phase::Cancelled), None, None, json!({}))?;
         let row = sqlx::query(concat!(
@@ -693,16 +720,15 @@ impl Store for SqliteStore {
         let Some(attempt) = attempt else { return Ok(None) };
         let attempt = u32::try_from(attempt)
             .map_err(|_| StoreError::Backend(format!("corrupt attempt {attempt} of job {id}")))?;
-        Ok(Some(Lease { job_id: id.clone(), attempt, worker: worker.clone(), expires_at_ms }))
+        Ok(Some(Lease {
+            job_id: id.clone(),
+            attempt,
+            worker: worker.clone(),
+            expires_at_ms,
+        }))
     }
 
-    async fn heartbeat(
-        &self,
-        lease: &Lease,
-        progress: &Progress,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<i64, StoreError> {
+    async fn heartbeat(&self, lease: &Lease, progress: &Progress, now_ms: i64, ttl_ms: i64) -> Result<i64, StoreError> {
         let expires_at_ms = now_ms.saturating_add(ttl_ms);
         let percent = progress.percent.min(100);
         let data = event_data(
@@ -853,7 +879,13 @@ impl Store for SqliteStore {
         let from = JobState::Running;
         let reason = RequeueReason::Released;
         let to = next(from, Transition::Requeue(reason))?;
-        let data = event_data(to, Some(Phase::Queued), None, None, json!({ "reason": reason.as_str() }))?;
+        let data = event_data(
+            to,
+            Some(Phase::Queued),
+            None,
+            None,
+            json!({ "reason": reason.as_str() }),
+        )?;
         let mut conn = self.writer.lock().await;
         let row = sqlx::query(RELEASE)
             .bind(to.as_str())
@@ -957,5 +989,4 @@ mod tests {
         assert_eq!(JobState::Running.as_str(), "running");
         assert_eq!(JobState::Completed.as_str(), "completed");
     }
-
 }

@@ -5,12 +5,10 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tempfile::TempDir;
-use videogen_core::store::{
-    ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted,
-};
+use videogen_core::store::{ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted};
 use videogen_core::{
-    CheckpointRef, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, RequeueReason,
-    Seconds, TenantId, Tier, VideoId, VideoSize, VideoSpec, WorkerId,
+    CheckpointRef, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, RequeueReason, Seconds,
+    TenantId, Tier, VideoId, VideoSize, VideoSpec, WorkerId,
 };
 use videogen_store::SqliteStore;
 
@@ -83,7 +81,11 @@ fn worker(node: &str, name: &str) -> WorkerId {
 }
 
 async fn lease(store: &SqliteStore, id: &VideoId, w: &WorkerId, now_ms: i64) -> Lease {
-    store.lease(id, w, now_ms, TTL).await.unwrap().expect("job should be leasable")
+    store
+        .lease(id, w, now_ms, TTL)
+        .await
+        .unwrap()
+        .expect("job should be leasable")
 }
 
 fn outputs(id: &VideoId, attempt: u32) -> Outputs {
@@ -106,7 +108,12 @@ fn checkpoint(id: &VideoId, attempt: u32, step: u32) -> CheckpointRef {
 }
 
 fn progress(phase: Phase, step: u32, percent: u8) -> Progress {
-    Progress { phase, step, total_steps: 30, percent }
+    Progress {
+        phase,
+        step,
+        total_steps: 30,
+        percent,
+    }
 }
 
 async fn job(store: &SqliteStore, id: &VideoId) -> Job {
@@ -142,7 +149,11 @@ async fn full_lifecycle_records_every_event_with_its_data(store: &SqliteStore) {
     assert_eq!(created.state, JobState::Queued);
     assert_eq!(created.phase, Phase::Queued);
     assert_eq!((created.progress, created.attempt), (0, 0));
-    assert_eq!(job(store, &created.id).await, created, "Created(job) is what was stored");
+    assert_eq!(
+        job(store, &created.id).await,
+        created,
+        "Created(job) is what was stored"
+    );
 
     let w = worker("node-1", "w0");
     let l = lease(store, &created.id, &w, T0 + 10).await;
@@ -153,16 +164,28 @@ async fn full_lifecycle_records_every_event_with_its_data(store: &SqliteStore) {
     assert_eq!(running.phase, Phase::LoadingModel);
     assert_eq!(running.started_at_ms, Some(T0 + 10));
     assert_eq!(running.lease.as_ref(), Some(&l));
-    assert!(store.lease(&created.id, &w, T0 + 11, TTL).await.unwrap().is_none(), "leased twice");
+    assert!(
+        store.lease(&created.id, &w, T0 + 11, TTL).await.unwrap().is_none(),
+        "leased twice"
+    );
 
-    let exp = store.heartbeat(&l, &progress(Phase::Generating, 3, 10), T0 + 20, TTL).await.unwrap();
+    let exp = store
+        .heartbeat(&l, &progress(Phase::Generating, 3, 10), T0 + 20, TTL)
+        .await
+        .unwrap();
     assert_eq!(exp, T0 + 20 + TTL);
     // Same phase and percent: lease extended, no new event.
-    let exp = store.heartbeat(&l, &progress(Phase::Generating, 4, 10), T0 + 30, TTL).await.unwrap();
+    let exp = store
+        .heartbeat(&l, &progress(Phase::Generating, 4, 10), T0 + 30, TTL)
+        .await
+        .unwrap();
     assert_eq!(exp, T0 + 30 + TTL);
     let ck = checkpoint(&created.id, 1, 4);
     store.commit_checkpoint(&l, &ck, T0 + 40).await.unwrap();
-    store.heartbeat(&l, &progress(Phase::Encoding, 30, 95), T0 + 50, TTL).await.unwrap();
+    store
+        .heartbeat(&l, &progress(Phase::Encoding, 30, 95), T0 + 50, TTL)
+        .await
+        .unwrap();
     let out = outputs(&created.id, 1);
     let done = store.complete(&l, &out, T0 + 60, T0 + 60 + 86_400_000).await.unwrap();
 
@@ -180,14 +203,23 @@ async fn full_lifecycle_records_every_event_with_its_data(store: &SqliteStore) {
     assert_eq!(job(store, &created.id).await, done);
 
     let ev = events(store, &created.id).await;
-    assert_eq!(kinds(&ev), ["created", "leased", "progress", "checkpoint", "progress", "completed"]);
+    assert_eq!(
+        kinds(&ev),
+        ["created", "leased", "progress", "checkpoint", "progress", "completed"]
+    );
     assert_eq!(ev.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6]);
-    assert_eq!(ev.iter().map(|e| e.at_ms - T0).collect::<Vec<_>>(), [0, 10, 20, 40, 50, 60]);
+    assert_eq!(
+        ev.iter().map(|e| e.at_ms - T0).collect::<Vec<_>>(),
+        [0, 10, 20, 40, 50, 60]
+    );
     assert_common(&ev[0], JobState::Queued, Phase::Queued, 0, 0);
     assert_common(&ev[1], JobState::Running, Phase::LoadingModel, 0, 1);
     assert_eq!(ev[1].data["worker"], "node-1/w0");
     assert_common(&ev[2], JobState::Running, Phase::Generating, 10, 1);
-    assert_eq!((ev[2].data["step"].as_u64(), ev[2].data["total_steps"].as_u64()), (Some(3), Some(30)));
+    assert_eq!(
+        (ev[2].data["step"].as_u64(), ev[2].data["total_steps"].as_u64()),
+        (Some(3), Some(30))
+    );
     assert_common(&ev[3], JobState::Running, Phase::Generating, 10, 1);
     assert_eq!(ev[3].data["step"], 4);
     assert_eq!(ev[3].data["key"], ck.key.as_str());
@@ -196,12 +228,21 @@ async fn full_lifecycle_records_every_event_with_its_data(store: &SqliteStore) {
     assert_eq!(ev[5].data["expires_at_ms"], T0 + 60 + 86_400_000);
 
     // Event paging and free-form events.
-    assert_eq!(kinds(&store.events(&created.id, 2, 2).await.unwrap()), ["progress", "checkpoint"]);
-    let seq = store.append_event(&created.id, "resumed", json!({ "step": 4 }), T0 + 70).await.unwrap();
+    assert_eq!(
+        kinds(&store.events(&created.id, 2, 2).await.unwrap()),
+        ["progress", "checkpoint"]
+    );
+    let seq = store
+        .append_event(&created.id, "resumed", json!({ "step": 4 }), T0 + 70)
+        .await
+        .unwrap();
     assert_eq!(seq, 7);
     let last = store.events(&created.id, 6, 10).await.unwrap();
     assert_eq!(last.len(), 1);
-    assert_eq!((last[0].kind.as_str(), &last[0].data), ("resumed", &json!({ "step": 4 })));
+    assert_eq!(
+        (last[0].kind.as_str(), &last[0].data),
+        ("resumed", &json!({ "step": 4 }))
+    );
     let ghost = VideoId::generate();
     assert!(matches!(
         store.append_event(&ghost, "resumed", json!({}), T0).await,
@@ -212,7 +253,12 @@ async fn full_lifecycle_records_every_event_with_its_data(store: &SqliteStore) {
 on_file_and_in_memory!(full_lifecycle_records_every_event_with_its_data);
 
 async fn idempotent_submit_replays_the_same_body_and_rejects_another(store: &SqliteStore) {
-    let idem = |hash: &str| Some(Idempotency { key: "req-1".into(), body_hash: hash.into() });
+    let idem = |hash: &str| {
+        Some(Idempotency {
+            key: "req-1".into(),
+            body_hash: hash.into(),
+        })
+    };
     let first = match store.submit(new_job("acme", T0), idem("h1")).await.unwrap() {
         Submitted::Created(j) => j,
         other => panic!("{other:?}"),
@@ -226,11 +272,17 @@ async fn idempotent_submit_replays_the_same_body_and_rejects_another(store: &Sql
         Err(StoreError::IdempotencyConflict)
     ));
     // Keys are per tenant.
-    assert!(matches!(store.submit(new_job("other", T0), idem("h2")).await.unwrap(), Submitted::Created(_)));
+    assert!(matches!(
+        store.submit(new_job("other", T0), idem("h2")).await.unwrap(),
+        Submitted::Created(_)
+    ));
 
     // Still replayed once the job has completed: the caller gets its current state.
     let l = lease(store, &first.id, &worker("n", "w"), T0 + 5).await;
-    store.complete(&l, &outputs(&first.id, 1), T0 + 6, T0 + 1_000).await.unwrap();
+    store
+        .complete(&l, &outputs(&first.id, 1), T0 + 6, T0 + 1_000)
+        .await
+        .unwrap();
     match store.submit(new_job("acme", T0 + 7), idem("h1")).await.unwrap() {
         Submitted::Replayed(j) => {
             assert_eq!(j.id, first.id);
@@ -239,11 +291,22 @@ async fn idempotent_submit_replays_the_same_body_and_rejects_another(store: &Sql
         other => panic!("{other:?}"),
     }
     let all = store
-        .list_jobs(&tenant("acme"), &ListQuery { after: None, limit: 10, order: Order::Asc })
+        .list_jobs(
+            &tenant("acme"),
+            &ListQuery {
+                after: None,
+                limit: 10,
+                order: Order::Asc,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(all.len(), 1, "replays and conflicts created no jobs");
-    assert_eq!(events(store, &first.id).await.len(), 3, "created, leased, completed only");
+    assert_eq!(
+        events(store, &first.id).await.len(),
+        3,
+        "created, leased, completed only"
+    );
 }
 on_file_and_in_memory!(idempotent_submit_replays_the_same_body_and_rejects_another);
 
@@ -255,7 +318,10 @@ async fn concurrent_submits_with_the_same_key_resolve_to_one_job() {
         .map(|i| {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                let idem = Idempotency { key: "same-key".into(), body_hash: "same-body".into() };
+                let idem = Idempotency {
+                    key: "same-key".into(),
+                    body_hash: "same-body".into(),
+                };
                 store.submit(new_job("acme", T0 + i), Some(idem)).await.unwrap()
             })
         })
@@ -288,7 +354,13 @@ async fn list_jobs_paginates_both_ways_with_cursors(store: &SqliteStore) {
         let q = ListQuery { after, limit, order };
         let acme = acme.clone();
         async move {
-            store.list_jobs(&acme, &q).await.unwrap().into_iter().map(|j| j.id).collect::<Vec<_>>()
+            store
+                .list_jobs(&acme, &q)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>()
         }
     };
 
@@ -316,10 +388,21 @@ async fn list_jobs_paginates_both_ways_with_cursors(store: &SqliteStore) {
     assert_eq!(page(Some(ids[0].clone()), 3, Order::Desc).await, Vec::<VideoId>::new());
     assert_eq!(page(Some(ids[6].clone()), 3, Order::Asc).await, Vec::<VideoId>::new());
     assert_eq!(page(Some(ids[3].clone()), 10, Order::Asc).await, ids[4..]);
-    assert_eq!(store.list_jobs(&tenant("nobody"), &ListQuery { after: None, limit: 5, order: Order::Asc })
-        .await
-        .unwrap()
-        .len(), 0);
+    assert_eq!(
+        store
+            .list_jobs(
+                &tenant("nobody"),
+                &ListQuery {
+                    after: None,
+                    limit: 5,
+                    order: Order::Asc
+                }
+            )
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
 }
 on_file_and_in_memory!(list_jobs_paginates_both_ways_with_cursors);
 
@@ -330,7 +413,13 @@ async fn cancel_of_a_queued_job_fails_it_as_cancelled(store: &SqliteStore) {
     assert_eq!(c.phase, Phase::Cancelled);
     assert_eq!(c.error.as_ref().map(|e| e.code.as_str()), Some("cancelled"));
     assert_eq!(job(store, &j.id).await, c);
-    assert!(store.lease(&j.id, &worker("n", "w"), T0 + 6, TTL).await.unwrap().is_none());
+    assert!(
+        store
+            .lease(&j.id, &worker("n", "w"), T0 + 6, TTL)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert!(store.queued_jobs().await.unwrap().is_empty());
     let ev = events(store, &j.id).await;
     assert_eq!(kinds(&ev), ["created", "cancelled"]);
@@ -345,19 +434,36 @@ on_file_and_in_memory!(cancel_of_a_queued_job_fails_it_as_cancelled);
 async fn cancelled_running_job_rejects_every_worker_write_as_stale(store: &SqliteStore) {
     let j = submit(store, "acme", T0).await;
     let l = lease(store, &j.id, &worker("n", "w"), T0 + 1).await;
-    store.heartbeat(&l, &progress(Phase::Generating, 5, 20), T0 + 2, TTL).await.unwrap();
+    store
+        .heartbeat(&l, &progress(Phase::Generating, 5, 20), T0 + 2, TTL)
+        .await
+        .unwrap();
     let c = store.cancel(&j.id, T0 + 3).await.unwrap();
     assert_eq!(c.state, JobState::Cancelled);
     assert_eq!(c.lease, None, "the lease is cleared");
     assert_eq!(c.progress, 20);
     let before = job(store, &j.id).await;
     let before_events = events(store, &j.id).await;
-    assert_common(before_events.last().unwrap(), JobState::Cancelled, Phase::Cancelled, 20, 1);
+    assert_common(
+        before_events.last().unwrap(),
+        JobState::Cancelled,
+        Phase::Cancelled,
+        20,
+        1,
+    );
 
-    assert!(is_stale(store.heartbeat(&l, &progress(Phase::Decoding, 9, 50), T0 + 4, TTL).await));
+    assert!(is_stale(
+        store
+            .heartbeat(&l, &progress(Phase::Decoding, 9, 50), T0 + 4, TTL)
+            .await
+    ));
     assert!(is_stale(store.complete(&l, &outputs(&j.id, 1), T0 + 5, T0 + 9).await));
-    assert!(is_stale(store.commit_checkpoint(&l, &checkpoint(&j.id, 1, 9), T0 + 6).await));
-    assert!(is_stale(store.fail(&l, &JobError::new("model_error", "boom"), T0 + 7).await));
+    assert!(is_stale(
+        store.commit_checkpoint(&l, &checkpoint(&j.id, 1, 9), T0 + 6).await
+    ));
+    assert!(is_stale(
+        store.fail(&l, &JobError::new("model_error", "boom"), T0 + 7).await
+    ));
     assert!(is_stale(store.release(&l, T0 + 8).await));
     assert_eq!(job(store, &j.id).await, before, "stale writes changed the job");
     assert_eq!(events(store, &j.id).await, before_events, "stale writes logged events");
@@ -378,28 +484,71 @@ async fn zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed(store: &Sqlit
     let reclaimed = store.reclaim_expired(T0 + TTL + 1, 3).await.unwrap();
     assert!(matches!(&reclaimed[..], [Reclaimed::Requeued(q)] if q.id == j.id && q.enqueued_at_ms == T0 + TTL + 1));
     let requeued = job(store, &j.id).await;
-    assert_eq!((requeued.state, requeued.phase, requeued.lease.as_ref()), (JobState::Queued, Phase::Queued, None));
+    assert_eq!(
+        (requeued.state, requeued.phase, requeued.lease.as_ref()),
+        (JobState::Queued, Phase::Queued, None)
+    );
 
     let owner = lease(store, &j.id, &worker("n2", "w0"), T0 + TTL + 2).await;
     assert_eq!(owner.attempt, 2);
     assert_eq!(job(store, &j.id).await.started_at_ms, Some(T0), "first start is kept");
 
     let before = job(store, &j.id).await;
-    assert!(is_stale(store.heartbeat(&zombie, &progress(Phase::Generating, 9, 30), T0 + TTL + 3, TTL).await));
-    assert!(is_stale(store.commit_checkpoint(&zombie, &checkpoint(&j.id, 1, 9), T0 + TTL + 4).await));
-    assert!(is_stale(store.complete(&zombie, &outputs(&j.id, 1), T0 + TTL + 5, T0 + 10 * TTL).await));
-    assert!(is_stale(store.fail(&zombie, &JobError::new("model_error", "x"), T0 + TTL + 5).await));
+    assert!(is_stale(
+        store
+            .heartbeat(&zombie, &progress(Phase::Generating, 9, 30), T0 + TTL + 3, TTL)
+            .await
+    ));
+    assert!(is_stale(
+        store
+            .commit_checkpoint(&zombie, &checkpoint(&j.id, 1, 9), T0 + TTL + 4)
+            .await
+    ));
+    assert!(is_stale(
+        store
+            .complete(&zombie, &outputs(&j.id, 1), T0 + TTL + 5, T0 + 10 * TTL)
+            .await
+    ));
+    assert!(is_stale(
+        store
+            .fail(&zombie, &JobError::new("model_error", "x"), T0 + TTL + 5)
+            .await
+    ));
     assert!(is_stale(store.release(&zombie, T0 + TTL + 5).await));
     assert_eq!(job(store, &j.id).await, before);
 
-    store.heartbeat(&owner, &progress(Phase::Generating, 2, 5), T0 + TTL + 6, TTL).await.unwrap();
-    store.commit_checkpoint(&owner, &checkpoint(&j.id, 2, 2), T0 + TTL + 7).await.unwrap();
-    let done = store.complete(&owner, &outputs(&j.id, 2), T0 + TTL + 8, T0 + 10 * TTL).await.unwrap();
-    assert_eq!(done.outputs, Some(outputs(&j.id, 2)), "only the owner's outputs are visible");
+    store
+        .heartbeat(&owner, &progress(Phase::Generating, 2, 5), T0 + TTL + 6, TTL)
+        .await
+        .unwrap();
+    store
+        .commit_checkpoint(&owner, &checkpoint(&j.id, 2, 2), T0 + TTL + 7)
+        .await
+        .unwrap();
+    let done = store
+        .complete(&owner, &outputs(&j.id, 2), T0 + TTL + 8, T0 + 10 * TTL)
+        .await
+        .unwrap();
+    assert_eq!(
+        done.outputs,
+        Some(outputs(&j.id, 2)),
+        "only the owner's outputs are visible"
+    );
     assert_eq!(done.checkpoint, Some(checkpoint(&j.id, 2, 2)));
 
     let ev = events(store, &j.id).await;
-    assert_eq!(kinds(&ev), ["created", "leased", "requeued", "leased", "progress", "checkpoint", "completed"]);
+    assert_eq!(
+        kinds(&ev),
+        [
+            "created",
+            "leased",
+            "requeued",
+            "leased",
+            "progress",
+            "checkpoint",
+            "completed"
+        ]
+    );
     assert_common(&ev[2], JobState::Queued, Phase::Queued, 0, 1);
     assert_eq!(ev[2].data["reason"], "lease_expired");
     assert_eq!(ev[2].data["resume_step"], 0);
@@ -424,7 +573,10 @@ async fn job_is_dead_lettered_once_attempts_are_exhausted(store: &SqliteStore) {
     assert!(matches!(&r[..], [Reclaimed::DeadLettered(id)] if *id == j.id), "{r:?}");
     let dead = job(store, &j.id).await;
     assert_eq!((dead.state, dead.phase), (JobState::Failed, Phase::Failed));
-    assert_eq!(dead.error.as_ref().map(|e| e.code.as_str()), Some("max_attempts_exceeded"));
+    assert_eq!(
+        dead.error.as_ref().map(|e| e.code.as_str()),
+        Some("max_attempts_exceeded")
+    );
     assert_eq!(dead.lease, None);
     assert!(store.queued_jobs().await.unwrap().is_empty());
     assert!(store.reclaim_expired(now + 10 * TTL, 3).await.unwrap().is_empty());
@@ -447,7 +599,10 @@ async fn reclaim_node_only_touches_that_nodes_jobs(store: &SqliteStore) {
     let l2 = lease(store, &a2, &worker("a", "w1"), T0).await;
     lease(store, &ab, &worker("ab", "w0"), T0).await;
     lease(store, &b, &worker("b", "w0"), T0).await;
-    store.commit_checkpoint(&l2, &checkpoint(&a2, 1, 12), T0 + 1).await.unwrap();
+    store
+        .commit_checkpoint(&l2, &checkpoint(&a2, 1, 12), T0 + 1)
+        .await
+        .unwrap();
 
     // Lease not expired: reclaimed anyway, the node restarted.
     let r = store.reclaim_node("a", T0 + 2, 5).await.unwrap();
@@ -493,24 +648,42 @@ async fn checkpoint_commit_keeps_the_previous_pointer(store: &SqliteStore) {
     store.commit_checkpoint(&l, &c2, T0 + 2).await.unwrap();
     store.commit_checkpoint(&l, &c3, T0 + 3).await.unwrap();
     let s = job(store, &j.id).await;
-    assert_eq!((s.checkpoint.as_ref(), s.prev_checkpoint.as_ref()), (Some(&c3), Some(&c2)));
+    assert_eq!(
+        (s.checkpoint.as_ref(), s.prev_checkpoint.as_ref()),
+        (Some(&c3), Some(&c2))
+    );
 
     // Released on purpose: back in the queue, progress kept, resumes from c3.
-    store.heartbeat(&l, &progress(Phase::Generating, 15, 50), T0 + 4, TTL).await.unwrap();
+    store
+        .heartbeat(&l, &progress(Phase::Generating, 15, 50), T0 + 4, TTL)
+        .await
+        .unwrap();
     let q = store.release(&l, T0 + 5).await.unwrap();
-    assert_eq!((q.id.clone(), q.tenant.clone(), q.tier, q.model.as_str()), (j.id.clone(), tenant("acme"), Tier::Paid, "videogen-ref"));
+    assert_eq!(
+        (q.id.clone(), q.tenant.clone(), q.tier, q.model.as_str()),
+        (j.id.clone(), tenant("acme"), Tier::Paid, "videogen-ref")
+    );
     assert_eq!(q.enqueued_at_ms, T0 + 5);
     let s = job(store, &j.id).await;
-    assert_eq!((s.state, s.phase, s.progress, s.lease.as_ref()), (JobState::Queued, Phase::Queued, 50, None));
+    assert_eq!(
+        (s.state, s.phase, s.progress, s.lease.as_ref()),
+        (JobState::Queued, Phase::Queued, 50, None)
+    );
     assert_eq!(store.queued_jobs().await.unwrap(), vec![q]);
     let ev = events(store, &j.id).await;
     let last = ev.last().unwrap();
     assert_eq!(last.kind, "requeued");
     assert_common(last, JobState::Queued, Phase::Queued, 50, 1);
-    assert_eq!((last.data["reason"].as_str(), last.data["resume_step"].as_u64()), (Some("released"), Some(15)));
+    assert_eq!(
+        (last.data["reason"].as_str(), last.data["resume_step"].as_u64()),
+        (Some("released"), Some(15))
+    );
     let l2 = lease(store, &j.id, &worker("n", "w"), T0 + 6).await;
     assert_eq!(job(store, &j.id).await.phase, Phase::ResumingFromCheckpoint);
-    assert_eq!(events(store, &j.id).await.last().unwrap().data["phase"], "resuming_from_checkpoint");
+    assert_eq!(
+        events(store, &j.id).await.last().unwrap().data["phase"],
+        "resuming_from_checkpoint"
+    );
     let c4 = checkpoint(&j.id, 2, 20);
     store.commit_checkpoint(&l2, &c4, T0 + 7).await.unwrap();
     let s = job(store, &j.id).await;
@@ -523,7 +696,12 @@ async fn expire_due_expires_completed_jobs_whose_retention_passed(store: &Sqlite
     for i in 0..4 {
         let j = submit(store, "acme", T0).await;
         let l = lease(store, &j.id, &worker("n", "w"), T0).await;
-        done.push(store.complete(&l, &outputs(&j.id, 1), T0 + 1, T0 + 100 * (i + 1)).await.unwrap());
+        done.push(
+            store
+                .complete(&l, &outputs(&j.id, 1), T0 + 1, T0 + 100 * (i + 1))
+                .await
+                .unwrap(),
+        );
     }
     let running = submit(store, "acme", T0).await;
     lease(store, &running.id, &worker("n", "w"), T0).await;
@@ -531,17 +709,27 @@ async fn expire_due_expires_completed_jobs_whose_retention_passed(store: &Sqlite
     assert!(store.expire_due(T0 + 99, 10).await.unwrap().is_empty());
     // Due: the first three (expires_at <= now); limit 2 takes the oldest two.
     let first = store.expire_due(T0 + 300, 2).await.unwrap();
-    assert_eq!(first.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), [done[0].id.clone(), done[1].id.clone()]);
+    assert_eq!(
+        first.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        [done[0].id.clone(), done[1].id.clone()]
+    );
     for j in &first {
         assert_eq!((j.state, j.phase), (JobState::Expired, Phase::Expired));
-        assert_eq!(j.outputs, Some(outputs(&j.id, 1)), "outputs kept so blobs can be deleted");
+        assert_eq!(
+            j.outputs,
+            Some(outputs(&j.id, 1)),
+            "outputs kept so blobs can be deleted"
+        );
         let ev = events(store, &j.id).await;
         assert_eq!(ev.last().unwrap().kind, "expired");
         assert_common(ev.last().unwrap(), JobState::Expired, Phase::Expired, 100, 1);
         assert_eq!(ev.last().unwrap().data["status"], "completed");
     }
     let second = store.expire_due(T0 + 300, 10).await.unwrap();
-    assert_eq!(second.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), [done[2].id.clone()]);
+    assert_eq!(
+        second.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        [done[2].id.clone()]
+    );
     assert!(store.expire_due(T0 + 300, 10).await.unwrap().is_empty());
     assert_eq!(job(store, &done[3].id).await.state, JobState::Completed);
     assert_eq!(job(store, &running.id).await.state, JobState::Running);
@@ -555,18 +743,34 @@ on_file_and_in_memory!(expire_due_expires_completed_jobs_whose_retention_passed)
 async fn illegal_transitions_error_and_change_nothing(store: &SqliteStore) {
     // Completing a queued job (a lease that never was): the fenced write is refused.
     let q = submit(store, "acme", T0).await;
-    let fake = Lease { job_id: q.id.clone(), attempt: 0, worker: worker("n", "w"), expires_at_ms: T0 + TTL };
-    assert!(is_stale(store.complete(&fake, &outputs(&q.id, 0), T0 + 1, T0 + 2).await));
+    let fake = Lease {
+        job_id: q.id.clone(),
+        attempt: 0,
+        worker: worker("n", "w"),
+        expires_at_ms: T0 + TTL,
+    };
+    assert!(is_stale(
+        store.complete(&fake, &outputs(&q.id, 0), T0 + 1, T0 + 2).await
+    ));
     let fake1 = Lease { attempt: 1, ..fake };
-    assert!(is_stale(store.complete(&fake1, &outputs(&q.id, 1), T0 + 1, T0 + 2).await));
-    assert!(is_stale(store.heartbeat(&fake1, &progress(Phase::Generating, 1, 1), T0 + 1, TTL).await));
+    assert!(is_stale(
+        store.complete(&fake1, &outputs(&q.id, 1), T0 + 1, T0 + 2).await
+    ));
+    assert!(is_stale(
+        store
+            .heartbeat(&fake1, &progress(Phase::Generating, 1, 1), T0 + 1, TTL)
+            .await
+    ));
     assert_eq!(job(store, &q.id).await, q);
     assert_eq!(events(store, &q.id).await.len(), 1);
 
     // Cancelling a completed job.
     let j = submit(store, "acme", T0).await;
     let l = lease(store, &j.id, &worker("n", "w"), T0).await;
-    let done = store.complete(&l, &outputs(&j.id, 1), T0 + 1, T0 + 1_000).await.unwrap();
+    let done = store
+        .complete(&l, &outputs(&j.id, 1), T0 + 1, T0 + 1_000)
+        .await
+        .unwrap();
     let n_events = events(store, &j.id).await.len();
     match store.cancel(&j.id, T0 + 2).await {
         Err(StoreError::IllegalTransition(e)) => {
@@ -576,8 +780,16 @@ async fn illegal_transitions_error_and_change_nothing(store: &SqliteStore) {
         other => panic!("{other:?}"),
     }
     // Completing it twice.
-    assert!(is_stale(store.complete(&l, &outputs(&j.id, 1), T0 + 3, T0 + 2_000).await));
-    assert!(store.lease(&j.id, &worker("n", "w"), T0 + 4, TTL).await.unwrap().is_none());
+    assert!(is_stale(
+        store.complete(&l, &outputs(&j.id, 1), T0 + 3, T0 + 2_000).await
+    ));
+    assert!(
+        store
+            .lease(&j.id, &worker("n", "w"), T0 + 4, TTL)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(job(store, &j.id).await, done);
     assert_eq!(events(store, &j.id).await.len(), n_events);
 
@@ -600,7 +812,10 @@ async fn delete_removes_the_job_and_its_events(store: &SqliteStore) {
     assert!(store.delete(&j.id).await.unwrap().is_none());
     assert_eq!(events(store, &keep.id).await.len(), 1);
     // A queued job can be deleted too (the API decides what is allowed).
-    assert_eq!(store.delete(&keep.id).await.unwrap().map(|j| j.state), Some(JobState::Queued));
+    assert_eq!(
+        store.delete(&keep.id).await.unwrap().map(|j| j.state),
+        Some(JobState::Queued)
+    );
     assert!(store.queued_jobs().await.unwrap().is_empty());
 }
 on_file_and_in_memory!(delete_removes_the_job_and_its_events);
@@ -633,12 +848,18 @@ async fn api_keys_are_stored_found_by_hash_listed_and_revoked(store: &SqliteStor
     let k2 = key("key_2", &"b".repeat(64), false, T0 + 1);
     store.insert_api_key(&k2).await.unwrap();
     store.insert_api_key(&k1).await.unwrap();
-    assert!(store.insert_api_key(&key("key_3", &k1.hash, false, T0)).await.is_err(), "hash is unique");
+    assert!(
+        store.insert_api_key(&key("key_3", &k1.hash, false, T0)).await.is_err(),
+        "hash is unique"
+    );
     assert_eq!(store.api_key_by_hash(&k1.hash).await.unwrap(), Some(k1.clone()));
     assert_eq!(store.api_key_by_hash("nope").await.unwrap(), None);
     assert_eq!(store.list_api_keys().await.unwrap(), vec![k1.clone(), k2.clone()]);
     assert!(store.revoke_api_key("key_1", T0 + 9).await.unwrap());
-    assert!(!store.revoke_api_key("key_1", T0 + 10).await.unwrap(), "already revoked");
+    assert!(
+        !store.revoke_api_key("key_1", T0 + 10).await.unwrap(),
+        "already revoked"
+    );
     assert!(!store.revoke_api_key("key_9", T0 + 10).await.unwrap(), "no such key");
     let revoked = store.api_key_by_hash(&k1.hash).await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at_ms, Some(T0 + 9));
@@ -653,7 +874,10 @@ async fn data_survives_reopening_the_same_file() {
     let queued = submit(&store, "acme", T0).await;
     let j = submit(&store, "acme", T0).await;
     let l = lease(&store, &j.id, &worker("n", "w"), T0).await;
-    store.commit_checkpoint(&l, &checkpoint(&j.id, 1, 3), T0 + 1).await.unwrap();
+    store
+        .commit_checkpoint(&l, &checkpoint(&j.id, 1, 3), T0 + 1)
+        .await
+        .unwrap();
     let running = job(&store, &j.id).await;
     let ev = events(&store, &j.id).await;
     // Dropped without close(): like a process that just goes away.
@@ -699,8 +923,14 @@ async fn eight_tasks_complete_two_thousand_jobs_exactly_once() {
                     };
                     for id in [target, j.id] {
                         if let Some(l) = store.lease(&id, &w, now, TTL).await.unwrap() {
-                            store.heartbeat(&l, &progress(Phase::Generating, 1, 50), now, TTL).await.unwrap();
-                            store.complete(&l, &outputs(&id, l.attempt), now, now + 1_000).await.unwrap();
+                            store
+                                .heartbeat(&l, &progress(Phase::Generating, 1, 50), now, TTL)
+                                .await
+                                .unwrap();
+                            store
+                                .complete(&l, &outputs(&id, l.attempt), now, now + 1_000)
+                                .await
+                                .unwrap();
                             completed.push(id);
                         }
                     }
@@ -723,7 +953,10 @@ async fn eight_tasks_complete_two_thousand_jobs_exactly_once() {
     for id in ids.iter().step_by(97) {
         let j = job(&store, id).await;
         assert_eq!((j.state, j.attempt), (JobState::Completed, 1));
-        assert_eq!(kinds(&events(&store, id).await), ["created", "leased", "progress", "completed"]);
+        assert_eq!(
+            kinds(&events(&store, id).await),
+            ["created", "leased", "progress", "completed"]
+        );
     }
 }
 

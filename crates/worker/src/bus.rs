@@ -15,7 +15,9 @@ pub struct JobBus {
 
 impl Default for JobBus {
     fn default() -> Self {
-        Self { tx: broadcast::channel(BUS_CAPACITY).0 }
+        Self {
+            tx: broadcast::channel(BUS_CAPACITY).0,
+        }
     }
 }
 

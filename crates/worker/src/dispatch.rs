@@ -139,7 +139,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_worker_wakes_when_a_job_arrives() {
-        let d = Arc::new(Dispatcher::new(SchedulerConfig::default(), Arc::new(ManualClock::new(0))));
+        let d = Arc::new(Dispatcher::new(
+            SchedulerConfig::default(),
+            Arc::new(ManualClock::new(0)),
+        ));
         let stop = CancellationToken::new();
         let waiter = {
             let d = d.clone();
@@ -149,7 +152,10 @@ mod tests {
         tokio::task::yield_now().await;
         let j = job(Tier::Free, 0);
         d.enqueue(j.clone());
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.map(|g| g.id), Some(j.id));
     }
 

@@ -71,7 +71,11 @@ impl LeaseKeeper {
                 }
             }
         });
-        Self { progress: tx, stop, task }
+        Self {
+            progress: tx,
+            stop,
+            task,
+        }
     }
 
     /// Publishes new progress (never blocks).

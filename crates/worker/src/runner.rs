@@ -124,9 +124,14 @@ impl Worker {
         drop(_enter);
         let cancelled = self.rt.dispatcher.track_running(&id);
         let started = Instant::now();
-        let outcome = Attempt { rt: &self.rt, lease: &lease, lost: cancelled.clone(), shutdown }
-            .run()
-            .await;
+        let outcome = Attempt {
+            rt: &self.rt,
+            lease: &lease,
+            lost: cancelled.clone(),
+            shutdown,
+        }
+        .run()
+        .await;
         self.rt.dispatcher.untrack_running(&id);
         let now = self.rt.clock.now_ms();
         let outcome_label = match outcome {
@@ -186,7 +191,12 @@ impl Attempt<'_> {
             self.rt.bus.clone(),
             self.lease.clone(),
             self.rt.config.lease_ttl,
-            Progress { phase: Phase::LoadingModel, step: 0, total_steps: total, percent: job.progress },
+            Progress {
+                phase: Phase::LoadingModel,
+                step: 0,
+                total_steps: total,
+                percent: job.progress,
+            },
             self.lost.clone(),
         );
         let result = self.generate_and_finish(&job, req, &keeper).await;
@@ -208,7 +218,11 @@ impl Attempt<'_> {
                     .map_err(join_error)?
                     .map_err(|e| Stop::Fatal(JobError::new("invalid_input_reference", e.to_string())))?
                     .to_rgb8();
-                Some(RgbImage { width: img.width(), height: img.height(), data: img.into_raw() })
+                Some(RgbImage {
+                    width: img.width(),
+                    height: img.height(),
+                    data: img.into_raw(),
+                })
             }
         };
         Ok(GenerationRequest {
@@ -224,11 +238,7 @@ impl Attempt<'_> {
     }
 
     /// Resumes from the newest checkpoint that verifies, else starts at step 0.
-    async fn start_or_resume(
-        &self,
-        job: &Job,
-        req: &GenerationRequest,
-    ) -> Result<Box<dyn Generation>, Stop> {
+    async fn start_or_resume(&self, job: &Job, req: &GenerationRequest) -> Result<Box<dyn Generation>, Stop> {
         let candidates = [job.checkpoint.as_ref(), job.prev_checkpoint.as_ref()];
         for ck in candidates.into_iter().flatten() {
             match self.load_checkpoint(ck, req).await {
@@ -253,16 +263,25 @@ impl Attempt<'_> {
                         "key": ck.key, "step": ck.step, "reason": reason,
                     });
                     let now = self.rt.clock.now_ms();
-                    self.rt.store.append_event(&job.id, "checkpoint_rejected", data, now).await?;
+                    self.rt
+                        .store
+                        .append_event(&job.id, "checkpoint_rejected", data, now)
+                        .await?;
                 }
             }
         }
         let model = self.rt.model.clone();
         let req = req.clone();
-        Ok(tokio::task::spawn_blocking(move || model.start(&req)).await.map_err(join_error)??)
+        Ok(tokio::task::spawn_blocking(move || model.start(&req))
+            .await
+            .map_err(join_error)??)
     }
 
-    async fn load_checkpoint(&self, ck: &CheckpointRef, req: &GenerationRequest) -> Result<Box<dyn Generation>, String> {
+    async fn load_checkpoint(
+        &self,
+        ck: &CheckpointRef,
+        req: &GenerationRequest,
+    ) -> Result<Box<dyn Generation>, String> {
         let bytes = self.rt.blob.get(&ck.key).await.map_err(|e| e.to_string())?;
         if crc32fast::hash(&bytes) != ck.crc32 || bytes.len() as u64 != ck.size_bytes {
             return Err("checksum or size mismatch".into());
@@ -282,7 +301,9 @@ impl Attempt<'_> {
         keeper: &LeaseKeeper,
     ) -> Result<Finished, Stop> {
         let model = self.rt.model.clone();
-        tokio::task::spawn_blocking(move || model.load()).await.map_err(join_error)??;
+        tokio::task::spawn_blocking(move || model.load())
+            .await
+            .map_err(join_error)??;
         let mut generation = self.start_or_resume(job, &req).await?;
         let total = generation.total_steps();
         let mut last_ck_step = generation.steps_done();
@@ -295,7 +316,13 @@ impl Attempt<'_> {
             }
             if self.shutdown.is_cancelled() {
                 if generation.steps_done() > last_ck_step {
-                    self.checkpoint(generation.checkpoint(), generation.steps_done(), generation.total_steps(), keeper).await?;
+                    self.checkpoint(
+                        generation.checkpoint(),
+                        generation.steps_done(),
+                        generation.total_steps(),
+                        keeper,
+                    )
+                    .await?;
                 }
                 self.rt.store.release(self.lease, self.rt.clock.now_ms()).await?;
                 return Err(Stop::Released);
@@ -309,7 +336,13 @@ impl Attempt<'_> {
             let by_steps = cfg.checkpoint_every_steps > 0 && done - last_ck_step >= cfg.checkpoint_every_steps;
             let by_time = last_ck_at.elapsed() >= cfg.checkpoint_every;
             if !generation.is_done() && (by_steps || by_time) {
-                self.checkpoint(generation.checkpoint(), generation.steps_done(), generation.total_steps(), keeper).await?;
+                self.checkpoint(
+                    generation.checkpoint(),
+                    generation.steps_done(),
+                    generation.total_steps(),
+                    keeper,
+                )
+                .await?;
                 last_ck_step = done;
                 last_ck_at = Instant::now();
             }
@@ -335,7 +368,10 @@ impl Attempt<'_> {
             size_bytes: bytes.len() as u64,
         };
         self.rt.blob.put(&key, bytes).await?;
-        self.rt.store.commit_checkpoint(self.lease, &ck, self.rt.clock.now_ms()).await?;
+        self.rt
+            .store
+            .commit_checkpoint(self.lease, &ck, self.rt.clock.now_ms())
+            .await?;
         metrics::histogram!("videogen_checkpoint_duration_seconds").record(started.elapsed().as_secs_f64());
         keeper.report(progress(Phase::Generating, step, total));
         self.rt.bus.notify(&self.lease.job_id);
@@ -345,14 +381,24 @@ impl Attempt<'_> {
     /// Moderates sampled frames, then encodes the video and its images.
     async fn finish(&self, job: &Job, generation: Box<dyn Generation>, keeper: &LeaseKeeper) -> Result<Finished, Stop> {
         let total = generation.total_steps();
-        keeper.report(Progress { phase: Phase::Moderating, step: total, total_steps: total, percent: 91 });
+        keeper.report(Progress {
+            phase: Phase::Moderating,
+            step: total,
+            total_steps: total,
+            percent: 91,
+        });
         let samples_n = self.rt.config.moderation_samples.max(1);
         let (generation, samples) = tokio::task::spawn_blocking(move || {
             let n = generation.frame_count();
             let samples: Vec<FrameSample> = evenly_spaced(n, samples_n)
                 .map(|i| {
                     let f = generation.decode_frame(i);
-                    FrameSample { index: i, width: f.width, height: f.height, rgb: f.data }
+                    FrameSample {
+                        index: i,
+                        width: f.width,
+                        height: f.height,
+                        rgb: f.data,
+                    }
                 })
                 .collect();
             (generation, samples)
@@ -400,7 +446,12 @@ impl Attempt<'_> {
         }
         let now = self.rt.clock.now_ms();
         let retention_ms = i64::try_from(self.rt.config.retention(job.tier).as_millis()).unwrap_or(i64::MAX);
-        match self.rt.store.complete(self.lease, &outputs, now, now.saturating_add(retention_ms)).await {
+        match self
+            .rt
+            .store
+            .complete(self.lease, &outputs, now, now.saturating_add(retention_ms))
+            .await
+        {
             Ok(_) => {
                 // Checkpoints are only for resuming; a completed job needs none.
                 let [_, checkpoints, _] = keys::job_prefixes(id);
@@ -452,7 +503,12 @@ fn encode_all(
                 return Err(Stop::LeaseLost);
             }
             let percent = 92 + (u64::from(i) * 7 / u64::from(n.max(1))) as u8;
-            reporter.send_replace(Progress { phase: Phase::Encoding, step: total_steps, total_steps, percent });
+            reporter.send_replace(Progress {
+                phase: Phase::Encoding,
+                step: total_steps,
+                total_steps,
+                percent,
+            });
         }
         let frame = generation.decode_frame(i);
         enc.push_rgb(&frame.data).map_err(media_err)?;
@@ -466,19 +522,30 @@ fn encode_all(
             sprite_frames.push((frame.width, frame.height, frame.data));
         }
     }
-    reporter.send_replace(Progress { phase: Phase::Finalizing, step: total_steps, total_steps, percent: 99 });
+    reporter.send_replace(Progress {
+        phase: Phase::Finalizing,
+        step: total_steps,
+        total_steps,
+        percent: 99,
+    });
     let video = enc.finish().map_err(media_err)?;
     let refs: Vec<(u32, u32, &[u8])> = sprite_frames.iter().map(|(w, h, d)| (*w, *h, d.as_slice())).collect();
     let spritesheet =
         videogen_media::spritesheet_jpeg(&refs, SPRITESHEET_COLS, SPRITESHEET_TILE_WIDTH).map_err(media_err)?;
     let thumbnail = thumbnail.ok_or_else(|| Stop::Fatal(JobError::new("encode_error", "clip has no frames")))?;
-    Ok(Finished { video: video.into(), thumbnail: thumbnail.into(), spritesheet: spritesheet.into() })
+    Ok(Finished {
+        video: video.into(),
+        thumbnail: thumbnail.into(),
+        spritesheet: spritesheet.into(),
+    })
 }
 
 /// `count` frame indices spread evenly over `0..n` (fewer if `n` is small).
 fn evenly_spaced(n: u32, count: u32) -> impl Iterator<Item = u32> {
     let count = count.min(n).max(1);
-    (0..count).map(move |k| if count == 1 { n / 2 } else { k * (n - 1) / (count - 1) }).filter(move |_| n > 0)
+    (0..count)
+        .map(move |k| if count == 1 { n / 2 } else { k * (n - 1) / (count - 1) })
+        .filter(move |_| n > 0)
 }
 
 fn percent_for_step(step: u32, total: u32) -> u8 {
@@ -486,7 +553,12 @@ fn percent_for_step(step: u32, total: u32) -> u8 {
 }
 
 fn progress(phase: Phase, step: u32, total: u32) -> Progress {
-    Progress { phase, step, total_steps: total, percent: percent_for_step(step, total) }
+    Progress {
+        phase,
+        step,
+        total_steps: total,
+        percent: percent_for_step(step, total),
+    }
 }
 
 #[cfg(test)]

@@ -86,7 +86,10 @@ struct Report {
 }
 
 pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(!args.workers.is_empty() && !args.workers.contains(&0), "--workers must be positive counts");
+    anyhow::ensure!(
+        !args.workers.is_empty() && !args.workers.contains(&0),
+        "--workers must be positive counts"
+    );
     let machine = Machine::detect();
     let parent = match &args.data_dir {
         Some(d) => {
@@ -116,7 +119,10 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
     let mut baseline_after = baseline(&fresh()?.path().join("baseline.db"), n).await?;
 
     let base = (baseline_before.jobs_per_sec + baseline_after.jobs_per_sec) / 2.0;
-    for r in [&mut baseline_before, &mut baseline_after, &mut store_serial].into_iter().chain(pipelines.iter_mut()) {
+    for r in [&mut baseline_before, &mut baseline_after, &mut store_serial]
+        .into_iter()
+        .chain(pipelines.iter_mut())
+    {
         r.ratio_to_baseline = r.jobs_per_sec / base;
     }
     let report = Report {
@@ -145,9 +151,18 @@ fn progress(msg: &str) {
 fn print_report(r: &Report) {
     println!("videogen bench dispatch: no-op jobs, embedded SQLite store (WAL, synchronous=NORMAL)");
     r.machine.print();
-    println!("jobs per run: {}; target: >= {:.0} jobs/s end to end\n", r.jobs, r.target_jobs_per_sec);
-    println!("{:<38} {:>8} {:>11} {:>8} {:>14}", "run", "wall s", "jobs/s", "x base", "submits done s");
-    let runs = [&r.baseline_before, &r.store_serial].into_iter().chain(&r.pipelines).chain([&r.baseline_after]);
+    println!(
+        "jobs per run: {}; target: >= {:.0} jobs/s end to end\n",
+        r.jobs, r.target_jobs_per_sec
+    );
+    println!(
+        "{:<38} {:>8} {:>11} {:>8} {:>14}",
+        "run", "wall s", "jobs/s", "x base", "submits done s"
+    );
+    let runs = [&r.baseline_before, &r.store_serial]
+        .into_iter()
+        .chain(&r.pipelines)
+        .chain([&r.baseline_after]);
     for run in runs.clone() {
         let submits = run.submits_done_s.map_or_else(|| "-".to_owned(), |s| format!("{s:.2}"));
         println!(
@@ -156,7 +171,10 @@ fn print_report(r: &Report) {
         );
     }
     println!("\nper-operation latency, ms (store calls include queueing for the single writer):");
-    println!("{:<38} {:<10} {:>8} {:>8} {:>8} {:>8} {:>8}", "run", "op", "mean", "p50", "p99", "p99.9", "max");
+    println!(
+        "{:<38} {:<10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "run", "op", "mean", "p50", "p99", "p99.9", "max"
+    );
     for run in runs {
         for (op, p) in &run.ops {
             println!(
@@ -166,8 +184,15 @@ fn print_report(r: &Report) {
         }
     }
     for p in &r.pipelines {
-        let verdict = if p.jobs_per_sec >= r.target_jobs_per_sec { "meets" } else { "MISSES" };
-        println!("\n{}: {:.0} jobs/s {verdict} the {:.0} jobs/s target", p.name, p.jobs_per_sec, r.target_jobs_per_sec);
+        let verdict = if p.jobs_per_sec >= r.target_jobs_per_sec {
+            "meets"
+        } else {
+            "MISSES"
+        };
+        println!(
+            "\n{}: {:.0} jobs/s {verdict} the {:.0} jobs/s target",
+            p.name, p.jobs_per_sec, r.target_jobs_per_sec
+        );
     }
 }
 
@@ -198,7 +223,13 @@ fn outputs(id: &VideoId) -> Outputs {
 }
 
 fn new_job(i: u64, tenant: &TenantId, spec: &VideoSpec, now_ms: i64) -> NewJob {
-    NewJob { id: VideoId::generate(), tenant: tenant.clone(), tier: tier(i), spec: spec.clone(), now_ms }
+    NewJob {
+        id: VideoId::generate(),
+        tenant: tenant.clone(),
+        tier: tier(i),
+        spec: spec.clone(),
+        now_ms,
+    }
 }
 
 fn tenant() -> TenantId {
@@ -215,7 +246,10 @@ fn finish_run(name: String, workers: usize, jobs: u64, wall: Duration, ops: Vec<
         jobs_per_sec: jobs as f64 / wall_s,
         ratio_to_baseline: 0.0,
         submits_done_s: None,
-        ops: ops.into_iter().map(|(op, mut v)| (op.to_owned(), Percentiles::of(&mut v))).collect(),
+        ops: ops
+            .into_iter()
+            .map(|(op, mut v)| (op.to_owned(), Percentiles::of(&mut v)))
+            .collect(),
     }
 }
 
@@ -246,13 +280,15 @@ async fn baseline(file: &Path, jobs: u64) -> anyhow::Result<Run> {
         let id = VideoId::generate();
         let outputs_json = serde_json::to_string(&outputs(&id))?;
         let t0 = Instant::now();
-        sqlx::query("INSERT INTO bench_jobs (id, tenant, state, spec_json, created_at_ms) VALUES (?, ?, 'queued', ?, ?)")
-            .bind(id.as_str())
-            .bind("bench")
-            .bind(spec_json.as_str())
-            .bind(clock.now_ms())
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO bench_jobs (id, tenant, state, spec_json, created_at_ms) VALUES (?, ?, 'queued', ?, ?)",
+        )
+        .bind(id.as_str())
+        .bind("bench")
+        .bind(spec_json.as_str())
+        .bind(clock.now_ms())
+        .execute(&mut conn)
+        .await?;
         let t1 = Instant::now();
         let leased = sqlx::query(
             "UPDATE bench_jobs SET state = 'running', attempt = attempt + 1, worker = ?, updated_at_ms = ? \
@@ -274,7 +310,10 @@ async fn baseline(file: &Path, jobs: u64) -> anyhow::Result<Run> {
         .execute(&mut conn)
         .await?;
         let t3 = Instant::now();
-        anyhow::ensure!(leased.rows_affected() == 1 && completed.rows_affected() == 1, "baseline update missed");
+        anyhow::ensure!(
+            leased.rows_affected() == 1 && completed.rows_affected() == 1,
+            "baseline update missed"
+        );
         ins.push(t1 - t0);
         upd1.push(t2 - t1);
         upd2.push(t3 - t2);
@@ -305,10 +344,15 @@ async fn store_serial(dir: &Path, jobs: u64) -> anyhow::Result<Run> {
         };
         let t1 = Instant::now();
         let now = clock.now_ms();
-        let lease = store.lease(&job.id, &worker, now, LEASE_TTL_MS).await?.context("fresh job not leasable")?;
+        let lease = store
+            .lease(&job.id, &worker, now, LEASE_TTL_MS)
+            .await?
+            .context("fresh job not leasable")?;
         let t2 = Instant::now();
         let now = clock.now_ms();
-        store.complete(&lease, &outputs(&job.id), now, now + RETENTION_MS).await?;
+        store
+            .complete(&lease, &outputs(&job.id), now, now + RETENTION_MS)
+            .await?;
         let t3 = Instant::now();
         sub.push(t1 - t0);
         lea.push(t2 - t1);
@@ -363,8 +407,13 @@ async fn pipeline(dir: &Path, jobs: u64, workers: usize) -> anyhow::Result<Run> 
     };
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..workers {
-        let (store, clock, dispatcher, shutdown, done) =
-            (store.clone(), clock.clone(), dispatcher.clone(), shutdown.clone(), done.clone());
+        let (store, clock, dispatcher, shutdown, done) = (
+            store.clone(),
+            clock.clone(),
+            dispatcher.clone(),
+            shutdown.clone(),
+            done.clone(),
+        );
         tasks.spawn(async move {
             let id = WorkerId::new("bench", &format!("w{w}"));
             let loaded = vec![REFERENCE_MODEL.to_owned()];
@@ -378,7 +427,9 @@ async fn pipeline(dir: &Path, jobs: u64, workers: usize) -> anyhow::Result<Run> 
                         .with_context(|| format!("job {} not leasable", job.id))?;
                     let t1 = Instant::now();
                     let now = clock.now_ms();
-                    store.complete(&lease, &outputs(&job.id), now, now + RETENTION_MS).await?;
+                    store
+                        .complete(&lease, &outputs(&job.id), now, now + RETENTION_MS)
+                        .await?;
                     com.push(t1.elapsed());
                     lea.push(t1 - t0);
                     if done.fetch_add(1, Ordering::Relaxed) + 1 == target {

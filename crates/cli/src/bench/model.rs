@@ -116,7 +116,11 @@ fn print_report(r: &Report) {
         );
     }
     if let Some(c) = r.clips.iter().find(|c| c.config == "default" && c.size == "1280x720") {
-        let verdict = if c.total_s < r.target_secs_default_1280x720 { "meets" } else { "MISSES" };
+        let verdict = if c.total_s < r.target_secs_default_1280x720 {
+            "meets"
+        } else {
+            "MISSES"
+        };
         println!(
             "\ndefault 4 s 1280x720 clip: {:.2} s, {verdict} the < {:.0} s target",
             c.total_s, r.target_secs_default_1280x720

@@ -99,7 +99,10 @@ struct Sample {
 pub async fn run(args: SubmitArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate > 0.0 && args.rate.is_finite(), "--rate must be positive");
     anyhow::ensure!(args.secs > 0.0 && args.secs.is_finite(), "--secs must be positive");
-    anyhow::ensure!(args.warmup_secs >= 0.0 && args.warmup_secs.is_finite(), "--warmup-secs must be >= 0");
+    anyhow::ensure!(
+        args.warmup_secs >= 0.0 && args.warmup_secs.is_finite(),
+        "--warmup-secs must be >= 0"
+    );
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be positive");
     let machine = Machine::detect();
 
@@ -112,7 +115,9 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<()> {
         None => {
             let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
             std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-            let dir = tempfile::Builder::new().prefix("videogen-bench-submit-").tempdir_in(&parent)?;
+            let dir = tempfile::Builder::new()
+                .prefix("videogen-bench-submit-")
+                .tempdir_in(&parent)?;
             let (url, key, dispatcher) = start_server(dir.path(), &shutdown).await?;
             (url, key, Some(dispatcher), Some(dir))
         }
@@ -130,7 +135,10 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<()> {
     let limit = Arc::new(Semaphore::new(args.concurrency));
 
     if args.warmup_secs > 0.0 {
-        eprintln!("[bench submit] warm-up: {:.0} req/s for {}s against {target}", args.rate, args.warmup_secs);
+        eprintln!(
+            "[bench submit] warm-up: {:.0} req/s for {}s against {target}",
+            args.rate, args.warmup_secs
+        );
         let _ = fire(&client, &url, &key, args.rate, args.warmup_secs, &limit, 0).await;
     }
     eprintln!("[bench submit] measuring: {:.0} req/s for {}s", args.rate, args.secs);
@@ -198,12 +206,22 @@ fn print_report(r: &Report) {
         l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
     );
     let g = &r.send_lag;
-    println!("client send lag, ms: p50 {:.2}  p99 {:.2}  max {:.2}", g.p50_ms, g.p99_ms, g.max_ms);
+    println!(
+        "client send lag, ms: p50 {:.2}  p99 {:.2}  max {:.2}",
+        g.p50_ms, g.p99_ms, g.max_ms
+    );
     if let Some(q) = r.jobs_queued_after {
         println!("jobs queued in the server afterwards: {q}");
     }
-    let verdict = if r.latency.p99_ms < r.target_p99_ms && r.errors == 0 { "meets" } else { "MISSES" };
-    println!("p99 {:.2} ms {verdict} the < {:.0} ms target (with 0 errors)", r.latency.p99_ms, r.target_p99_ms);
+    let verdict = if r.latency.p99_ms < r.target_p99_ms && r.errors == 0 {
+        "meets"
+    } else {
+        "MISSES"
+    };
+    println!(
+        "p99 {:.2} ms {verdict} the < {:.0} ms target (with 0 errors)",
+        r.latency.p99_ms, r.target_p99_ms
+    );
 }
 
 /// Sends `rate * secs` requests on schedule; returns their samples and the
@@ -245,7 +263,14 @@ async fn fire(
                     }
                 }
             };
-            (Instant::now(), Sample { latency: due.elapsed(), lag, error })
+            (
+                Instant::now(),
+                Sample {
+                    latency: due.elapsed(),
+                    lag,
+                    error,
+                },
+            )
         });
     }
     let mut samples = Vec::with_capacity(total as usize);
@@ -256,7 +281,11 @@ async fn fire(
                 last = last.max(end);
                 samples.push(s);
             }
-            Err(e) => samples.push(Sample { latency: Duration::ZERO, lag: Duration::ZERO, error: Some(format!("task: {e}")) }),
+            Err(e) => samples.push(Sample {
+                latency: Duration::ZERO,
+                lag: Duration::ZERO,
+                error: Some(format!("task: {e}")),
+            }),
         }
     }
     (samples, last.saturating_duration_since(start))
@@ -280,7 +309,10 @@ async fn start_server(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(String, String, Arc<Dispatcher>)> {
     let metrics = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0])?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0],
+        )?
         .install_recorder()
         .context("installing the metrics recorder")?;
     let store = Arc::new(videogen_store::SqliteStore::open(&data_dir.join("videogen.db")).await?);
@@ -293,7 +325,13 @@ async fn start_server(
     let secret = videogen_api::auth::generate_secret();
     let tenant = TenantId::parse("bench").context("bench tenant")?;
     store
-        .insert_api_key(&videogen_api::auth::key_record(&secret, tenant, Tier::Paid, false, clock.now_ms()))
+        .insert_api_key(&videogen_api::auth::key_record(
+            &secret,
+            tenant,
+            Tier::Paid,
+            false,
+            clock.now_ms(),
+        ))
         .await?;
 
     let state = AppState {
@@ -309,7 +347,9 @@ async fn start_server(
         metrics: Some(metrics),
         poll_after_ms: 1000,
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding 127.0.0.1:0")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding 127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let stop = shutdown.clone().cancelled_owned();
     tokio::spawn(async move {

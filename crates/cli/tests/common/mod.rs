@@ -12,7 +12,16 @@ pub const ADMIN_KEY: &str = "vg_test_admin_key_0123456789";
 pub const BIN: &str = env!("CARGO_BIN_EXE_videogen");
 
 /// Fast model settings so a video completes in about a second.
-pub const FAST: &[&str] = &["--steps", "8", "--step-ms", "5", "--checkpoint-every-steps", "2", "--poll-after-ms", "100"];
+pub const FAST: &[&str] = &[
+    "--steps",
+    "8",
+    "--step-ms",
+    "5",
+    "--checkpoint-every-steps",
+    "2",
+    "--poll-after-ms",
+    "100",
+];
 
 pub struct Server {
     child: Option<Child>,
@@ -24,8 +33,15 @@ pub struct Server {
 impl Server {
     pub fn start(dir: &Path, extra: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").arg("--data-dir").arg(dir).args(["--listen", "127.0.0.1:0"]).args(extra);
-        cmd.env("VIDEOGEN_API_KEY", ADMIN_KEY).env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra);
+        cmd.env("VIDEOGEN_API_KEY", ADMIN_KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn videogen serve");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
@@ -39,8 +55,15 @@ impl Server {
                 }
             }
         });
-        let base = rx.recv_timeout(Duration::from_secs(60)).expect("server did not report its address");
-        Server { child: Some(child), base, data_dir: dir.to_owned(), http: reqwest::Client::new() }
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server did not report its address");
+        Server {
+            child: Some(child),
+            base,
+            data_dir: dir.to_owned(),
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -56,7 +79,14 @@ impl Server {
     }
 
     pub async fn submit(&self, key: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(self.url("/v1/videos")).bearer_auth(key).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url("/v1/videos"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -94,7 +124,10 @@ impl Server {
             if pred(&v) {
                 return v;
             }
-            assert!(start.elapsed() < timeout, "condition not reached for {id} after {timeout:?}: {v}");
+            assert!(
+                start.elapsed() < timeout,
+                "condition not reached for {id} after {timeout:?}: {v}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -138,7 +171,11 @@ pub fn blob_files(dir: &Path) -> Vec<PathBuf> {
         if let Ok(rd) = std::fs::read_dir(p) {
             for e in rd.flatten() {
                 let path = e.path();
-                if path.is_dir() { walk(&path, out) } else { out.push(path) }
+                if path.is_dir() {
+                    walk(&path, out)
+                } else {
+                    out.push(path)
+                }
             }
         }
     }
