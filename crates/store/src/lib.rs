@@ -24,15 +24,23 @@
 //! # Concurrency
 //!
 //! All writes of one [`SqliteStore`] go through a single connection behind a
-//! fair async mutex and start with `BEGIN IMMEDIATE`; reads use a small pool
-//! of separate connections, which WAL lets run beside the writer. See
-//! [`SqliteStore`] for why.
+//! fair async mutex, so writers of this process never meet on SQLite's lock
+//! (no `SQLITE_BUSY`). The hot-path methods (submit, lease, heartbeat,
+//! checkpoint, complete, fail, release) are each **one statement**: the
+//! compare-and-set `UPDATE` fills an event outbox on the job row and a trigger
+//! appends it to `job_events`, so a change costs one round trip to SQLite's
+//! thread. Methods that must read before they decide run in a
+//! `BEGIN IMMEDIATE` transaction. Reads use a small pool of read-only
+//! connections, which WAL lets run beside the writer. See [`SqliteStore`] and
+//! the [`sqlite`] module for the details.
 //!
 //! # Layout
 //!
 //! - `migrations/sqlite/`: the schema, applied on open by `sqlx::migrate!`.
-//!   Tables `jobs`, `job_events`, `api_keys`; ids are TEXT and times INTEGER
-//!   Unix milliseconds so a PostgreSQL implementation can share the semantics.
+//!   Tables `jobs` (with partial indexes for runnable jobs, live leases and
+//!   due expiries), `job_events` (filled by triggers from the job's event
+//!   outbox), `api_keys`; ids are TEXT and times INTEGER Unix milliseconds so
+//!   a PostgreSQL implementation can share the semantics.
 //! - [`sqlite`]: [`SqliteStore`], its constructors and the trait implementation.
 //! - `rows` (private): row decoding and event payloads.
 

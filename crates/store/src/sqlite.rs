@@ -223,23 +223,18 @@ impl SqliteStore {
             .filename(path)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
-            .synchronous(SqliteSynchronous::Normal);
+            .synchronous(SqliteSynchronous::Normal)
+            // Per-statement logging times every statement; failures reach the
+            // caller as StoreError instead.
+            .disable_statement_logging();
         // WAL is a persistent property of the file: the writer sets it (it
         // needs an exclusive lock the first time), readers find it set.
-        let writer = base
+        let mut writer = base
             .clone()
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
-            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
-        let mut writer = writer;
-        if let Ok(p) = std::env::var("VG_EXP_PRAGMAS") {
-            for kv in p.split(',').filter(|s| !s.is_empty()) {
-                let (k, v) = kv.split_once('=').unwrap();
-                writer = writer.pragma(k.to_owned(), v.to_owned());
-            }
-        }
-        let mut writer = writer
+            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
             .connect()
             .await
             .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
@@ -268,6 +263,7 @@ impl SqliteStore {
         let mut conn = SqliteConnectOptions::new()
             .in_memory(true)
             .foreign_keys(true)
+            .disable_statement_logging()
             .connect()
             .await
             .map_err(db)?;
