@@ -47,6 +47,8 @@ pub struct Machine {
     pub arch: &'static str,
     /// UTC time the benchmark started, RFC 3339.
     pub date_utc: String,
+    /// 1-minute load average when it started (the machine may be shared).
+    pub loadavg_1m: Option<f64>,
 }
 
 impl Machine {
@@ -74,18 +76,30 @@ impl Machine {
             os: std::env::consts::OS,
             arch: std::env::consts::ARCH,
             date_utc: utc_now(),
+            loadavg_1m: loadavg_1m(),
         }
     }
 
     pub fn print(&self) {
+        let load = self.loadavg_1m.map_or_else(|| "?".to_owned(), |l| format!("{l:.2}"));
         println!(
-            "machine: {} CPU(s), {}, {:.1} GiB RAM, {}/{}; {}",
+            "machine: {} CPU(s), {}, {:.1} GiB RAM, {}/{}; {}; load average {load} at start",
             self.nproc, self.cpu_model, self.mem_total_gib, self.os, self.arch, self.date_utc
         );
         if cfg!(debug_assertions) {
             println!("WARNING: debug build; measure with `cargo build --release -p videogen`");
         }
     }
+}
+
+/// The 1-minute load average from /proc/loadavg.
+pub fn loadavg_1m() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Now as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, no date crate needed).

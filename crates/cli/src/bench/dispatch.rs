@@ -47,6 +47,10 @@ pub struct DispatchArgs {
     /// Worker counts to run the pipeline with, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     workers: Vec<usize>,
+    /// Also run the baseline with this many jobs' statements per transaction
+    /// (group commit: the ceiling batching could reach); 0 skips it.
+    #[arg(long, default_value_t = 64)]
+    group: u64,
     /// Parent directory for the per-run database files (default: system temp dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -83,6 +87,8 @@ struct Report {
     baseline_after: Run,
     store_serial: Run,
     pipelines: Vec<Run>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_grouped: Option<Run>,
 }
 
 pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
@@ -107,7 +113,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
     let n = args.jobs;
 
     progress(&format!("baseline (bare sqlx), {n} jobs"));
-    let mut baseline_before = baseline(&fresh()?.path().join("baseline.db"), n).await?;
+    let mut baseline_before = baseline(&fresh()?.path().join("baseline.db"), n, 1).await?;
     progress(&format!("store serial, {n} jobs"));
     let mut store_serial = store_serial(fresh()?.path(), n).await?;
     let mut pipelines = Vec::new();
@@ -116,12 +122,18 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
         pipelines.push(pipeline(fresh()?.path(), n, w).await?);
     }
     progress(&format!("baseline again, {n} jobs"));
-    let mut baseline_after = baseline(&fresh()?.path().join("baseline.db"), n).await?;
+    let mut baseline_after = baseline(&fresh()?.path().join("baseline.db"), n, 1).await?;
+    let mut baseline_grouped = None;
+    if args.group > 1 {
+        progress(&format!("baseline, {} jobs per transaction, {n} jobs", args.group));
+        baseline_grouped = Some(baseline(&fresh()?.path().join("baseline.db"), n, args.group).await?);
+    }
 
     let base = (baseline_before.jobs_per_sec + baseline_after.jobs_per_sec) / 2.0;
     for r in [&mut baseline_before, &mut baseline_after, &mut store_serial]
         .into_iter()
         .chain(pipelines.iter_mut())
+        .chain(baseline_grouped.as_mut())
     {
         r.ratio_to_baseline = r.jobs_per_sec / base;
     }
@@ -135,6 +147,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
         baseline_after,
         store_serial,
         pipelines,
+        baseline_grouped,
     };
     if args.json {
         print_json(&report)
@@ -162,7 +175,8 @@ fn print_report(r: &Report) {
     let runs = [&r.baseline_before, &r.store_serial]
         .into_iter()
         .chain(&r.pipelines)
-        .chain([&r.baseline_after]);
+        .chain([&r.baseline_after])
+        .chain(&r.baseline_grouped);
     for run in runs.clone() {
         let submits = run.submits_done_s.map_or_else(|| "-".to_owned(), |s| format!("{s:.2}"));
         println!(
@@ -253,8 +267,10 @@ fn finish_run(name: String, workers: usize, jobs: u64, wall: Duration, ops: Vec<
     }
 }
 
-/// Bare sqlx: per job, autocommit INSERT, UPDATE (lease), UPDATE (complete).
-async fn baseline(file: &Path, jobs: u64) -> anyhow::Result<Run> {
+/// Bare sqlx: per job, INSERT, UPDATE (lease), UPDATE (complete), each its
+/// own autocommit transaction, or with `group > 1` the statements of `group`
+/// jobs in one `BEGIN IMMEDIATE … COMMIT`.
+async fn baseline(file: &Path, jobs: u64, group: u64) -> anyhow::Result<Run> {
     let mut conn = SqliteConnectOptions::new()
         .filename(file)
         .create_if_missing(true)
@@ -276,7 +292,13 @@ async fn baseline(file: &Path, jobs: u64) -> anyhow::Result<Run> {
     let clock = SystemClock;
     let (mut ins, mut upd1, mut upd2) = (Vec::new(), Vec::new(), Vec::new());
     let start = Instant::now();
-    for _ in 0..jobs {
+    for i in 0..jobs {
+        if group > 1 && i % group == 0 {
+            if i > 0 {
+                sqlx::query("COMMIT").execute(&mut conn).await?;
+            }
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
+        }
         let id = VideoId::generate();
         let outputs_json = serde_json::to_string(&outputs(&id))?;
         let t0 = Instant::now();
@@ -318,10 +340,18 @@ async fn baseline(file: &Path, jobs: u64) -> anyhow::Result<Run> {
         upd1.push(t2 - t1);
         upd2.push(t3 - t2);
     }
+    if group > 1 {
+        sqlx::query("COMMIT").execute(&mut conn).await?;
+    }
     let wall = start.elapsed();
     conn.close().await?;
+    let name = if group > 1 {
+        format!("baseline, {group} jobs per transaction")
+    } else {
+        "baseline: sqlx INSERT+UPDATE+UPDATE".to_owned()
+    };
     Ok(finish_run(
-        "baseline: sqlx INSERT+UPDATE+UPDATE".into(),
+        name,
         1,
         jobs,
         wall,

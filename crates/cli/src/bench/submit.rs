@@ -83,15 +83,20 @@ struct Report {
     wall_s: f64,
     /// Scheduled time → end of response, successful requests only.
     latency: Percentiles,
+    /// Request actually started → end of response, successful requests only
+    /// (server + network; hides client-side stalls, so not the headline).
+    service: Percentiles,
     /// Scheduled time → request actually started (client-side lag, incl. waiting for a slot).
     send_lag: Percentiles,
     target_p99_ms: f64,
     jobs_queued_after: Option<usize>,
+    loadavg_1m_after: Option<f64>,
 }
 
 /// Outcome of one request.
 struct Sample {
     latency: Duration,
+    service: Duration,
     lag: Duration,
     error: Option<String>,
 }
@@ -147,12 +152,16 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<()> {
     shutdown.cancel();
 
     let mut latencies = Vec::with_capacity(samples.len());
+    let mut services = Vec::with_capacity(samples.len());
     let mut lags = Vec::with_capacity(samples.len());
     let mut error_kinds = BTreeMap::new();
     for s in &samples {
         lags.push(s.lag);
         match &s.error {
-            None => latencies.push(s.latency),
+            None => {
+                latencies.push(s.latency);
+                services.push(s.service);
+            }
             Some(kind) => *error_kinds.entry(kind.clone()).or_insert(0) += 1,
         }
     }
@@ -173,9 +182,11 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<()> {
         achieved_rate: ok as f64 / wall.as_secs_f64(),
         wall_s: wall.as_secs_f64(),
         latency: Percentiles::of(&mut latencies),
+        service: Percentiles::of(&mut services),
         send_lag: Percentiles::of(&mut lags),
         target_p99_ms: TARGET_P99_MS,
         jobs_queued_after,
+        loadavg_1m_after: super::loadavg_1m(),
     };
     if args.json {
         print_json(&report)
@@ -204,6 +215,11 @@ fn print_report(r: &Report) {
     println!(
         "latency from scheduled send, ms: mean {:.2}  p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
         l.mean_ms, l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms
+    );
+    let v = &r.service;
+    println!(
+        "service time (actual send to response), ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
+        v.p50_ms, v.p90_ms, v.p99_ms, v.max_ms
     );
     let g = &r.send_lag;
     println!(
@@ -263,10 +279,12 @@ async fn fire(
                     }
                 }
             };
+            let end = Instant::now();
             (
-                Instant::now(),
+                end,
                 Sample {
-                    latency: due.elapsed(),
+                    latency: end - due,
+                    service: end - due - lag,
                     lag,
                     error,
                 },
@@ -283,6 +301,7 @@ async fn fire(
             }
             Err(e) => samples.push(Sample {
                 latency: Duration::ZERO,
+                service: Duration::ZERO,
                 lag: Duration::ZERO,
                 error: Some(format!("task: {e}")),
             }),
