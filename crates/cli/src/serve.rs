@@ -102,35 +102,23 @@ fn node_id(data_dir: &Path) -> anyhow::Result<String> {
 /// printed once when the store has no keys at all.
 async fn bootstrap_admin_key(store: &dyn Store) -> anyhow::Result<()> {
     let tenant = TenantId::parse(ADMIN_TENANT).context("admin tenant")?;
-    let now = SystemClock.now_ms();
+    let insert = |secret: String| {
+        let rec = videogen_api::auth::key_record(&secret, tenant.clone(), Tier::Internal, true, SystemClock.now_ms());
+        async move { store.insert_api_key(&rec).await }
+    };
     if let Ok(secret) = std::env::var("VIDEOGEN_API_KEY") {
         let secret = secret.trim().to_owned();
         anyhow::ensure!(secret.len() >= 16, "VIDEOGEN_API_KEY must be at least 16 characters");
-        let hash = videogen_api::auth::hash_key(&secret);
-        if store.api_key_by_hash(&hash).await?.is_none() {
-            store
-                .insert_api_key(&videogen_api::auth::key_record(
-                    &secret,
-                    tenant,
-                    Tier::Internal,
-                    true,
-                    now,
-                ))
-                .await?;
+        if store
+            .api_key_by_hash(&videogen_api::auth::hash_key(&secret))
+            .await?
+            .is_none()
+        {
+            insert(secret).await?;
         }
-        return Ok(());
-    }
-    if store.list_api_keys().await?.is_empty() {
+    } else if store.list_api_keys().await?.is_empty() {
         let secret = videogen_api::auth::generate_secret();
-        store
-            .insert_api_key(&videogen_api::auth::key_record(
-                &secret,
-                tenant,
-                Tier::Internal,
-                true,
-                now,
-            ))
-            .await?;
+        insert(secret.clone()).await?;
         println!("Admin API key (shown once, store it now): {secret}");
     }
     Ok(())

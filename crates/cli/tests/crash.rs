@@ -31,13 +31,7 @@ async fn events(s: &Server, id: &str) -> Vec<Value> {
         .text()
         .await
         .unwrap();
-    text.split("\n\n")
-        .filter_map(|b| {
-            b.lines()
-                .find_map(|l| l.strip_prefix("data: "))
-                .and_then(|d| serde_json::from_str(d).ok())
-        })
-        .collect()
+    parse_sse(&text).into_iter().map(|(_, _, data)| data).collect()
 }
 
 #[tokio::test]

@@ -446,23 +446,3 @@ async fn events_stream_replays_the_log_and_resumes_after_last_event_id() {
     let resumed: Vec<i64> = parse_sse(&text).iter().filter_map(|(id, _, _)| *id).collect();
     assert_eq!(resumed, ids.iter().copied().filter(|i| *i > mid).collect::<Vec<_>>());
 }
-
-pub fn parse_sse(text: &str) -> Vec<(Option<i64>, String, Value)> {
-    text.split("\n\n")
-        .filter_map(|block| {
-            let mut id = None;
-            let mut kind = None;
-            let mut data = None;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = v.parse().ok();
-                } else if let Some(v) = line.strip_prefix("event: ") {
-                    kind = Some(v.to_owned());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = serde_json::from_str(v).ok();
-                }
-            }
-            Some((id, kind?, data?))
-        })
-        .collect()
-}

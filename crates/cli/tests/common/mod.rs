@@ -184,3 +184,24 @@ pub fn blob_files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Parses a server-sent-events body into `(id, event, data)` triples.
+pub fn parse_sse(text: &str) -> Vec<(Option<i64>, String, Value)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let mut id = None;
+            let mut kind = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = v.parse().ok();
+                } else if let Some(v) = line.strip_prefix("event: ") {
+                    kind = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data = serde_json::from_str(v).ok();
+                }
+            }
+            Some((id, kind?, data?))
+        })
+        .collect()
+}
