@@ -136,9 +136,7 @@ fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let checkpoint_every = secs("checkpoint-every-secs", args.checkpoint_every_secs)?;

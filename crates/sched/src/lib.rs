@@ -2,7 +2,8 @@
 //!
 //! No I/O, no threads, no clock: every time-dependent call takes `now_ms`, so
 //! the same code runs in the server, in tests with a virtual clock and in the
-//! simulator. `enqueue`, `remove` and `next` are O(log n).
+//! simulator. `enqueue`, `remove`, `next` and `position` are expected
+//! O(log n).
 //!
 //! # Policy
 //! Tiers are free, paid and internal; each has a FIFO queue ordered by
@@ -53,8 +54,10 @@
 //! # Layout
 //! - [`config`]: [`TierMap`] and [`SchedulerConfig`] (weights, max waits, affinity window).
 //! - [`scheduler`]: [`Scheduler`] (queue, `next`, `position`, metrics) and [`WorkerView`].
+//! - `fifo`: one tier's queue, a treap that also answers "how many jobs are ahead".
 
 pub mod config;
+mod fifo;
 pub mod scheduler;
 
 pub use config::{SchedulerConfig, TierMap};

@@ -1,7 +1,8 @@
 //! The queue and the dispatch decision.
 
 use crate::config::{SchedulerConfig, TierMap};
-use std::collections::{BTreeMap, HashMap};
+use crate::fifo::Fifo;
+use std::collections::HashMap;
 use videogen_core::{QueuedJob, Tier, VideoId};
 
 /// What the worker asking for work already has, for model affinity.
@@ -40,14 +41,12 @@ fn tie_rank(tier: Tier) -> u8 {
     }
 }
 
-/// FIFO order within a tier: enqueue time, then id.
-type FifoKey = (i64, VideoId);
-
 /// One tier's queue plus its stride-scheduling state.
 #[derive(Debug, Clone)]
 struct Lane {
     tier: Tier,
-    fifo: BTreeMap<FifoKey, QueuedJob>,
+    /// FIFO within the tier: enqueue time, then id.
+    fifo: Fifo,
     /// Virtual time one dispatch of this tier costs (`STRIDE_UNIT / weight`).
     stride: u128,
     /// Virtual time of this tier's next turn; the effective value is
@@ -68,16 +67,13 @@ impl Lane {
     /// FIFO order equals aging order within a tier, so aged jobs are a prefix.
     fn head_aged(&self, now_ms: i64) -> bool {
         self.fifo
-            .first_key_value()
-            .is_some_and(|((enq, _), _)| self.is_aged(*enq, now_ms))
+            .first()
+            .is_some_and(|j| self.is_aged(j.enqueued_at_ms, now_ms))
     }
 
-    /// O(aged jobs in this tier).
+    /// Aged jobs in this tier (a prefix, see `head_aged`). Expected O(log n).
     fn aged_len(&self, now_ms: i64) -> usize {
-        self.fifo
-            .keys()
-            .take_while(|(enq, _)| self.is_aged(*enq, now_ms))
-            .count()
+        self.fifo.count_while(|j| self.is_aged(j.enqueued_at_ms, now_ms))
     }
 }
 
@@ -101,7 +97,7 @@ impl Scheduler {
             let stride = STRIDE_UNIT / u128::from(weight);
             Lane {
                 tier,
-                fifo: BTreeMap::new(),
+                fifo: Fifo::new(),
                 stride,
                 pass: stride,
                 max_wait_ms: (*cfg.max_wait_ms.get(tier)).max(0),
@@ -123,11 +119,11 @@ impl Scheduler {
     /// is a no-op (it keeps its place); a job with the same id but different
     /// fields *replaces* the queued one (the caller's newest view wins, e.g. a
     /// tier change or a requeue with a new `enqueued_at_ms`) and is placed by
-    /// its new fields. O(log n).
+    /// its new fields. Expected O(log n).
     pub fn enqueue(&mut self, job: QueuedJob) {
         if let Some(&(tier, enq)) = self.index.get(&job.id) {
             let lane = &self.lanes[lane_ix(tier)];
-            if lane.fifo.get(&(enq, job.id.clone())) == Some(&job) {
+            if lane.fifo.get((enq, &job.id)) == Some(&job) {
                 return;
             }
             self.remove(&job.id);
@@ -139,20 +135,20 @@ impl Scheduler {
             lane.pass = self.vt + lane.stride;
         }
         self.index.insert(job.id.clone(), (job.tier, job.enqueued_at_ms));
-        lane.fifo.insert((job.enqueued_at_ms, job.id.clone()), job);
+        lane.fifo.insert(job);
     }
 
     /// Removes a job (cancelled, deleted, leased elsewhere). `true` if it was
-    /// queued. O(log n).
+    /// queued. Expected O(log n).
     pub fn remove(&mut self, id: &VideoId) -> bool {
         let Some((tier, enq)) = self.index.remove(id) else {
             return false;
         };
-        self.lanes[lane_ix(tier)].fifo.remove(&(enq, id.clone())).is_some()
+        self.lanes[lane_ix(tier)].fifo.remove((enq, id)).is_some()
     }
 
     /// Picks and removes the next job for this worker, or `None` if empty.
-    /// O(log n) (plus `affinity_window` model comparisons).
+    /// Expected O(log n) (plus `affinity_window` model comparisons).
     pub fn next(&mut self, now_ms: i64, worker: &WorkerView<'_>) -> Option<QueuedJob> {
         let urgent = self.lanes.iter().any(|l| l.head_aged(now_ms));
         let vt = self.vt;
@@ -178,12 +174,12 @@ impl Scheduler {
             lane.fifo
                 .iter()
                 .take(self.cfg.affinity_window)
-                .find(|(_, j)| worker.loaded_models.contains(&j.model))
-                .map(|(k, _)| k.clone())
+                .find(|j| worker.loaded_models.contains(&j.model))
+                .map(|j| (j.enqueued_at_ms, j.id.clone()))
         };
         let job = match key {
-            Some(k) => lane.fifo.remove(&k),
-            None => lane.fifo.pop_first().map(|(_, j)| j),
+            Some((enq, id)) => lane.fifo.remove((enq, &id)),
+            None => lane.fifo.pop_first(),
         }?;
         self.index.remove(&job.id);
         Some(job)
@@ -194,13 +190,14 @@ impl Scheduler {
     /// `None` if not queued. Affinity can only move fresh jobs of the same
     /// tier by a few places, so for other workers this is an estimate.
     ///
-    /// Cost: O(aged jobs + jobs ahead of it in its own tier) B-tree steps
-    /// (bounded by n); the interleaving of tiers is computed in closed form.
+    /// Expected O(log n): the rank in its tier and each tier's aged count are
+    /// tree descents (the API asks on every submit and poll), and the
+    /// interleaving of tiers is computed in closed form.
     pub fn position(&self, id: &VideoId, now_ms: i64) -> Option<u64> {
         let &(tier, enq) = self.index.get(id)?;
         let t = lane_ix(tier);
         let me = &self.lanes[t];
-        let rank_in_lane = me.fifo.range(..(enq, id.clone())).count() as u64;
+        let rank_in_lane = me.fifo.rank((enq, id)) as u64;
         let aged = self.lanes.each_ref().map(|l| l.aged_len(now_ms) as u64);
         let vt = self.vt;
 
@@ -262,8 +259,8 @@ impl Scheduler {
     /// autoscaling. `None` for an empty tier.
     pub fn oldest_wait_ms(&self, now_ms: i64) -> TierMap<Option<i64>> {
         TierMap::from_fn(|t| {
-            let head = self.lanes[lane_ix(t)].fifo.first_key_value();
-            head.map(|((enq, _), _)| now_ms.saturating_sub(*enq).max(0))
+            let head = self.lanes[lane_ix(t)].fifo.first();
+            head.map(|j| now_ms.saturating_sub(j.enqueued_at_ms).max(0))
         })
     }
 }
@@ -493,5 +490,164 @@ mod tests {
         s.enqueue(job_m(1, Tier::Free, 0, "m0"));
         s.enqueue(job_m(2, Tier::Free, 1, "m2"));
         assert_eq!(s.next(500_000, &worker).map(|j| j.id), Some(vid(1)));
+    }
+
+    /// The tree-based rank queries against the linear scans they replaced,
+    /// and `position` against actually draining the queue, over histories
+    /// with out-of-order enqueue times, replacements and removals.
+    mod rank_model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        /// Ids come from a small pool so that re-enqueues hit queued jobs.
+        const POOL: u64 = 48;
+        const MODELS: [&str; 3] = ["m0", "m1", "m2"];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Enqueue {
+                n: u64,
+                tier: Tier,
+                at_ms: i64,
+            },
+            /// Re-enqueues the queued job's identical copy (a no-op), if any.
+            Reenqueue {
+                n: u64,
+            },
+            Remove {
+                n: u64,
+            },
+            Next {
+                now_ms: i64,
+                affinity: bool,
+            },
+            Check {
+                now_ms: i64,
+            },
+        }
+
+        fn op_strategy() -> impl Strategy<Value = Op> {
+            let tier = prop_oneof![Just(Tier::Free), Just(Tier::Paid), Just(Tier::Internal)];
+            // Narrow times make many ties, decided by id; wide ones arrive in any order.
+            let at_ms = prop_oneof![0..20i64, 0..400_000i64];
+            let now_ms = 0..800_000i64;
+            prop_oneof![
+                6 => (0..POOL, tier, at_ms).prop_map(|(n, tier, at_ms)| Op::Enqueue { n, tier, at_ms }),
+                1 => (0..POOL).prop_map(|n| Op::Reenqueue { n }),
+                2 => (0..POOL).prop_map(|n| Op::Remove { n }),
+                2 => (now_ms.clone(), any::<bool>()).prop_map(|(now_ms, affinity)| Op::Next { now_ms, affinity }),
+                2 => now_ms.prop_map(|now_ms| Op::Check { now_ms }),
+            ]
+        }
+
+        /// The naive queue: one ordered map per tier, counted by scanning.
+        #[derive(Default)]
+        struct Model {
+            lanes: [BTreeMap<(i64, VideoId), QueuedJob>; 3],
+        }
+
+        impl Model {
+            fn find(&self, id: &VideoId) -> Option<&QueuedJob> {
+                self.lanes.iter().flat_map(|l| l.values()).find(|j| j.id == *id)
+            }
+
+            fn remove(&mut self, id: &VideoId) -> Option<QueuedJob> {
+                let (t, k) = self
+                    .lanes
+                    .iter()
+                    .enumerate()
+                    .find_map(|(t, l)| l.iter().find(|(_, j)| j.id == *id).map(|(k, _)| (t, k.clone())))?;
+                self.lanes[t].remove(&k)
+            }
+
+            fn insert(&mut self, job: QueuedJob) {
+                self.remove(&job.id);
+                let k = (job.enqueued_at_ms, job.id.clone());
+                self.lanes[lane_ix(job.tier)].insert(k, job);
+            }
+        }
+
+        /// Dispatch index of every queued job when draining a copy at `now_ms`.
+        fn drain_order(s: &Scheduler, now_ms: i64) -> HashMap<VideoId, u64> {
+            let mut s = s.clone();
+            (0..)
+                .map_while(|i| s.next(now_ms, &WorkerView::NONE).map(|j| (j.id, i)))
+                .collect()
+        }
+
+        fn check(s: &Scheduler, m: &Model, now_ms: i64) -> Result<(), TestCaseError> {
+            for (lane, naive) in s.lanes.iter().zip(&m.lanes) {
+                lane.fifo.check_invariants();
+                prop_assert!(lane.fifo.iter().eq(naive.values()), "{} queue differs", lane.tier);
+                prop_assert_eq!(lane.fifo.len(), naive.len());
+                let aged = naive.keys().take_while(|(enq, _)| lane.is_aged(*enq, now_ms)).count();
+                prop_assert_eq!(lane.aged_len(now_ms), aged, "{} aged at {}", lane.tier, now_ms);
+                for (ix, (enq, id)) in naive.keys().enumerate() {
+                    prop_assert_eq!(lane.fifo.rank((*enq, id)), naive.range(..(*enq, id.clone())).count());
+                    prop_assert_eq!(lane.fifo.rank((*enq, id)), ix);
+                }
+            }
+            let order = drain_order(s, now_ms);
+            prop_assert_eq!(order.len(), s.len());
+            for n in 0..POOL {
+                let id = vid(n);
+                prop_assert_eq!(
+                    s.position(&id, now_ms),
+                    order.get(&id).copied(),
+                    "job {} at {}",
+                    n,
+                    now_ms
+                );
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn rank_queries_match_linear_scans(
+                weights in prop::array::uniform3(0..=9u32),
+                max_wait in prop::array::uniform3(0..=300_000i64),
+                ops in prop::collection::vec(op_strategy(), 0..160),
+            ) {
+                let cfg = SchedulerConfig {
+                    weights: TierMap { free: weights[0], paid: weights[1], internal: weights[2] },
+                    max_wait_ms: TierMap { free: max_wait[0], paid: max_wait[1], internal: max_wait[2] },
+                    ..SchedulerConfig::default()
+                };
+                let mut s = Scheduler::new(cfg);
+                let mut m = Model::default();
+                let loaded = vec!["m1".to_owned()];
+                for op in ops {
+                    match op {
+                        Op::Enqueue { n, tier, at_ms } => {
+                            let j = job_m(n, tier, at_ms, MODELS[(n % 3) as usize]);
+                            s.enqueue(j.clone());
+                            m.insert(j);
+                        }
+                        Op::Reenqueue { n } => {
+                            if let Some(j) = m.find(&vid(n)).cloned() {
+                                s.enqueue(j);
+                            }
+                        }
+                        Op::Remove { n } => {
+                            prop_assert_eq!(s.remove(&vid(n)), m.remove(&vid(n)).is_some());
+                        }
+                        Op::Next { now_ms, affinity } => {
+                            let worker = if affinity { WorkerView { loaded_models: &loaded } } else { WorkerView::NONE };
+                            match s.next(now_ms, &worker) {
+                                Some(j) => prop_assert_eq!(m.remove(&j.id), Some(j)),
+                                None => prop_assert!(m.lanes.iter().all(BTreeMap::is_empty)),
+                            }
+                        }
+                        Op::Check { now_ms } => check(&s, &m, now_ms)?,
+                    }
+                    prop_assert_eq!(s.len(), m.lanes.iter().map(BTreeMap::len).sum::<usize>());
+                }
+                check(&s, &m, 400_000)?;
+            }
+        }
     }
 }

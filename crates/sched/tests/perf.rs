@@ -49,4 +49,15 @@ fn cost_at_100k_queued() {
         s.len(),
         t.elapsed().as_micros()
     );
+    // Spread over the whole queue, with nothing aged and with everything aged.
+    let probes: Vec<VideoId> = (2 * N..3 * N)
+        .step_by(100)
+        .map(|n| VideoId::parse(&format!("video_{n:032x}")).expect("id"))
+        .collect();
+    for now_ms in [0, 10_000_000] {
+        let t = Instant::now();
+        let found = probes.iter().filter_map(|id| s.position(id, now_ms)).count();
+        let per_ns = t.elapsed().as_nanos() / probes.len() as u128;
+        println!("position of {found} jobs spread over the queue at now {now_ms}: {per_ns} ns each");
+    }
 }

@@ -2,12 +2,12 @@
 //! [`videogen_core::store::Store`].
 //!
 //! The store is the source of truth for jobs, their append-only event logs,
-//! idempotency records and API keys. Every trait method is exactly one
-//! transaction; every state change is computed with
+//! idempotency records and API keys. Every trait method is atomic (a savepoint
+//! inside a group-committed transaction) and answers only once durable; every state change is computed with
 //! [`videogen_core::JobState::apply`] and persisted with a compare-and-set on
 //! the state it was computed from (plus the lease's `attempt` for worker
-//! writes, which is the fencing token), and appends its `job_events` row in the
-//! same transaction.
+//! writes, which is the fencing token), and appends its `job_events` row
+//! atomically with it.
 //!
 //! # Durability
 //!
@@ -23,28 +23,40 @@
 //!
 //! # Concurrency
 //!
-//! All writes of one [`SqliteStore`] go through a single connection behind a
-//! fair async mutex, so writers of this process never meet on SQLite's lock
-//! (no `SQLITE_BUSY`). The hot-path methods (submit, lease, heartbeat,
-//! checkpoint, complete, fail, release) are each **one statement**: the
-//! compare-and-set `UPDATE` fills an event outbox on the job row and a trigger
-//! appends it to `job_events`, so a change costs one round trip to SQLite's
-//! thread. Methods that must read before they decide run in a
-//! `BEGIN IMMEDIATE` transaction. Reads use a small pool of read-only
-//! connections, which WAL lets run beside the writer. See [`SqliteStore`] and
-//! the [`sqlite`] module for the details.
-//!
+//! All writes of one [`SqliteStore`] run on one writer thread that owns the
+//! only read-write connection and **group-commits** them: the writes waiting
+//! when it becomes free share one `BEGIN IMMEDIATE … COMMIT`, each in its own
+//! savepoint, and each caller is answered after the commit. Writers of this
+//! process never meet on SQLite's lock (no `SQLITE_BUSY`), and under load the
+//! cost of a commit is shared. The hot-path methods (submit, lease,
+//! heartbeat, checkpoint, complete, fail, release) are each **one
+//! statement**: the compare-and-set `UPDATE` fills an event outbox on the job
+//! row and a trigger appends it to `job_events`. Reads use a small pool of
+//! read-only connections, which WAL lets run beside the writer, and a
+//! checkpointer thread folds the WAL back into the database file so that no
+//! commit pays for it. The store uses `rusqlite` (synchronous, on threads it
+//! owns) rather than an async driver: an async driver's hop to its own thread
+//! per statement cost several times SQLite's own work for these statements
+//! (see docs/PERFORMANCE.md).
+
 //! # Layout
 //!
-//! - `migrations/sqlite/`: the schema, applied on open by `sqlx::migrate!`.
+//! - `migrations/sqlite/`: the schema, embedded and applied on open (`migrate`).
 //!   Tables `jobs` (with partial indexes for runnable jobs, live leases and
 //!   due expiries), `job_events` (filled by triggers from the job's event
 //!   outbox), `api_keys`; ids are TEXT and times INTEGER Unix milliseconds so
 //!   a PostgreSQL implementation can share the semantics.
 //! - [`sqlite`]: [`SqliteStore`], its constructors and the trait implementation.
-//! - `rows` (private): row decoding and event payloads.
+//! - `writer`, `readers`, `wal` (private): the writer thread with group
+//!   commit, the reader pool, the WAL checkpointer.
+//! - `migrate` (private): the migration runner; `rows` (private): row
+//!   decoding and event payloads.
 
+mod migrate;
+mod readers;
 mod rows;
 pub mod sqlite;
+mod wal;
+mod writer;
 
 pub use sqlite::SqliteStore;

@@ -1,10 +1,10 @@
 //! Row decoding, JSON columns and event payloads.
 
+use rusqlite::Row;
+use rusqlite::types::FromSql;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use videogen_core::store::{ApiKey, StoreError};
 use videogen_core::{Job, JobError, JobState, Lease, Phase, QueuedJob, TenantId, Tier, VideoId, WorkerId};
 
@@ -34,7 +34,7 @@ macro_rules! api_key_columns {
 }
 pub(crate) use api_key_columns;
 
-pub(crate) fn db(e: sqlx::Error) -> StoreError {
+pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
@@ -50,55 +50,52 @@ fn from_json<T: DeserializeOwned>(col: &str, s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| corrupt(col, e))
 }
 
-fn opt_json<T: DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<Option<T>, StoreError> {
-    let s: Option<String> = row.try_get(col).map_err(db)?;
+fn opt_json<T: DeserializeOwned>(row: &Row<'_>, col: &str) -> Result<Option<T>, StoreError> {
+    let s: Option<String> = get(row, col)?;
     s.map(|s| from_json(col, &s)).transpose()
 }
 
-pub(crate) fn get<'r, T>(row: &'r SqliteRow, col: &str) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-{
-    row.try_get(col).map_err(db)
+pub(crate) fn get<T: FromSql>(row: &Row<'_>, col: &str) -> Result<T, StoreError> {
+    row.get(col).map_err(db)
 }
 
-pub(crate) fn get_u32(row: &SqliteRow, col: &str) -> Result<u32, StoreError> {
+pub(crate) fn get_u32(row: &Row<'_>, col: &str) -> Result<u32, StoreError> {
     let v: i64 = get(row, col)?;
     u32::try_from(v).map_err(|_| corrupt(col, v))
 }
 
-pub(crate) fn get_u8(row: &SqliteRow, col: &str) -> Result<u8, StoreError> {
+pub(crate) fn get_u8(row: &Row<'_>, col: &str) -> Result<u8, StoreError> {
     let v: i64 = get(row, col)?;
     u8::try_from(v).map_err(|_| corrupt(col, v))
 }
 
-pub(crate) fn get_state(row: &SqliteRow, col: &str) -> Result<JobState, StoreError> {
+pub(crate) fn get_state(row: &Row<'_>, col: &str) -> Result<JobState, StoreError> {
     let s: String = get(row, col)?;
     JobState::parse(&s).ok_or_else(|| corrupt(col, s))
 }
 
-pub(crate) fn get_phase(row: &SqliteRow, col: &str) -> Result<Phase, StoreError> {
+pub(crate) fn get_phase(row: &Row<'_>, col: &str) -> Result<Phase, StoreError> {
     let s: String = get(row, col)?;
     Phase::parse(&s).ok_or_else(|| corrupt(col, s))
 }
 
-fn get_tier(row: &SqliteRow, col: &str) -> Result<Tier, StoreError> {
+fn get_tier(row: &Row<'_>, col: &str) -> Result<Tier, StoreError> {
     let s: String = get(row, col)?;
     s.parse().map_err(|e: String| corrupt(col, e))
 }
 
-fn get_tenant(row: &SqliteRow, col: &str) -> Result<TenantId, StoreError> {
+fn get_tenant(row: &Row<'_>, col: &str) -> Result<TenantId, StoreError> {
     let s: String = get(row, col)?;
     TenantId::parse(&s).ok_or_else(|| corrupt(col, s))
 }
 
-fn get_video_id(row: &SqliteRow, col: &str) -> Result<VideoId, StoreError> {
+fn get_video_id(row: &Row<'_>, col: &str) -> Result<VideoId, StoreError> {
     let s: String = get(row, col)?;
     VideoId::parse(&s).ok_or_else(|| corrupt(col, s))
 }
 
 /// Decodes a row selected with [`job_columns!`].
-pub(crate) fn job(row: &SqliteRow) -> Result<Job, StoreError> {
+pub(crate) fn job(row: &Row<'_>) -> Result<Job, StoreError> {
     let id = get_video_id(row, "id")?;
     let attempt = get_u32(row, "attempt")?;
     let lease_worker: Option<String> = get(row, "lease_worker")?;
@@ -137,7 +134,7 @@ pub(crate) fn job(row: &SqliteRow) -> Result<Job, StoreError> {
 }
 
 /// Decodes a row selected with [`queued_columns!`].
-pub(crate) fn queued_job(row: &SqliteRow) -> Result<QueuedJob, StoreError> {
+pub(crate) fn queued_job(row: &Row<'_>) -> Result<QueuedJob, StoreError> {
     Ok(QueuedJob {
         id: get_video_id(row, "id")?,
         tenant: get_tenant(row, "tenant")?,
@@ -148,7 +145,7 @@ pub(crate) fn queued_job(row: &SqliteRow) -> Result<QueuedJob, StoreError> {
 }
 
 /// Decodes a row selected with [`api_key_columns!`].
-pub(crate) fn api_key(row: &SqliteRow) -> Result<ApiKey, StoreError> {
+pub(crate) fn api_key(row: &Row<'_>) -> Result<ApiKey, StoreError> {
     let admin: i64 = get(row, "admin")?;
     Ok(ApiKey {
         id: get(row, "id")?,

@@ -8,52 +8,46 @@
 //! (`event_kind`, `event_at_ms`, `event_data_json`) and bumps
 //! `last_event_seq`; a trigger copies that event into `job_events`. A
 //! statement is atomic together with its triggers, so the change and its event
-//! land together or not at all, in one round trip to the database thread. Event
-//! fields only the database knows at that moment (the current `progress`, the
-//! `attempt` of a reclaimed job, the checkpoint step to resume from) are
-//! spliced into the JSON payload with `json_set`.
+//! land together or not at all. Event fields only the database knows at that
+//! moment (the current `progress`, the `attempt` of a reclaimed job, the
+//! checkpoint step to resume from) are spliced into the JSON payload with
+//! `json_set`.
 //!
-//! Methods that need a read before they can decide (cancel, reclaim, delete,
-//! keyed submit) run in an explicit `BEGIN IMMEDIATE` transaction instead.
+//! Every write is a closure run on the writer thread (see `writer`), inside
+//! its own savepoint of a group-committed transaction, so methods that read
+//! before they decide (cancel, reclaim, delete, keyed submit) are atomic too.
 
+use crate::readers::Readers;
 use crate::rows::{self, api_key_columns, db, event_data, get, job_columns, queued_columns, to_json};
+use crate::wal::Checkpointer;
+use crate::writer::Writer;
 use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, Params, Row, params};
 use serde_json::{Value, json};
-use sqlx::pool::PoolConnection;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection, Sqlite, Transaction};
 use std::fmt;
-use std::ops::{Deref, DerefMut};
 use std::path::Path;
-use std::time::Duration;
-use tokio::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use videogen_core::store::{ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted};
 use videogen_core::{
     CheckpointRef, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, QueuedJob, RequeueReason,
     TenantId, Transition, VideoId, WorkerId,
 };
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-
-/// How long a connection waits for a lock held by *another process* (or, for
-/// readers, a WAL checkpoint) before failing with `SQLITE_BUSY`. Writers of
-/// this process never wait on SQLite's lock: they queue on the writer mutex.
+/// How long a connection waits for a lock held by *another process* (e.g. an
+/// admin CLI writing the same file) before failing with `SQLITE_BUSY`. Writes
+/// of this process never meet on SQLite's lock: they share one thread.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Read connections of a file-backed store. Reads are short point lookups and
 /// small range scans, so a few connections are plenty on small machines.
-const READERS: u32 = 4;
-
-/// Pages of WAL after which a commit checkpoints it into the database file
-/// (SQLite's default is 1,000, i.e. ~4 MiB). Checkpoints are the only writes
-/// that `fsync` under `synchronous = NORMAL`; a larger WAL makes them rarer and
-/// lets one checkpoint absorb many commits to the same hot pages.
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 8_192;
+const READERS: usize = 4;
 
 /// Page cache of the writer, in KiB (SQLite's default is 2 MiB).
 const WRITER_CACHE_KIB: u32 = 32 * 1024;
+
+/// Prepared statements each connection keeps (rusqlite's default is 16; the
+/// store has about 30 distinct statements).
+const STATEMENT_CACHE: usize = 64;
 
 /// Error code of dead-lettered jobs (attempts exhausted).
 pub const MAX_ATTEMPTS_EXCEEDED: &str = "max_attempts_exceeded";
@@ -62,39 +56,30 @@ pub const CANCELLED: &str = "cancelled";
 
 /// The SQLite job store.
 ///
-/// # Write concurrency
+/// # Concurrency
 ///
-/// Every write runs on **one writer connection** behind a fair (FIFO) async
-/// mutex:
+/// - **Writes** are queued to one writer thread that owns the only read-write
+///   connection and group-commits them (see the `writer` module): writers of
+///   this process never contend on SQLite's lock, never see `SQLITE_BUSY`, and
+///   share the cost of a commit under load. An answer is sent only after its
+///   transaction committed. Transactions start with `BEGIN IMMEDIATE`, which
+///   takes the write lock up front, waiting up to `busy_timeout` if another
+///   *process* holds it.
+/// - **Reads** (`job`, `list_jobs`, `events`, …) run on a small pool of
+///   read-only connections on tokio's blocking threads: in WAL mode they read
+///   the last committed snapshot without blocking, or being blocked by, the
+///   writer. The in-memory store has one connection (an in-memory database is
+///   private to its connection), so there reads queue with the writes.
+/// - **WAL checkpoints** run on their own thread and connection (see the
+///   `wal` module), so no commit pays for one.
 ///
-/// - SQLite allows one writer at a time anyway. Several writer connections
-///   would contend on the database lock, and SQLite's busy handler resolves
-///   that contention by *sleeping* (1, 2, 5, 10 … ms), which wrecks throughput
-///   and, once `busy_timeout` runs out, fails with `SQLITE_BUSY`. Queuing on an
-///   in-process mutex instead costs a task wake-up, never fails, and keeps the
-///   writer's prepared statements hot in one statement cache.
-/// - Most writes are a single statement (see the module docs), which SQLite
-///   runs as its own transaction and which takes the write lock when it
-///   starts, retrying under `busy_timeout` if another *process* holds it.
-///   Multi-statement writes open with `BEGIN IMMEDIATE`, which likewise takes
-///   the write lock up front: a deferred transaction that reads and then writes
-///   can fail its lock upgrade with `SQLITE_BUSY` without the busy handler
-///   being able to help. Both matter only when another process (e.g. an admin
-///   CLI) writes the same file; in-process writers never meet on SQLite's lock.
-///
-/// Reads (`job`, `list_jobs`, `events`, …) use a small pool of read-only
-/// connections: in WAL mode they read a committed snapshot without blocking,
-/// or being blocked by, the writer. The in-memory store has a single
-/// connection (an in-memory database is private to its connection), so there
-/// reads share the writer's mutex.
-///
-/// A write future dropped half-way (e.g. a cancelled request) is safe: a
-/// single statement is atomic, and for explicit transactions sqlx queues a
-/// `ROLLBACK` on the connection before it serves the next caller.
+/// A caller that stops waiting (a dropped request future) does not stop its
+/// write: the write commits or fails as a whole either way.
 pub struct SqliteStore {
-    writer: Mutex<SqliteConnection>,
+    writer: Writer,
     /// `None` for the in-memory store: reads go through `writer`.
-    readers: Option<SqlitePool>,
+    readers: Option<Readers>,
+    checkpointer: Option<Checkpointer>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -103,35 +88,6 @@ impl fmt::Debug for SqliteStore {
             .field("in_memory", &self.readers.is_none())
             .finish_non_exhaustive()
     }
-}
-
-/// A connection to read with: a pooled reader, or the writer when in memory.
-enum ReadConn<'a> {
-    Pool(PoolConnection<Sqlite>),
-    Writer(MutexGuard<'a, SqliteConnection>),
-}
-
-impl Deref for ReadConn<'_> {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        match self {
-            ReadConn::Pool(c) => c,
-            ReadConn::Writer(c) => c,
-        }
-    }
-}
-
-impl DerefMut for ReadConn<'_> {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        match self {
-            ReadConn::Pool(c) => c,
-            ReadConn::Writer(c) => c,
-        }
-    }
-}
-
-async fn begin(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
-    conn.begin_with("BEGIN IMMEDIATE").await.map_err(db)
 }
 
 fn stale(lease: &Lease) -> StoreError {
@@ -148,6 +104,75 @@ fn next(from: JobState, t: Transition) -> Result<JobState, StoreError> {
 
 fn parse_id(s: &str) -> Result<VideoId, StoreError> {
     VideoId::parse(s).ok_or_else(|| StoreError::Backend(format!("corrupt job id {s:?} in the job store")))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Runs a statement (from the connection's cache); rows changed.
+fn exec(conn: &Connection, sql: &str, params: impl Params) -> Result<usize, StoreError> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute(params)).map_err(db)
+}
+
+/// The first row of a query (or of an `… RETURNING`), decoded with `f`.
+fn one<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    f: impl FnOnce(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+    let mut rows = stmt.query(params).map_err(db)?;
+    match rows.next().map_err(db)? {
+        Some(row) => f(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Every row of a query (or of an `… RETURNING`), decoded with `f`.
+fn all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl Params,
+    mut f: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(db)?;
+    let mut rows = stmt.query(params).map_err(db)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(db)? {
+        out.push(f(row)?);
+    }
+    Ok(out)
+}
+
+/// Settings every connection gets.
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "foreign_keys", true)
+}
+
+/// Settings of the writer connection of a file-backed store.
+fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+    configure(conn).map_err(db)?;
+    // WAL is a persistent property of the file: the writer sets it (it needs
+    // an exclusive lock the first time), the other connections find it set.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "wal", |r| r.get(0))
+        .map_err(db)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "could not switch the database to WAL mode (it is in {mode:?} mode)"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+    // Checkpoints run on the checkpointer's thread, never inside a commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(db)?;
+    conn.pragma_update(None, "cache_size", format!("-{WRITER_CACHE_KIB}"))
+        .map_err(db)
 }
 
 // ---- statements
@@ -219,156 +244,81 @@ impl SqliteStore {
     /// migrations, and sets WAL mode, `synchronous = NORMAL`, foreign keys and
     /// a busy timeout. See the crate docs for the durability this gives.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
-        let base = SqliteConnectOptions::new()
-            .filename(path)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            .synchronous(SqliteSynchronous::Normal)
-            // Per-statement logging times every statement; failures reach the
-            // caller as StoreError instead.
-            .disable_statement_logging();
-        // WAL is a persistent property of the file: the writer sets it (it
-        // needs an exclusive lock the first time), readers find it set.
-        let mut writer = base
-            .clone()
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES.to_string())
-            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
-            .connect()
-            .await
-            .map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
-        MIGRATOR
-            .run(&mut writer)
-            .await
-            .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .min_connections(0)
-            .test_before_acquire(false)
-            .idle_timeout(Duration::from_secs(600))
-            .max_lifetime(None)
-            .connect_with(base.read_only(true))
-            .await
-            .map_err(db)?;
+        let owned = path.to_owned();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            let path = owned.as_path();
+            let open = || -> Result<Connection, StoreError> {
+                let conn = Connection::open(path).map_err(db)?;
+                configure_writer(&conn)?;
+                Ok(conn)
+            };
+            let mut conn = open().map_err(|e| StoreError::Backend(format!("opening {}: {e}", path.display())))?;
+            crate::migrate::migrate(&mut conn, now_ms())
+                .map_err(|e| StoreError::Backend(format!("migrating {}: {e}", path.display())))?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("opening the store: {e}")))??;
+        let writer = Writer::spawn(conn, "videogen-store-writer", |conn| {
+            // Last one out folds the WAL into the database file.
+            if let Err(e) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
+                tracing::warn!(error = %e, "final WAL checkpoint failed");
+            }
+        })?;
+        let checkpointer = Checkpointer::spawn(path, writer.commits(), configure)?;
         Ok(Self {
-            writer: Mutex::new(writer),
-            readers: Some(readers),
+            writer,
+            readers: Some(Readers::new(path.to_owned(), READERS, configure)),
+            checkpointer: Some(checkpointer),
         })
     }
 
     /// A private in-memory database on a single connection, for tests. It
     /// vanishes when the store is dropped.
     pub async fn open_in_memory() -> Result<Self, StoreError> {
-        let mut conn = SqliteConnectOptions::new()
-            .in_memory(true)
-            .foreign_keys(true)
-            .disable_statement_logging()
-            .connect()
-            .await
-            .map_err(db)?;
-        MIGRATOR
-            .run(&mut conn)
-            .await
-            .map_err(|e| StoreError::Backend(format!("migrating in-memory store: {e}")))?;
+        let mut conn = Connection::open_with_flags(
+            ":memory:",
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db)?;
+        configure(&conn).map_err(db)?;
+        crate::migrate::migrate(&mut conn, now_ms())?;
         Ok(Self {
-            writer: Mutex::new(conn),
+            writer: Writer::spawn(conn, "videogen-store-memory", |_| {})?,
             readers: None,
+            checkpointer: None,
         })
     }
 
-    /// Closes every connection, waiting for them to finish (which also
-    /// checkpoints the WAL when this is the last connection to the file).
-    /// Dropping the store closes them too, just without waiting.
+    /// Finishes the queued writes, checkpoints the WAL into the database file
+    /// and closes every connection, waiting for all of it. Dropping the store
+    /// does the same, just without waiting.
     pub async fn close(self) -> Result<(), StoreError> {
-        if let Some(readers) = &self.readers {
-            readers.close().await;
+        let Self {
+            mut writer,
+            readers,
+            checkpointer,
+        } = self;
+        if let Some(r) = &readers {
+            r.close();
         }
-        self.writer.into_inner().close().await.map_err(db)
+        tokio::task::spawn_blocking(move || {
+            drop(checkpointer);
+            writer.shutdown();
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("closing the store: {e}")))
     }
 
-    async fn read(&self) -> Result<ReadConn<'_>, StoreError> {
+    /// Runs a read on a reader connection (on the writer in memory).
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         match &self.readers {
-            Some(pool) => Ok(ReadConn::Pool(pool.acquire().await.map_err(db)?)),
-            None => Ok(ReadConn::Writer(self.writer.lock().await)),
-        }
-    }
-
-    /// One submit attempt. `Ok(None)`: the key's job vanished between the
-    /// conflicting insert and the read (deleted by another process); retry.
-    async fn try_submit(
-        &self,
-        job: &NewJob,
-        idem: Option<&Idempotency>,
-        created_event: &str,
-    ) -> Result<Option<Submitted>, StoreError> {
-        let mut conn = self.writer.lock().await;
-        // One statement: the job, its idempotency record and (by trigger) its
-        // `created` event. A keyed duplicate inserts nothing.
-        let inserted = sqlx::query(concat!(
-            "INSERT INTO jobs (id, tenant, tier, model, spec_json, state, phase, progress, step, ",
-            "total_steps, attempt, created_at_ms, enqueued_at_ms, idempotency_key, ",
-            "idempotency_body_hash, last_event_seq, event_kind, event_at_ms, event_data_json) ",
-            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, 0, ?9, ?9, ?10, ?11, 1, 'created', ?9, ?12) ",
-            "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
-        ))
-        .bind(job.id.as_str())
-        .bind(job.tenant.as_str())
-        .bind(job.tier.as_str())
-        .bind(job.spec.model.as_str())
-        .bind(to_json(&job.spec)?)
-        .bind(JobState::Queued.as_str())
-        .bind(Phase::Queued.as_str())
-        .bind(i64::from(job.spec.steps))
-        .bind(job.now_ms)
-        .bind(idem.map(|i| i.key.as_str()))
-        .bind(idem.map(|i| i.body_hash.as_str()))
-        .bind(created_event)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-        if inserted.rows_affected() == 1 {
-            return Ok(Some(Submitted::Created(Job {
-                id: job.id.clone(),
-                tenant: job.tenant.clone(),
-                tier: job.tier,
-                spec: job.spec.clone(),
-                state: JobState::Queued,
-                phase: Phase::Queued,
-                progress: 0,
-                step: 0,
-                attempt: 0,
-                created_at_ms: job.now_ms,
-                enqueued_at_ms: job.now_ms,
-                started_at_ms: None,
-                completed_at_ms: None,
-                expires_at_ms: None,
-                error: None,
-                checkpoint: None,
-                prev_checkpoint: None,
-                outputs: None,
-                lease: None,
-            })));
-        }
-        let Some(idem) = idem else {
-            return Err(StoreError::Backend(format!("job {} was not inserted", job.id)));
-        };
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            job_columns!(),
-            ", idempotency_body_hash FROM jobs WHERE tenant = ? AND idempotency_key = ?"
-        ))
-        .bind(job.tenant.as_str())
-        .bind(idem.key.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
-        let Some(row) = row else { return Ok(None) };
-        let hash: Option<String> = get(&row, "idempotency_body_hash")?;
-        if hash.as_deref() == Some(idem.body_hash.as_str()) {
-            Ok(Some(Submitted::Replayed(rows::job(&row)?)))
-        } else {
-            Err(StoreError::IdempotencyConflict)
+            Some(r) => r.call(f).await,
+            None => self.writer.call(f).await,
         }
     }
 
@@ -378,7 +328,7 @@ impl SqliteStore {
         &self,
         dead_letter_sql: &'static str,
         requeue_sql: &'static str,
-        filter: Filter<'_>,
+        filter: Filter,
         reason: RequeueReason,
         now_ms: i64,
         max_attempts: u32,
@@ -394,49 +344,47 @@ impl SqliteStore {
             None,
             json!({ "reason": reason.as_str() }),
         )?;
-        let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        let dead = sqlx::query_scalar::<_, String>(dead_letter_sql)
-            .bind(failed.as_str())
-            .bind(Phase::Failed.as_str())
-            .bind(MAX_ATTEMPTS_EXCEEDED)
-            .bind(reason.as_str())
-            .bind(now_ms)
-            .bind(failed_data.as_str());
-        let dead = match filter {
-            Filter::ExpiredBefore(t) => dead.bind(t),
-            Filter::WorkerPrefix(p) => dead.bind(p),
-        };
-        let dead = dead
-            .bind(i64::from(max_attempts))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
-        let requeued = sqlx::query(requeue_sql)
-            .bind(queued.as_str())
-            .bind(Phase::Queued.as_str())
-            .bind(now_ms)
-            .bind(queued_data.as_str());
-        let requeued = match filter {
-            Filter::ExpiredBefore(t) => requeued.bind(t),
-            Filter::WorkerPrefix(p) => requeued.bind(p),
-        };
-        let requeued = requeued
-            .bind(i64::from(max_attempts))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        drop(conn);
-
+        let max = i64::from(max_attempts);
+        let (dead, requeued) = self
+            .writer
+            .call(move |c| {
+                let dead = all(
+                    c,
+                    dead_letter_sql,
+                    params![
+                        failed.as_str(),
+                        Phase::Failed.as_str(),
+                        MAX_ATTEMPTS_EXCEEDED,
+                        reason.as_str(),
+                        now_ms,
+                        failed_data,
+                        filter,
+                        max
+                    ],
+                    |r| parse_id(&get::<String>(r, "id")?),
+                )?;
+                let requeued = all(
+                    c,
+                    requeue_sql,
+                    params![
+                        queued.as_str(),
+                        Phase::Queued.as_str(),
+                        now_ms,
+                        queued_data,
+                        filter,
+                        max
+                    ],
+                    rows::queued_job,
+                )?;
+                Ok((dead, requeued))
+            })
+            .await?;
         let mut out = Vec::with_capacity(dead.len() + requeued.len());
         for id in dead {
-            let id = parse_id(&id)?;
             tracing::warn!(job = %id, reason = reason.as_str(), "job dead-lettered: attempts exhausted");
             out.push(Reclaimed::DeadLettered(id));
         }
-        for row in &requeued {
-            let q = rows::queued_job(row)?;
+        for q in requeued {
             tracing::info!(job = %q.id, reason = reason.as_str(), "job requeued");
             out.push(Reclaimed::Requeued(q));
         }
@@ -444,13 +392,101 @@ impl SqliteStore {
     }
 }
 
-/// Which running jobs a reclaim statement selects.
-#[derive(Clone, Copy)]
-enum Filter<'a> {
+/// Which running jobs a reclaim statement selects; binds as its one parameter.
+#[derive(Clone)]
+enum Filter {
     /// `lease_expires_at_ms < t`.
     ExpiredBefore(i64),
     /// `lease_worker` starts with this (`{node}/`).
-    WorkerPrefix(&'a str),
+    WorkerPrefix(String),
+}
+
+impl rusqlite::ToSql for Filter {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Filter::ExpiredBefore(t) => t.to_sql(),
+            Filter::WorkerPrefix(p) => p.to_sql(),
+        }
+    }
+}
+
+/// The submit of one job: its insert, and on a keyed duplicate the replay.
+fn submit_on(
+    conn: &Connection,
+    job: NewJob,
+    idem: Option<Idempotency>,
+    created_event: &str,
+) -> Result<Submitted, StoreError> {
+    // One statement: the job, its idempotency record and (by trigger) its
+    // `created` event. A keyed duplicate inserts nothing.
+    let inserted = exec(
+        conn,
+        concat!(
+            "INSERT INTO jobs (id, tenant, tier, model, spec_json, state, phase, progress, step, ",
+            "total_steps, attempt, created_at_ms, enqueued_at_ms, idempotency_key, ",
+            "idempotency_body_hash, last_event_seq, event_kind, event_at_ms, event_data_json) ",
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0, ?8, 0, ?9, ?9, ?10, ?11, 1, 'created', ?9, ?12) ",
+            "ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        ),
+        params![
+            job.id.as_str(),
+            job.tenant.as_str(),
+            job.tier.as_str(),
+            job.spec.model.as_str(),
+            to_json(&job.spec)?,
+            JobState::Queued.as_str(),
+            Phase::Queued.as_str(),
+            i64::from(job.spec.steps),
+            job.now_ms,
+            idem.as_ref().map(|i| i.key.as_str()),
+            idem.as_ref().map(|i| i.body_hash.as_str()),
+            created_event,
+        ],
+    )?;
+    if inserted == 1 {
+        return Ok(Submitted::Created(Job {
+            state: JobState::Queued,
+            phase: Phase::Queued,
+            progress: 0,
+            step: 0,
+            attempt: 0,
+            created_at_ms: job.now_ms,
+            enqueued_at_ms: job.now_ms,
+            started_at_ms: None,
+            completed_at_ms: None,
+            expires_at_ms: None,
+            error: None,
+            checkpoint: None,
+            prev_checkpoint: None,
+            outputs: None,
+            lease: None,
+            id: job.id,
+            tenant: job.tenant,
+            tier: job.tier,
+            spec: job.spec,
+        }));
+    }
+    let Some(idem) = idem else {
+        return Err(StoreError::Backend(format!("job {} was not inserted", job.id)));
+    };
+    // The conflicting row is visible: this runs under the write lock.
+    let found = one(
+        conn,
+        concat!(
+            "SELECT ",
+            job_columns!(),
+            ", idempotency_body_hash FROM jobs WHERE tenant = ?1 AND idempotency_key = ?2"
+        ),
+        params![job.tenant.as_str(), idem.key.as_str()],
+        |r| Ok((rows::job(r)?, get::<Option<String>>(r, "idempotency_body_hash")?)),
+    )?;
+    match found {
+        Some((job, Some(hash))) if hash == idem.body_hash => Ok(Submitted::Replayed(job)),
+        Some(_) => Err(StoreError::IdempotencyConflict),
+        None => Err(StoreError::Backend(
+            "idempotency conflict without a conflicting job".into(),
+        )),
+    }
 }
 
 #[async_trait]
@@ -458,222 +494,218 @@ impl Store for SqliteStore {
     // ---- API keys
 
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let mut conn = self.writer.lock().await;
-        sqlx::query(concat!(
-            "INSERT INTO api_keys (",
-            api_key_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(key.id.as_str())
-        .bind(key.hash.as_str())
-        .bind(key.prefix.as_str())
-        .bind(key.tenant.as_str())
-        .bind(key.tier.as_str())
-        .bind(i64::from(key.admin))
-        .bind(key.created_at_ms)
-        .bind(key.revoked_at_ms)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-        Ok(())
+        let key = key.clone();
+        self.writer
+            .call(move |c| {
+                exec(
+                    c,
+                    concat!(
+                        "INSERT INTO api_keys (",
+                        api_key_columns!(),
+                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                    ),
+                    params![
+                        key.id,
+                        key.hash,
+                        key.prefix,
+                        key.tenant.as_str(),
+                        key.tier.as_str(),
+                        i64::from(key.admin),
+                        key.created_at_ms,
+                        key.revoked_at_ms
+                    ],
+                )
+                .map(drop)
+            })
+            .await
     }
 
     async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        let mut conn = self.read().await?;
-        let row = sqlx::query(concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE hash = ?"))
-            .bind(hash)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db)?;
-        row.as_ref().map(rows::api_key).transpose()
+        let hash = hash.to_owned();
+        self.read(move |c| {
+            one(
+                c,
+                concat!("SELECT ", api_key_columns!(), " FROM api_keys WHERE hash = ?1"),
+                [hash],
+                rows::api_key,
+            )
+        })
+        .await
     }
 
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let mut conn = self.read().await?;
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            api_key_columns!(),
-            " FROM api_keys ORDER BY created_at_ms, id"
-        ))
-        .fetch_all(&mut *conn)
+        self.read(|c| {
+            all(
+                c,
+                concat!(
+                    "SELECT ",
+                    api_key_columns!(),
+                    " FROM api_keys ORDER BY created_at_ms, id"
+                ),
+                [],
+                rows::api_key,
+            )
+        })
         .await
-        .map_err(db)?;
-        rows.iter().map(rows::api_key).collect()
     }
 
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let mut conn = self.writer.lock().await;
-        let done = sqlx::query("UPDATE api_keys SET revoked_at_ms = ? WHERE id = ? AND revoked_at_ms IS NULL")
-            .bind(now_ms)
-            .bind(id)
-            .execute(&mut *conn)
+        let id = id.to_owned();
+        self.writer
+            .call(move |c| {
+                exec(
+                    c,
+                    "UPDATE api_keys SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms IS NULL",
+                    params![now_ms, id],
+                )
+                .map(|n| n > 0)
+            })
             .await
-            .map_err(db)?;
-        Ok(done.rows_affected() > 0)
     }
 
     // ---- submission and reads
 
     async fn submit(&self, job: NewJob, idem: Option<Idempotency>) -> Result<Submitted, StoreError> {
         let created = event_data(JobState::Queued, Some(Phase::Queued), Some(0), Some(0), json!({}))?;
-        // Within this process the writer mutex serialises two submits of the
-        // same key: the second one's insert conflicts and it reads the first
-        // one's job. A retry is only needed if that job is deleted in between
-        // (by another process).
-        for _ in 0..3 {
-            if let Some(done) = self.try_submit(&job, idem.as_ref(), &created).await? {
-                return Ok(done);
-            }
-        }
-        Err(StoreError::Backend("idempotency key kept colliding; giving up".into()))
+        self.writer.call(move |c| submit_on(c, job, idem, &created)).await
     }
 
     async fn job(&self, id: &VideoId) -> Result<Option<Job>, StoreError> {
-        let mut conn = self.read().await?;
-        let row = sqlx::query(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?"))
-            .bind(id.as_str())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db)?;
-        row.as_ref().map(rows::job).transpose()
+        let id = id.clone();
+        self.read(move |c| {
+            one(
+                c,
+                concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?1"),
+                [id.as_str()],
+                rows::job,
+            )
+        })
+        .await
     }
 
     async fn list_jobs(&self, tenant: &TenantId, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
         const ASC: &str = concat!(
             "SELECT ",
             job_columns!(),
-            " FROM jobs WHERE tenant = ? ORDER BY id ASC LIMIT ?"
-        );
-        const ASC_AFTER: &str = concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE tenant = ? AND id > ? ORDER BY id ASC LIMIT ?"
+            " FROM jobs WHERE tenant = ?1 AND id > ?2 ORDER BY id ASC LIMIT ?3"
         );
         const DESC: &str = concat!(
             "SELECT ",
             job_columns!(),
-            " FROM jobs WHERE tenant = ? ORDER BY id DESC LIMIT ?"
+            " FROM jobs WHERE tenant = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
         );
-        const DESC_AFTER: &str = concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE tenant = ? AND id < ? ORDER BY id DESC LIMIT ?"
-        );
-        let sql = match (q.order, q.after.is_some()) {
-            (Order::Asc, false) => ASC,
-            (Order::Asc, true) => ASC_AFTER,
-            (Order::Desc, false) => DESC,
-            (Order::Desc, true) => DESC_AFTER,
+        // Without a cursor, the bound is one that sorts before / after every
+        // id (`video_` + hex): the same two statements serve both cases.
+        let (sql, bound) = match (q.order, &q.after) {
+            (Order::Asc, Some(a)) => (ASC, a.as_str().to_owned()),
+            (Order::Asc, None) => (ASC, String::new()),
+            (Order::Desc, Some(a)) => (DESC, a.as_str().to_owned()),
+            (Order::Desc, None) => (DESC, "\u{10FFFF}".to_owned()),
         };
-        let mut query = sqlx::query(sql).bind(tenant.as_str());
-        if let Some(after) = &q.after {
-            query = query.bind(after.as_str());
-        }
-        let mut conn = self.read().await?;
-        let rows = query.bind(i64::from(q.limit)).fetch_all(&mut *conn).await.map_err(db)?;
-        rows.iter().map(rows::job).collect()
+        let tenant = tenant.clone();
+        let limit = i64::from(q.limit);
+        self.read(move |c| all(c, sql, params![tenant.as_str(), bound, limit], rows::job))
+            .await
     }
 
     async fn events(&self, id: &VideoId, after_seq: i64, limit: u32) -> Result<Vec<JobEvent>, StoreError> {
-        let mut conn = self.read().await?;
-        let rows = sqlx::query(
-            "SELECT seq, at_ms, kind, data_json FROM job_events \
-             WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(id.as_str())
-        .bind(after_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
+        let id = id.clone();
+        self.read(move |c| {
+            all(
+                c,
+                "SELECT seq, at_ms, kind, data_json FROM job_events \
+                 WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                params![id.as_str(), after_seq, i64::from(limit)],
+                |r| {
+                    let data: String = get(r, "data_json")?;
+                    Ok(JobEvent {
+                        seq: get(r, "seq")?,
+                        at_ms: get(r, "at_ms")?,
+                        kind: get(r, "kind")?,
+                        data: rows::event_data_from_str(&data)?,
+                    })
+                },
+            )
+        })
         .await
-        .map_err(db)?;
-        rows.iter()
-            .map(|r| {
-                let data: String = get(r, "data_json")?;
-                Ok(JobEvent {
-                    seq: get(r, "seq")?,
-                    at_ms: get(r, "at_ms")?,
-                    kind: get(r, "kind")?,
-                    data: rows::event_data_from_str(&data)?,
-                })
-            })
-            .collect()
     }
 
     async fn queued_jobs(&self) -> Result<Vec<QueuedJob>, StoreError> {
-        let mut conn = self.read().await?;
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            queued_columns!(),
-            " FROM jobs WHERE state = 'queued' ORDER BY enqueued_at_ms, id"
-        ))
-        .fetch_all(&mut *conn)
+        self.read(|c| {
+            all(
+                c,
+                concat!(
+                    "SELECT ",
+                    queued_columns!(),
+                    " FROM jobs WHERE state = 'queued' ORDER BY enqueued_at_ms, id"
+                ),
+                [],
+                rows::queued_job,
+            )
+        })
         .await
-        .map_err(db)?;
-        rows.iter().map(rows::queued_job).collect()
     }
 
     // ---- user actions
 
     async fn cancel(&self, id: &VideoId, now_ms: i64) -> Result<Job, StoreError> {
-        let error = JobError::new(CANCELLED, "the video generation was cancelled");
-        let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        let from: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
+        let error = to_json(&JobError::new(CANCELLED, "the video generation was cancelled"))?;
+        let id = id.clone();
+        self.writer
+            .call(move |c| {
+                let from: Option<String> = one(c, "SELECT state FROM jobs WHERE id = ?1", [id.as_str()], |r| {
+                    get(r, "state")
+                })?;
+                let Some(from) = from else {
+                    return Err(StoreError::NotFound(id));
+                };
+                let from = JobState::parse(&from)
+                    .ok_or_else(|| StoreError::Backend(format!("corrupt state {from:?} of job {id}")))?;
+                let to = next(from, Transition::Cancel)?;
+                let data = event_data(to, Some(Phase::Cancelled), None, None, json!({}))?;
+                let job = one(
+                    c,
+                    concat!(
+                        "UPDATE jobs SET state = ?1, phase = ?2, error_json = ?3, lease_worker = NULL, ",
+                        "lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1, ",
+                        "event_kind = 'cancelled', event_at_ms = ?4, ",
+                        "event_data_json = json_set(?5, '$.progress', progress, '$.attempt', attempt) ",
+                        "WHERE id = ?6 AND state = ?7 RETURNING ",
+                        job_columns!()
+                    ),
+                    params![
+                        to.as_str(),
+                        Phase::Cancelled.as_str(),
+                        error,
+                        now_ms,
+                        data,
+                        id.as_str(),
+                        from.as_str()
+                    ],
+                    rows::job,
+                )?;
+                // The read above ran under the write lock, so the
+                // compare-and-set cannot miss; report it as a fault if it does.
+                job.ok_or_else(|| StoreError::Backend(format!("job {id} changed under a write lock")))
+            })
             .await
-            .map_err(db)?;
-        let Some(from) = from else {
-            return Err(StoreError::NotFound(id.clone()));
-        };
-        let from =
-            JobState::parse(&from).ok_or_else(|| StoreError::Backend(format!("corrupt state {from:?} of job {id}")))?;
-        let to = next(from, Transition::Cancel)?;
-        let data = event_data(to, Some(Phase::Cancelled), None, None, json!({}))?;
-        let row = sqlx::query(concat!(
-            "UPDATE jobs SET state = ?1, phase = ?2, error_json = ?3, lease_worker = NULL, ",
-            "lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1, ",
-            "event_kind = 'cancelled', event_at_ms = ?4, ",
-            "event_data_json = json_set(?5, '$.progress', progress, '$.attempt', attempt) ",
-            "WHERE id = ?6 AND state = ?7 RETURNING ",
-            job_columns!()
-        ))
-        .bind(to.as_str())
-        .bind(Phase::Cancelled.as_str())
-        .bind(to_json(&error)?)
-        .bind(now_ms)
-        .bind(data)
-        .bind(id.as_str())
-        .bind(from.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
-        // BEGIN IMMEDIATE holds the write lock since the read above, so the
-        // compare-and-set cannot miss; report it as a backend fault if it does.
-        let row = row.ok_or_else(|| StoreError::Backend(format!("job {id} changed under a write lock")))?;
-        let job = rows::job(&row)?;
-        tx.commit().await.map_err(db)?;
-        Ok(job)
     }
 
     async fn delete(&self, id: &VideoId) -> Result<Option<Job>, StoreError> {
-        let mut conn = self.writer.lock().await;
-        let mut tx = begin(&mut conn).await?;
-        // Explicit, though `ON DELETE CASCADE` would do it: the semantics must
-        // not depend on the foreign_keys pragma.
-        sqlx::query("DELETE FROM job_events WHERE job_id = ?")
-            .bind(id.as_str())
-            .execute(&mut *tx)
+        let id = id.clone();
+        self.writer
+            .call(move |c| {
+                // Explicit, though `ON DELETE CASCADE` would do it: the
+                // semantics must not depend on the foreign_keys pragma.
+                exec(c, "DELETE FROM job_events WHERE job_id = ?1", [id.as_str()])?;
+                one(
+                    c,
+                    concat!("DELETE FROM jobs WHERE id = ?1 RETURNING ", job_columns!()),
+                    [id.as_str()],
+                    rows::job,
+                )
+            })
             .await
-            .map_err(db)?;
-        let row = sqlx::query(concat!("DELETE FROM jobs WHERE id = ? RETURNING ", job_columns!()))
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-        let job = row.as_ref().map(rows::job).transpose()?;
-        tx.commit().await.map_err(db)?;
-        Ok(job)
     }
 
     // ---- worker protocol (fenced)
@@ -689,30 +721,35 @@ impl Store for SqliteStore {
         let to = next(from, Transition::Lease)?;
         let expires_at_ms = now_ms.saturating_add(ttl_ms);
         let data = event_data(to, None, None, None, json!({ "worker": worker.as_str() }))?;
-        let mut conn = self.writer.lock().await;
-        let attempt: Option<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET state = ?1, attempt = attempt + 1, \
-             phase = CASE WHEN checkpoint_json IS NULL THEN ?2 ELSE ?3 END, \
-             lease_worker = ?4, lease_expires_at_ms = ?5, started_at_ms = COALESCE(started_at_ms, ?6), \
-             last_event_seq = last_event_seq + 1, event_kind = 'leased', event_at_ms = ?6, \
-             event_data_json = json_set(?7, \
-                 '$.phase', CASE WHEN checkpoint_json IS NULL THEN ?2 ELSE ?3 END, \
-                 '$.progress', progress, '$.attempt', attempt + 1) \
-             WHERE id = ?8 AND state = ?9 RETURNING attempt",
-        )
-        .bind(to.as_str())
-        .bind(Phase::LoadingModel.as_str())
-        .bind(Phase::ResumingFromCheckpoint.as_str())
-        .bind(worker.as_str())
-        .bind(expires_at_ms)
-        .bind(now_ms)
-        .bind(data)
-        .bind(id.as_str())
-        .bind(from.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
-        drop(conn);
+        let (job_id, worker_id) = (id.clone(), worker.clone());
+        let attempt: Option<i64> = self
+            .writer
+            .call(move |c| {
+                one(
+                    c,
+                    "UPDATE jobs SET state = ?1, attempt = attempt + 1, \
+                     phase = CASE WHEN checkpoint_json IS NULL THEN ?2 ELSE ?3 END, \
+                     lease_worker = ?4, lease_expires_at_ms = ?5, started_at_ms = COALESCE(started_at_ms, ?6), \
+                     last_event_seq = last_event_seq + 1, event_kind = 'leased', event_at_ms = ?6, \
+                     event_data_json = json_set(?7, \
+                         '$.phase', CASE WHEN checkpoint_json IS NULL THEN ?2 ELSE ?3 END, \
+                         '$.progress', progress, '$.attempt', attempt + 1) \
+                     WHERE id = ?8 AND state = ?9 RETURNING attempt",
+                    params![
+                        to.as_str(),
+                        Phase::LoadingModel.as_str(),
+                        Phase::ResumingFromCheckpoint.as_str(),
+                        worker_id.as_str(),
+                        expires_at_ms,
+                        now_ms,
+                        data,
+                        job_id.as_str(),
+                        from.as_str()
+                    ],
+                    |r| get(r, "attempt"),
+                )
+            })
+            .await?;
         let Some(attempt) = attempt else { return Ok(None) };
         let attempt = u32::try_from(attempt)
             .map_err(|_| StoreError::Backend(format!("corrupt attempt {attempt} of job {id}")))?;
@@ -734,33 +771,39 @@ impl Store for SqliteStore {
             Some(lease.attempt),
             json!({ "step": progress.step, "total_steps": progress.total_steps }),
         )?;
+        let (phase, step, total) = (progress.phase, progress.step, progress.total_steps);
+        let (job_id, attempt) = (lease.job_id.clone(), lease.attempt);
         // A `progress` event only when the phase or percent changes: heartbeats
         // are frequent, and this bounds the log to (phases + 101) per attempt.
         // SET expressions all see the row as it was before the update.
-        let mut conn = self.writer.lock().await;
-        let done = sqlx::query(
-            "UPDATE jobs SET \
-             last_event_seq = last_event_seq + (phase <> ?1 OR progress <> ?2), \
-             event_kind = CASE WHEN phase <> ?1 OR progress <> ?2 THEN 'progress' ELSE event_kind END, \
-             event_at_ms = CASE WHEN phase <> ?1 OR progress <> ?2 THEN ?3 ELSE event_at_ms END, \
-             event_data_json = CASE WHEN phase <> ?1 OR progress <> ?2 THEN ?4 ELSE event_data_json END, \
-             phase = ?1, progress = ?2, step = ?5, total_steps = ?6, lease_expires_at_ms = ?7 \
-             WHERE id = ?8 AND state = ?9 AND attempt = ?10",
-        )
-        .bind(progress.phase.as_str())
-        .bind(i64::from(percent))
-        .bind(now_ms)
-        .bind(data)
-        .bind(i64::from(progress.step))
-        .bind(i64::from(progress.total_steps))
-        .bind(expires_at_ms)
-        .bind(lease.job_id.as_str())
-        .bind(JobState::Running.as_str())
-        .bind(i64::from(lease.attempt))
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-        if done.rows_affected() == 0 {
+        let changed = self
+            .writer
+            .call(move |c| {
+                exec(
+                    c,
+                    "UPDATE jobs SET \
+                     last_event_seq = last_event_seq + (phase <> ?1 OR progress <> ?2), \
+                     event_kind = CASE WHEN phase <> ?1 OR progress <> ?2 THEN 'progress' ELSE event_kind END, \
+                     event_at_ms = CASE WHEN phase <> ?1 OR progress <> ?2 THEN ?3 ELSE event_at_ms END, \
+                     event_data_json = CASE WHEN phase <> ?1 OR progress <> ?2 THEN ?4 ELSE event_data_json END, \
+                     phase = ?1, progress = ?2, step = ?5, total_steps = ?6, lease_expires_at_ms = ?7 \
+                     WHERE id = ?8 AND state = ?9 AND attempt = ?10",
+                    params![
+                        phase.as_str(),
+                        i64::from(percent),
+                        now_ms,
+                        data,
+                        i64::from(step),
+                        i64::from(total),
+                        expires_at_ms,
+                        job_id.as_str(),
+                        JobState::Running.as_str(),
+                        i64::from(attempt)
+                    ],
+                )
+            })
+            .await?;
+        if changed == 0 {
             return Err(stale(lease));
         }
         Ok(expires_at_ms)
@@ -774,23 +817,29 @@ impl Store for SqliteStore {
             Some(lease.attempt),
             json!({ "step": ck.step, "key": ck.key }),
         )?;
-        let mut conn = self.writer.lock().await;
-        let done = sqlx::query(
-            "UPDATE jobs SET prev_checkpoint_json = checkpoint_json, checkpoint_json = ?1, \
-             last_event_seq = last_event_seq + 1, event_kind = 'checkpoint', event_at_ms = ?2, \
-             event_data_json = json_set(?3, '$.phase', phase, '$.progress', progress) \
-             WHERE id = ?4 AND state = ?5 AND attempt = ?6",
-        )
-        .bind(to_json(ck)?)
-        .bind(now_ms)
-        .bind(data)
-        .bind(lease.job_id.as_str())
-        .bind(JobState::Running.as_str())
-        .bind(i64::from(lease.attempt))
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-        if done.rows_affected() == 0 {
+        let ck = to_json(ck)?;
+        let (job_id, attempt) = (lease.job_id.clone(), lease.attempt);
+        let changed = self
+            .writer
+            .call(move |c| {
+                exec(
+                    c,
+                    "UPDATE jobs SET prev_checkpoint_json = checkpoint_json, checkpoint_json = ?1, \
+                     last_event_seq = last_event_seq + 1, event_kind = 'checkpoint', event_at_ms = ?2, \
+                     event_data_json = json_set(?3, '$.phase', phase, '$.progress', progress) \
+                     WHERE id = ?4 AND state = ?5 AND attempt = ?6",
+                    params![
+                        ck,
+                        now_ms,
+                        data,
+                        job_id.as_str(),
+                        JobState::Running.as_str(),
+                        i64::from(attempt)
+                    ],
+                )
+            })
+            .await?;
+        if changed == 0 {
             return Err(stale(lease));
         }
         Ok(())
@@ -812,29 +861,36 @@ impl Store for SqliteStore {
             Some(lease.attempt),
             json!({ "expires_at_ms": expires_at_ms }),
         )?;
-        let mut conn = self.writer.lock().await;
-        let row = sqlx::query(concat!(
-            "UPDATE jobs SET state = ?1, phase = ?2, progress = 100, outputs_json = ?3, ",
-            "completed_at_ms = ?4, expires_at_ms = ?5, lease_worker = NULL, lease_expires_at_ms = NULL, ",
-            "last_event_seq = last_event_seq + 1, event_kind = 'completed', event_at_ms = ?4, ",
-            "event_data_json = ?6 WHERE id = ?7 AND state = ?8 AND attempt = ?9 RETURNING ",
-            job_columns!()
-        ))
-        .bind(to.as_str())
-        .bind(Phase::Completed.as_str())
-        .bind(to_json(outputs)?)
-        .bind(now_ms)
-        .bind(expires_at_ms)
-        .bind(data)
-        .bind(lease.job_id.as_str())
-        .bind(from.as_str())
-        .bind(i64::from(lease.attempt))
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
-        drop(conn);
-        let Some(row) = row else { return Err(stale(lease)) };
-        rows::job(&row)
+        let outputs = to_json(outputs)?;
+        let (job_id, attempt) = (lease.job_id.clone(), lease.attempt);
+        let job = self
+            .writer
+            .call(move |c| {
+                one(
+                    c,
+                    concat!(
+                        "UPDATE jobs SET state = ?1, phase = ?2, progress = 100, outputs_json = ?3, ",
+                        "completed_at_ms = ?4, expires_at_ms = ?5, lease_worker = NULL, lease_expires_at_ms = NULL, ",
+                        "last_event_seq = last_event_seq + 1, event_kind = 'completed', event_at_ms = ?4, ",
+                        "event_data_json = ?6 WHERE id = ?7 AND state = ?8 AND attempt = ?9 RETURNING ",
+                        job_columns!()
+                    ),
+                    params![
+                        to.as_str(),
+                        Phase::Completed.as_str(),
+                        outputs,
+                        now_ms,
+                        expires_at_ms,
+                        data,
+                        job_id.as_str(),
+                        from.as_str(),
+                        i64::from(attempt)
+                    ],
+                    rows::job,
+                )
+            })
+            .await?;
+        job.ok_or_else(|| stale(lease))
     }
 
     async fn fail(&self, lease: &Lease, error: &JobError, now_ms: i64) -> Result<(), StoreError> {
@@ -847,25 +903,31 @@ impl Store for SqliteStore {
             Some(lease.attempt),
             json!({ "error": rows::error_value(error) }),
         )?;
-        let mut conn = self.writer.lock().await;
-        let done = sqlx::query(
-            "UPDATE jobs SET state = ?1, phase = ?2, error_json = ?3, lease_worker = NULL, \
-             lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1, \
-             event_kind = 'failed', event_at_ms = ?4, event_data_json = json_set(?5, '$.progress', progress) \
-             WHERE id = ?6 AND state = ?7 AND attempt = ?8",
-        )
-        .bind(to.as_str())
-        .bind(Phase::Failed.as_str())
-        .bind(to_json(error)?)
-        .bind(now_ms)
-        .bind(data)
-        .bind(lease.job_id.as_str())
-        .bind(from.as_str())
-        .bind(i64::from(lease.attempt))
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-        if done.rows_affected() == 0 {
+        let error = to_json(error)?;
+        let (job_id, attempt) = (lease.job_id.clone(), lease.attempt);
+        let changed = self
+            .writer
+            .call(move |c| {
+                exec(
+                    c,
+                    "UPDATE jobs SET state = ?1, phase = ?2, error_json = ?3, lease_worker = NULL, \
+                     lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1, \
+                     event_kind = 'failed', event_at_ms = ?4, event_data_json = json_set(?5, '$.progress', progress) \
+                     WHERE id = ?6 AND state = ?7 AND attempt = ?8",
+                    params![
+                        to.as_str(),
+                        Phase::Failed.as_str(),
+                        error,
+                        now_ms,
+                        data,
+                        job_id.as_str(),
+                        from.as_str(),
+                        i64::from(attempt)
+                    ],
+                )
+            })
+            .await?;
+        if changed == 0 {
             return Err(stale(lease));
         }
         Ok(())
@@ -882,21 +944,27 @@ impl Store for SqliteStore {
             None,
             json!({ "reason": reason.as_str() }),
         )?;
-        let mut conn = self.writer.lock().await;
-        let row = sqlx::query(RELEASE)
-            .bind(to.as_str())
-            .bind(Phase::Queued.as_str())
-            .bind(now_ms)
-            .bind(data)
-            .bind(lease.job_id.as_str())
-            .bind(from.as_str())
-            .bind(i64::from(lease.attempt))
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db)?;
-        drop(conn);
-        let Some(row) = row else { return Err(stale(lease)) };
-        rows::queued_job(&row)
+        let (job_id, attempt) = (lease.job_id.clone(), lease.attempt);
+        let queued = self
+            .writer
+            .call(move |c| {
+                one(
+                    c,
+                    RELEASE,
+                    params![
+                        to.as_str(),
+                        Phase::Queued.as_str(),
+                        now_ms,
+                        data,
+                        job_id.as_str(),
+                        from.as_str(),
+                        i64::from(attempt)
+                    ],
+                    rows::queued_job,
+                )
+            })
+            .await?;
+        queued.ok_or_else(|| stale(lease))
     }
 
     // ---- housekeeping
@@ -916,11 +984,10 @@ impl Store for SqliteStore {
     async fn reclaim_node(&self, node: &str, now_ms: i64, max_attempts: u32) -> Result<Vec<Reclaimed>, StoreError> {
         // Worker ids are `{node}/{name}`: match the prefix including the slash,
         // so node `a` does not reclaim the workers of node `ab`.
-        let prefix = format!("{node}/");
         self.reclaim(
             DEAD_LETTER_NODE,
             REQUEUE_NODE,
-            Filter::WorkerPrefix(&prefix),
+            Filter::WorkerPrefix(format!("{node}/")),
             RequeueReason::NodeRestarted,
             now_ms,
             max_attempts,
@@ -932,45 +999,50 @@ impl Store for SqliteStore {
         let from = JobState::Completed;
         let to = next(from, Transition::Expire)?;
         let data = event_data(to, Some(Phase::Expired), None, None, json!({}))?;
-        let mut conn = self.writer.lock().await;
-        let rows = sqlx::query(concat!(
-            "UPDATE jobs SET state = ?1, phase = ?2, last_event_seq = last_event_seq + 1, ",
-            "event_kind = 'expired', event_at_ms = ?3, ",
-            "event_data_json = json_set(?4, '$.progress', progress, '$.attempt', attempt) ",
-            "WHERE id IN (SELECT id FROM jobs WHERE state = 'completed' AND expires_at_ms <= ?3 ",
-            "ORDER BY expires_at_ms, id LIMIT ?5) AND state = ?6 RETURNING ",
-            job_columns!()
-        ))
-        .bind(to.as_str())
-        .bind(Phase::Expired.as_str())
-        .bind(now_ms)
-        .bind(data)
-        .bind(i64::from(limit))
-        .bind(from.as_str())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?;
-        drop(conn);
-        let mut jobs = rows.iter().map(rows::job).collect::<Result<Vec<_>, _>>()?;
+        let mut jobs = self
+            .writer
+            .call(move |c| {
+                all(
+                    c,
+                    concat!(
+                        "UPDATE jobs SET state = ?1, phase = ?2, last_event_seq = last_event_seq + 1, ",
+                        "event_kind = 'expired', event_at_ms = ?3, ",
+                        "event_data_json = json_set(?4, '$.progress', progress, '$.attempt', attempt) ",
+                        "WHERE id IN (SELECT id FROM jobs WHERE state = 'completed' AND expires_at_ms <= ?3 ",
+                        "ORDER BY expires_at_ms, id LIMIT ?5) AND state = ?6 RETURNING ",
+                        job_columns!()
+                    ),
+                    params![
+                        to.as_str(),
+                        Phase::Expired.as_str(),
+                        now_ms,
+                        data,
+                        i64::from(limit),
+                        from.as_str()
+                    ],
+                    rows::job,
+                )
+            })
+            .await?;
         jobs.sort_by(|a, b| (a.expires_at_ms, &a.id).cmp(&(b.expires_at_ms, &b.id)));
         Ok(jobs)
     }
 
     async fn append_event(&self, id: &VideoId, kind: &str, data: Value, now_ms: i64) -> Result<i64, StoreError> {
         let data = to_json(&data)?;
-        let mut conn = self.writer.lock().await;
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET last_event_seq = last_event_seq + 1, event_kind = ?1, \
-             event_at_ms = ?2, event_data_json = ?3 WHERE id = ?4 RETURNING last_event_seq",
-        )
-        .bind(kind)
-        .bind(now_ms)
-        .bind(data)
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
-        seq.ok_or_else(|| StoreError::NotFound(id.clone()))
+        let (id, kind) = (id.clone(), kind.to_owned());
+        self.writer
+            .call(move |c| {
+                let seq = one(
+                    c,
+                    "UPDATE jobs SET last_event_seq = last_event_seq + 1, event_kind = ?1, \
+                     event_at_ms = ?2, event_data_json = ?3 WHERE id = ?4 RETURNING last_event_seq",
+                    params![kind, now_ms, data, id.as_str()],
+                    |r| get(r, "last_event_seq"),
+                )?;
+                seq.ok_or(StoreError::NotFound(id))
+            })
+            .await
     }
 }
 

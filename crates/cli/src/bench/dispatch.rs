@@ -7,7 +7,7 @@
 //! from the first submit to the last completion.
 //!
 //! Two references run in the same process on the same kind of file:
-//! - **baseline**: bare sqlx, one autocommit `INSERT`, `UPDATE`, `UPDATE` per
+//! - **baseline**: bare SQLite (rusqlite), one autocommit `INSERT`, `UPDATE`, `UPDATE` per
 //!   job on a plain table (WAL, `synchronous = NORMAL`), what SQLite itself
 //!   costs for three single-statement transactions per job;
 //! - **store serial**: `submit`, `lease`, `complete` one after the other in a
@@ -18,8 +18,6 @@
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -112,7 +110,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
     };
     let n = args.jobs;
 
-    progress(&format!("baseline (bare sqlx), {n} jobs"));
+    progress(&format!("baseline (bare SQLite), {n} jobs"));
     let mut baseline_before = baseline(&fresh()?.path().join("baseline.db"), n, 1).await?;
     progress(&format!("store serial, {n} jobs"));
     let mut store_serial = store_serial(fresh()?.path(), n).await?;
@@ -267,88 +265,70 @@ fn finish_run(name: String, workers: usize, jobs: u64, wall: Duration, ops: Vec<
     }
 }
 
-/// Bare sqlx: per job, INSERT, UPDATE (lease), UPDATE (complete), each its
-/// own autocommit transaction, or with `group > 1` the statements of `group`
-/// jobs in one `BEGIN IMMEDIATE … COMMIT`.
+/// Bare SQLite (rusqlite, prepared statements, same pragmas as the store
+/// except that SQLite checkpoints the WAL itself): per job, INSERT, UPDATE
+/// (lease), UPDATE (complete), each its own autocommit transaction, or with
+/// `group > 1` the statements of `group` jobs in one `BEGIN IMMEDIATE … COMMIT`.
 async fn baseline(file: &Path, jobs: u64, group: u64) -> anyhow::Result<Run> {
-    let mut conn = SqliteConnectOptions::new()
-        .filename(file)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("opening {}", file.display()))?;
-    sqlx::query(
+    let file = file.to_owned();
+    tokio::task::spawn_blocking(move || baseline_blocking(&file, jobs, group)).await?
+}
+
+fn baseline_blocking(file: &Path, jobs: u64, group: u64) -> anyhow::Result<Run> {
+    let conn = rusqlite::Connection::open(file).with_context(|| format!("opening {}", file.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "wal")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.execute_batch(
         "CREATE TABLE bench_jobs (id TEXT NOT NULL PRIMARY KEY, tenant TEXT NOT NULL, \
          state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, spec_json TEXT NOT NULL, \
          worker TEXT, outputs_json TEXT, created_at_ms INTEGER NOT NULL, updated_at_ms INTEGER)",
-    )
-    .execute(&mut conn)
-    .await?;
+    )?;
     let spec_json = serde_json::to_string(&spec())?;
     let clock = SystemClock;
     let (mut ins, mut upd1, mut upd2) = (Vec::new(), Vec::new(), Vec::new());
+    let mut insert = conn.prepare(
+        "INSERT INTO bench_jobs (id, tenant, state, spec_json, created_at_ms) VALUES (?1, ?2, 'queued', ?3, ?4)",
+    )?;
+    let mut lease = conn.prepare(
+        "UPDATE bench_jobs SET state = 'running', attempt = attempt + 1, worker = ?1, updated_at_ms = ?2 \
+         WHERE id = ?3 AND state = 'queued'",
+    )?;
+    let mut complete = conn.prepare(
+        "UPDATE bench_jobs SET state = 'completed', outputs_json = ?1, updated_at_ms = ?2 \
+         WHERE id = ?3 AND state = 'running' AND attempt = 1",
+    )?;
     let start = Instant::now();
     for i in 0..jobs {
         if group > 1 && i % group == 0 {
             if i > 0 {
-                sqlx::query("COMMIT").execute(&mut conn).await?;
+                conn.execute_batch("COMMIT")?;
             }
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
+            conn.execute_batch("BEGIN IMMEDIATE")?;
         }
         let id = VideoId::generate();
         let outputs_json = serde_json::to_string(&outputs(&id))?;
         let t0 = Instant::now();
-        sqlx::query(
-            "INSERT INTO bench_jobs (id, tenant, state, spec_json, created_at_ms) VALUES (?, ?, 'queued', ?, ?)",
-        )
-        .bind(id.as_str())
-        .bind("bench")
-        .bind(spec_json.as_str())
-        .bind(clock.now_ms())
-        .execute(&mut conn)
-        .await?;
+        insert.execute(rusqlite::params![id.as_str(), "bench", spec_json, clock.now_ms()])?;
         let t1 = Instant::now();
-        let leased = sqlx::query(
-            "UPDATE bench_jobs SET state = 'running', attempt = attempt + 1, worker = ?, updated_at_ms = ? \
-             WHERE id = ? AND state = 'queued'",
-        )
-        .bind("bench/w0")
-        .bind(clock.now_ms())
-        .bind(id.as_str())
-        .execute(&mut conn)
-        .await?;
+        let leased = lease.execute(rusqlite::params!["bench/w0", clock.now_ms(), id.as_str()])?;
         let t2 = Instant::now();
-        let completed = sqlx::query(
-            "UPDATE bench_jobs SET state = 'completed', outputs_json = ?, updated_at_ms = ? \
-             WHERE id = ? AND state = 'running' AND attempt = 1",
-        )
-        .bind(outputs_json)
-        .bind(clock.now_ms())
-        .bind(id.as_str())
-        .execute(&mut conn)
-        .await?;
+        let completed = complete.execute(rusqlite::params![outputs_json, clock.now_ms(), id.as_str()])?;
         let t3 = Instant::now();
-        anyhow::ensure!(
-            leased.rows_affected() == 1 && completed.rows_affected() == 1,
-            "baseline update missed"
-        );
+        anyhow::ensure!(leased == 1 && completed == 1, "baseline update missed");
         ins.push(t1 - t0);
         upd1.push(t2 - t1);
         upd2.push(t3 - t2);
     }
     if group > 1 {
-        sqlx::query("COMMIT").execute(&mut conn).await?;
+        conn.execute_batch("COMMIT")?;
     }
     let wall = start.elapsed();
-    conn.close().await?;
     let name = if group > 1 {
         format!("baseline, {group} jobs per transaction")
     } else {
-        "baseline: sqlx INSERT+UPDATE+UPDATE".to_owned()
+        "baseline: SQLite INSERT+UPDATE+UPDATE".to_owned()
     };
     Ok(finish_run(
         name,
