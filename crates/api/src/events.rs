@@ -53,6 +53,9 @@ pub async fn stream(
     let mut wake = state.bus.subscribe();
     let stream = async_stream::stream! {
         let mut last_position: Option<u64> = None;
+        // Whether the newest event sent is terminal. Only the newest decides:
+        // an operator's re-drive follows a `failed` with more events.
+        let mut terminal = false;
         loop {
             let events = match state.store.events(&id, after, EVENTS_PAGE).await {
                 Ok(ev) => ev,
@@ -62,10 +65,9 @@ pub async fn stream(
                 }
             };
             let full_page = events.len() == EVENTS_PAGE as usize;
-            let mut terminal = false;
             for ev in events {
                 after = ev.seq;
-                terminal |= TERMINAL_KINDS.contains(&ev.kind.as_str());
+                terminal = TERMINAL_KINDS.contains(&ev.kind.as_str());
                 let mut data = serde_json::json!({
                     "video_id": id.as_str(), "seq": ev.seq, "type": ev.kind, "at_ms": ev.at_ms,
                 });
@@ -76,11 +78,11 @@ pub async fn stream(
                 }
                 yield Ok(Event::default().id(ev.seq.to_string()).event(ev.kind).data(data.to_string()));
             }
-            if terminal {
-                break;
-            }
             if full_page {
                 continue;
+            }
+            if terminal {
+                break;
             }
             let position = state.dispatcher.position(&id);
             if position.is_some() && position != last_position {

@@ -6,13 +6,16 @@
 //! - [`content`]: downloads with `Range` support.
 //! - [`events`]: server-sent events from the job's event log.
 //! - [`video`]: the Video object as the SDKs parse it.
-//! - [`auth`]: bearer API keys (hashed) → tenant and tier.
+//! - [`admin`]: operator endpoints (dead letters and their re-drive).
+//! - [`auth`]: bearer API keys (hashed) → tenant and tier; worker tokens.
 //! - [`error`]: OpenAI's error envelope; every error leaves through it.
 //! - [`state`]: shared handles and input limits.
+//! - [`worker_api`]: the internal API remote workers run jobs through.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so the binary and
 //! the tests run exactly the same server.
 
+pub mod admin;
 pub mod auth;
 pub mod content;
 pub mod create;
@@ -20,7 +23,10 @@ pub mod error;
 pub mod events;
 pub mod routes;
 pub mod state;
+#[cfg(test)]
+mod testing;
 pub mod video;
+pub mod worker_api;
 
 use axum::Router;
 use axum::extract::State;
@@ -42,12 +48,15 @@ pub fn router(state: AppState) -> Router {
         .route("/videos/{id}/content", get(content::download))
         .route("/videos/{id}/cancel", post(routes::cancel_video))
         .route("/videos/{id}/events", get(events::stream))
+        .route("/admin/dead_letters", get(admin::list_dead_letters))
+        .route("/admin/videos/{id}/retry", post(admin::retry_video))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(worker_api::routes())
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

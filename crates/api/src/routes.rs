@@ -14,7 +14,7 @@ use videogen_core::{Job, JobState, QueuedJob, VideoId, VideoSpec};
 use crate::auth::Caller;
 use crate::create;
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::state::{AppState, Limits};
 use crate::video::render;
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -46,6 +46,54 @@ pub fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> ApiResult<Vec<(String
 
 fn get<'a>(pairs: &'a [(String, String)], k: &str) -> Option<&'a str> {
     pairs.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.as_str())
+}
+
+/// The `limit` of a list request: the default, or 1 to the maximum.
+pub fn list_limit(pairs: &[(String, String)], limits: &Limits) -> ApiResult<u32> {
+    match get(pairs, "limit") {
+        None => Ok(limits.list_limit_default),
+        Some(s) => s
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=limits.list_limit_max).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    "invalid_value",
+                    format!("'limit' must be an integer from 1 to {}.", limits.list_limit_max),
+                )
+            }),
+    }
+}
+
+/// The `after` cursor of a list request.
+pub fn list_after(pairs: &[(String, String)]) -> ApiResult<Option<VideoId>> {
+    match get(pairs, "after") {
+        None | Some("") => Ok(None),
+        Some(s) => VideoId::parse(s).map(Some).ok_or_else(|| {
+            ApiError::invalid(
+                "after",
+                "invalid_value",
+                "'after' must be a video id from a previous page.",
+            )
+        }),
+    }
+}
+
+/// OpenAI's list envelope over `jobs`, fetched with `limit + 1` so that
+/// `has_more` needs no second query.
+pub fn list_page(mut jobs: Vec<Job>, limit: u32, item: impl Fn(&Job) -> serde_json::Value) -> Response {
+    let has_more = jobs.len() > limit as usize;
+    jobs.truncate(limit as usize);
+    let data: Vec<_> = jobs.iter().map(item).collect();
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "first_id": jobs.first().map(|j| j.id.as_str()),
+        "last_id": jobs.last().map(|j| j.id.as_str()),
+        "has_more": has_more,
+    }))
+    .into_response()
 }
 
 /// A `{id}` path segment. Its rejection (e.g. invalid UTF-8) is the same 404
@@ -193,20 +241,7 @@ pub async fn retrieve_video(
 
 pub async fn list_videos(State(state): State<AppState>, caller: Caller, RawQuery(q): RawQuery) -> ApiResult<Response> {
     let pairs = query_pairs(q.as_deref(), &["after", "limit", "order"])?;
-    let limit = match get(&pairs, "limit") {
-        None => state.limits.list_limit_default,
-        Some(s) => s
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=state.limits.list_limit_max).contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "limit",
-                    "invalid_value",
-                    format!("'limit' must be an integer from 1 to {}.", state.limits.list_limit_max),
-                )
-            })?,
-    };
+    let limit = list_limit(&pairs, &state.limits)?;
     let order = match get(&pairs, "order") {
         None | Some("desc") => Order::Desc,
         Some("asc") => Order::Asc,
@@ -218,17 +253,8 @@ pub async fn list_videos(State(state): State<AppState>, caller: Caller, RawQuery
             ));
         }
     };
-    let after = match get(&pairs, "after") {
-        None | Some("") => None,
-        Some(s) => Some(VideoId::parse(s).ok_or_else(|| {
-            ApiError::invalid(
-                "after",
-                "invalid_value",
-                "'after' must be a video id from a previous page.",
-            )
-        })?),
-    };
-    let mut jobs = state
+    let after = list_after(&pairs)?;
+    let jobs = state
         .store
         .list_jobs(
             &caller.tenant,
@@ -239,17 +265,7 @@ pub async fn list_videos(State(state): State<AppState>, caller: Caller, RawQuery
             },
         )
         .await?;
-    let has_more = jobs.len() > limit as usize;
-    jobs.truncate(limit as usize);
-    let data: Vec<_> = jobs.iter().map(|j| render(j, position(&state, j))).collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "first_id": jobs.first().map(|j| j.id.as_str()),
-        "last_id": jobs.last().map(|j| j.id.as_str()),
-        "has_more": has_more,
-    }))
-    .into_response())
+    Ok(list_page(jobs, limit, |j| render(j, position(&state, j))))
 }
 
 pub async fn delete_video(

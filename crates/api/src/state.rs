@@ -5,7 +5,7 @@ use videogen_core::Clock;
 use videogen_core::blob::BlobStore;
 use videogen_core::moderation::Moderator;
 use videogen_core::store::Store;
-use videogen_worker::{Dispatcher, JobBus};
+use videogen_worker::{ControlPlane, Dispatcher, JobBus};
 
 /// Bounds on every input. Names carry their unit last.
 #[derive(Debug, Clone)]
@@ -52,4 +52,6 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Poll hint for SDK pollers (`openai-poll-after-ms`).
     pub poll_after_ms: u64,
+    /// The control plane the internal worker API serves; `None` disables it.
+    pub control: Option<Arc<dyn ControlPlane>>,
 }

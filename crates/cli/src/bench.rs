@@ -5,12 +5,15 @@
 //! - [`submit`]: open-loop `POST /v1/videos` load against an in-process (or
 //!   remote) server, with latency measured from the scheduled send time.
 //! - [`model`]: reference-model generation and H.264 encoding time per size.
+//! - [`fleet`]: worker fleet latencies with real processes (pickup, graceful
+//!   and ungraceful preemption, checkpoint overhead).
 //!
 //! Every subcommand prints a human-readable report, or one JSON object on
 //! stdout with `--json` (progress goes to stderr either way). Nothing here
 //! asserts on timings.
 
 mod dispatch;
+mod fleet;
 mod model;
 mod submit;
 
@@ -26,6 +29,8 @@ pub enum BenchCommand {
     Submit(submit::SubmitArgs),
     /// Reference-model generation and encoding time per output size.
     Model(model::ModelArgs),
+    /// Worker fleet: pickup latency, graceful and ungraceful preemption, checkpoint overhead.
+    Fleet(fleet::FleetArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -33,6 +38,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Dispatch(args) => dispatch::run(args).await,
         BenchCommand::Submit(args) => submit::run(args).await,
         BenchCommand::Model(args) => model::run(args).await,
+        BenchCommand::Fleet(args) => fleet::run(args).await,
     }
 }
 

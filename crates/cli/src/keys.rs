@@ -1,4 +1,5 @@
-//! `videogen keys`: API key administration on the data directory's store.
+//! `videogen keys`: API key and worker token administration on the data
+//! directory's store.
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
@@ -8,11 +9,11 @@ use videogen_core::{Clock, SystemClock, TenantId, Tier};
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
-    /// Create a key and print its secret (shown once).
+    /// Create an API key (or with --worker a worker token) and print its secret (shown once).
     Create(CreateArgs),
-    /// List keys (never their secrets).
+    /// List API keys and worker tokens (never their secrets).
     List(DataDirArg),
-    /// Revoke a key by id (`key_…`).
+    /// Revoke an API key (`key_…`) or a worker token (`wtok_…`) by id.
     Revoke {
         id: String,
         #[command(flatten)]
@@ -29,22 +30,49 @@ pub struct DataDirArg {
 
 #[derive(Args)]
 pub struct CreateArgs {
-    #[arg(long)]
-    tenant: String,
+    #[arg(long, required_unless_present = "worker")]
+    tenant: Option<String>,
     #[arg(long, default_value = "free")]
     tier: Tier,
     /// Admin keys may use administrative endpoints.
     #[arg(long)]
     admin: bool,
+    /// Create a worker token (`vgw_…`) for `videogen worker` instead of an API key.
+    #[arg(long, conflicts_with_all = ["tenant", "tier", "admin"])]
+    worker: bool,
+    /// Label of the worker token, e.g. the worker's host [default: worker].
+    #[arg(long, conflicts_with_all = ["tenant", "tier", "admin"])]
+    name: Option<String>,
     #[command(flatten)]
     dir: DataDirArg,
 }
 
+fn status(revoked_at_ms: Option<i64>) -> &'static str {
+    if revoked_at_ms.is_some() { "revoked" } else { "active" }
+}
+
 pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
+        KeysCommand::Create(a) if a.worker => {
+            let name = a.name.as_deref().unwrap_or("worker");
+            anyhow::ensure!(
+                videogen_api::auth::valid_worker_name(name),
+                "invalid --name {name:?}: use 1-64 of [A-Za-z0-9_.-]"
+            );
+            let store = crate::serve::open_store(&a.dir.data_dir).await?;
+            let secret = videogen_api::auth::generate_worker_secret();
+            let rec = videogen_api::auth::worker_token_record(&secret, name, SystemClock.now_ms());
+            store.insert_worker_token(&rec).await?;
+            println!("{secret}");
+            eprintln!(
+                "created worker token {} ({}); the secret above is not stored and will not be shown again",
+                rec.id, rec.name
+            );
+        }
         KeysCommand::Create(a) => {
-            let tenant = TenantId::parse(&a.tenant)
-                .with_context(|| format!("invalid tenant {:?}: use 1-64 of [A-Za-z0-9_.-]", a.tenant))?;
+            let raw = a.tenant.unwrap_or_default();
+            let tenant =
+                TenantId::parse(&raw).with_context(|| format!("invalid tenant {raw:?}: use 1-64 of [A-Za-z0-9_.-]"))?;
             let store = crate::serve::open_store(&a.dir.data_dir).await?;
             let secret = videogen_api::auth::generate_secret();
             let rec = videogen_api::auth::key_record(&secret, tenant, a.tier, a.admin, SystemClock.now_ms());
@@ -58,23 +86,46 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::List(d) => {
             let store = crate::serve::open_store(&d.data_dir).await?;
             println!(
-                "{:<22} {:<10} {:<20} {:<9} {:<6} status",
-                "id", "prefix", "tenant", "tier", "admin"
+                "{:<22} {:<7} {:<10} {:<20} {:<9} {:<6} status",
+                "id", "kind", "prefix", "tenant/name", "tier", "admin"
             );
             for k in store.list_api_keys().await? {
-                let status = if k.revoked_at_ms.is_some() { "revoked" } else { "active" };
                 println!(
-                    "{:<22} {:<10} {:<20} {:<9} {:<6} {status}",
-                    k.id, k.prefix, k.tenant, k.tier, k.admin
+                    "{:<22} {:<7} {:<10} {:<20} {:<9} {:<6} {}",
+                    k.id,
+                    "api",
+                    k.prefix,
+                    k.tenant.as_str(),
+                    k.tier.as_str(),
+                    k.admin,
+                    status(k.revoked_at_ms)
+                );
+            }
+            for t in store.list_worker_tokens().await? {
+                println!(
+                    "{:<22} {:<7} {:<10} {:<20} {:<9} {:<6} {}",
+                    t.id,
+                    "worker",
+                    t.prefix,
+                    t.name,
+                    "-",
+                    "-",
+                    status(t.revoked_at_ms)
                 );
             }
         }
         KeysCommand::Revoke { id, dir } => {
             let store = crate::serve::open_store(&dir.data_dir).await?;
-            if store.revoke_api_key(&id, SystemClock.now_ms()).await? {
+            let now = SystemClock.now_ms();
+            let revoked = if id.starts_with(videogen_api::auth::WORKER_TOKEN_ID_PREFIX) {
+                store.revoke_worker_token(&id, now).await?
+            } else {
+                store.revoke_api_key(&id, now).await?
+            };
+            if revoked {
                 println!("revoked {id}");
             } else {
-                anyhow::bail!("no active key with id {id}");
+                anyhow::bail!("no active key or worker token with id {id}");
             }
         }
     }

@@ -2,14 +2,22 @@
 //!
 //! - `serve`: API, scheduler, in-process workers and housekeeping over the
 //!   embedded defaults (SQLite and local files under `--data-dir`).
-//! - `keys`: create, list and revoke API keys (directly on the data dir).
+//! - `keys`: create, list and revoke API keys and worker tokens (directly on
+//!   the data dir).
+//! - `jobs`: operator commands on a running server (dead letters, retry).
+//! - `worker`: a worker process that runs jobs for a server over HTTP.
 //! - `generate`: submit a prompt to a running server and download the MP4.
+//! - `chaos`: the fleet under SIGKILL/SIGTERM/SIGSTOP, with end-to-end checks.
 //! - `bench`: reproducible benchmarks behind docs/PERFORMANCE.md.
 
 mod bench;
+mod chaos;
 mod generate;
+mod jobs;
 mod keys;
+mod procs;
 mod serve;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -24,11 +32,18 @@ struct Cli {
 enum Command {
     /// Run the platform: HTTP API, scheduler and workers.
     Serve(serve::ServeArgs),
-    /// Manage API keys.
+    /// Manage API keys and worker tokens.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Inspect and re-run dead-lettered jobs on a running server (admin key).
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Run jobs for a server (over its internal worker API).
+    Worker(worker::WorkerArgs),
     /// Generate a video on a running server and save it.
     Generate(generate::GenerateArgs),
+    /// Kill, stop and preempt workers while jobs run; check nothing is lost or doubled.
+    Chaos(chaos::ChaosArgs),
     /// Run a benchmark.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -41,8 +56,11 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Keys(cmd) => keys::run(cmd).await,
+            Command::Jobs(cmd) => jobs::run(cmd).await,
+            Command::Worker(args) => worker::run(args).await,
             Command::Generate(args) => generate::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Chaos(args) => chaos::run(args).await,
         }
     })
 }

@@ -11,9 +11,14 @@ use tokio_util::sync::CancellationToken;
 use videogen_api::{AppState, Limits};
 use videogen_core::store::Store;
 use videogen_core::{Clock, SystemClock, TenantId, Tier, WorkerId};
-use videogen_model::{Model, REFERENCE_DEFAULT_STEPS, ReferenceConfig, ReferenceModel};
+use videogen_model::REFERENCE_DEFAULT_STEPS;
 use videogen_sched::SchedulerConfig;
-use videogen_worker::{Dispatcher, JobBus, Runtime, RuntimeConfig, Worker, housekeeping};
+use videogen_worker::fleet::FleetStats;
+use videogen_worker::{
+    ControlPlane, Dispatcher, JobBus, LocalControl, Runtime, RuntimeConfig, Worker, WorkerInfo, housekeeping,
+};
+
+use crate::worker::{EngineArgs, secs};
 
 /// Tenant of the bootstrap admin key.
 const ADMIN_TENANT: &str = "admin";
@@ -36,18 +41,6 @@ pub struct ServeArgs {
     /// Denoising steps per video.
     #[arg(long, default_value_t = REFERENCE_DEFAULT_STEPS, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub steps: u32,
-    /// Minimum wall time of one reference-model step (speed knob), in ms.
-    #[arg(long, default_value_t = 100)]
-    pub step_ms: u64,
-    /// Simulated model load time, in ms.
-    #[arg(long, default_value_t = 0)]
-    pub model_load_ms: u64,
-    /// Checkpoint every this many steps (0: only by time).
-    #[arg(long, default_value_t = 5)]
-    pub checkpoint_every_steps: u32,
-    /// ... or every this many seconds, whichever is first.
-    #[arg(long, default_value_t = 10.0)]
-    pub checkpoint_every_secs: f64,
     /// Lease time-to-live in seconds; heartbeats renew it every third of it.
     #[arg(long, default_value_t = 30.0)]
     pub lease_ttl_secs: f64,
@@ -63,16 +56,8 @@ pub struct ServeArgs {
     /// Poll interval suggested to SDK pollers (`openai-poll-after-ms`).
     #[arg(long, default_value_t = 1000)]
     pub poll_after_ms: u64,
-    /// File of 64-bit perceptual hashes (hex, one per line) that output moderation blocks.
-    #[arg(long, env = "VIDEOGEN_BLOCKED_HASHES")]
-    pub blocked_hashes: Option<PathBuf>,
-}
-
-fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| format!("--{name} must be a positive number of seconds"))
+    #[command(flatten)]
+    pub engine: EngineArgs,
 }
 
 pub async fn open_store(data_dir: &Path) -> anyhow::Result<Arc<videogen_store::SqliteStore>> {
@@ -109,6 +94,11 @@ async fn bootstrap_admin_key(store: &dyn Store) -> anyhow::Result<()> {
     if let Ok(secret) = std::env::var("VIDEOGEN_API_KEY") {
         let secret = secret.trim().to_owned();
         anyhow::ensure!(secret.len() >= 16, "VIDEOGEN_API_KEY must be at least 16 characters");
+        anyhow::ensure!(
+            !videogen_api::auth::is_worker_secret(&secret),
+            "VIDEOGEN_API_KEY is a worker token ({}…); set it as VIDEOGEN_WORKER_TOKEN",
+            videogen_api::auth::WORKER_TOKEN_PREFIX
+        );
         if store
             .api_key_by_hash(&videogen_api::auth::hash_key(&secret))
             .await?
@@ -124,7 +114,39 @@ async fn bootstrap_admin_key(store: &dyn Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+/// Installs `VIDEOGEN_WORKER_TOKEN`, if set, as a worker token, unless its
+/// hash is already stored: restarts change nothing, and a revoked bootstrap
+/// token stays revoked (rotate it by setting a new one).
+async fn bootstrap_worker_token(store: &dyn Store) -> anyhow::Result<()> {
+    /// Characters after the `vgw_` prefix, at least.
+    const SECRET_CHARS_MIN: usize = 16;
+    let Ok(secret) = std::env::var("VIDEOGEN_WORKER_TOKEN") else {
+        return Ok(());
+    };
+    let secret = secret.trim();
+    let prefix = videogen_api::auth::WORKER_TOKEN_PREFIX;
+    anyhow::ensure!(
+        videogen_api::auth::is_worker_secret(secret) && secret.len() >= prefix.len() + SECRET_CHARS_MIN,
+        "VIDEOGEN_WORKER_TOKEN must be {prefix} followed by at least {SECRET_CHARS_MIN} characters"
+    );
+    match store
+        .worker_token_by_hash(&videogen_api::auth::hash_key(secret))
+        .await?
+    {
+        None => {
+            let rec = videogen_api::auth::worker_token_record(secret, "bootstrap", SystemClock.now_ms());
+            store.insert_worker_token(&rec).await?;
+            tracing::info!(id = %rec.id, "installed the bootstrap worker token");
+        }
+        Some(t) if t.revoked_at_ms.is_some() => {
+            tracing::warn!(id = %t.id, "VIDEOGEN_WORKER_TOKEN was revoked; workers using it are refused");
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let seconds = [
         0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     ];
@@ -139,32 +161,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let checkpoint_every = secs("checkpoint-every-secs", args.checkpoint_every_secs)?;
     let lease_ttl = secs("lease-ttl-secs", args.lease_ttl_secs)?;
     let housekeeping_interval = secs("housekeeping-secs", args.housekeeping_secs)?;
     let retention = args.retention_secs.map(|s| secs("retention-secs", s)).transpose()?;
+    let engine = args.engine.engine()?;
+    let worker_config = args.engine.worker_config()?;
 
     let metrics = install_metrics()?;
     let store = open_store(&args.data_dir).await?;
     let blob = Arc::new(videogen_blob::LocalBlobStore::new(&args.data_dir.join("blobs"))?);
-    let moderator = match &args.blocked_hashes {
-        Some(p) => videogen_safety::DenylistModerator::from_hash_file(p)
-            .with_context(|| format!("reading --blocked-hashes {}", p.display()))?,
-        None => videogen_safety::DenylistModerator::new(),
-    };
     bootstrap_admin_key(store.as_ref()).await?;
+    bootstrap_worker_token(store.as_ref()).await?;
     let node = node_id(&args.data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let model = Arc::new(ReferenceModel::new(ReferenceConfig {
-        step_time: Duration::from_millis(args.step_ms),
-        load_time: Duration::from_millis(args.model_load_ms),
-    }));
 
     let mut config = RuntimeConfig {
         lease_ttl,
         max_attempts: args.max_attempts,
-        checkpoint_every_steps: args.checkpoint_every_steps,
-        checkpoint_every,
         housekeeping_interval,
         ..RuntimeConfig::default()
     };
@@ -178,13 +191,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let rt = Arc::new(Runtime {
         store: store.clone(),
         blob: blob.clone(),
-        model: model.clone(),
-        moderator: Arc::new(moderator),
         dispatcher: dispatcher.clone(),
         bus: bus.clone(),
         clock: clock.clone(),
         config,
+        fleet: Arc::new(FleetStats::default()),
     });
+    let control: Arc<dyn ControlPlane> = Arc::new(LocalControl::new(rt.clone()));
 
     // Recovery: this node's previous workers are gone; their jobs resume from
     // their last checkpoint. Then load everything runnable.
@@ -198,7 +211,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.workers {
-        let w = Worker::new(rt.clone(), WorkerId::new(&node, &format!("w{i}")));
+        let info = WorkerInfo {
+            id: WorkerId::new(&node, &format!("w{i}")),
+            loaded_models: Vec::new(),
+            spot: false,
+            memory_class: None,
+        };
+        let w = Worker::new(control.clone(), engine.clone(), info, worker_config.clone());
         tasks.spawn(w.run(shutdown.clone()));
     }
     tasks.spawn(housekeeping::run(rt.clone(), shutdown.clone()));
@@ -206,15 +225,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState {
         store: store.clone(),
         blob,
-        moderator: rt.moderator.clone(),
+        moderator: engine.moderator.clone(),
         dispatcher,
         bus,
         clock,
         limits: Limits::default(),
-        models: vec![model.id().to_owned()],
+        models: vec![engine.model.id().to_owned()],
         default_steps: args.steps,
         metrics: Some(metrics),
         poll_after_ms: args.poll_after_ms,
+        control: Some(control),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -253,7 +273,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

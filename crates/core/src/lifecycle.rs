@@ -5,9 +5,10 @@
 //!  Queued ─────────▶ Running ──────────────▶ Completed ──expire──▶ Expired
 //!    ▲  │              │  │
 //!    │  │   requeue    │  │ fail (fatal, or attempts exhausted = dead letter)
-//!    │  │◀─────────────┘  └──────────────▶ Failed
-//!    │  │ cancel             cancel
-//!    │  └──────────▶ Cancelled ◀──────── Running
+//!    │  │◀─────────────┘  └──────────────▶ Failed ──┐
+//!    │  │ cancel             cancel                 │ redrive (an operator
+//!    │  └──────────▶ Cancelled ◀──────── Running    │ re-runs a dead letter)
+//!    └──────────────────────────────────────────────┘
 //! ```
 //!
 //! Stores persist a transition with a compare-and-set on the state it was
@@ -39,6 +40,8 @@ pub enum RequeueReason {
     Released,
     /// The node that ran the job restarted and reclaimed its own leases.
     NodeRestarted,
+    /// The attempt hit an error that may not recur; attempts remain.
+    Error,
 }
 
 impl RequeueReason {
@@ -47,6 +50,7 @@ impl RequeueReason {
             RequeueReason::LeaseExpired => "lease_expired",
             RequeueReason::Released => "released",
             RequeueReason::NodeRestarted => "node_restarted",
+            RequeueReason::Error => "error",
         }
     }
 }
@@ -60,6 +64,8 @@ pub enum Transition {
     Fail,
     Cancel,
     Expire,
+    /// An operator re-runs a dead-lettered job with a fresh attempt budget.
+    Redrive,
 }
 
 impl Transition {
@@ -71,6 +77,7 @@ impl Transition {
             Transition::Fail => "fail",
             Transition::Cancel => "cancel",
             Transition::Expire => "expire",
+            Transition::Redrive => "redrive",
         }
     }
 }
@@ -104,12 +111,17 @@ impl JobState {
             (Queued | Running, Transition::Fail) => Failed,
             (Queued | Running, Transition::Cancel) => Cancelled,
             (Completed, Transition::Expire) => Expired,
+            // Only an operator's action; the store also requires the failure
+            // to be a dead letter (attempts exhausted), not a fatal error.
+            (Failed, Transition::Redrive) => Queued,
             (from, transition) => return Err(IllegalTransition { from, transition }),
         };
         Ok(next)
     }
 
-    /// No transition leaves a terminal state except `Completed → Expired`.
+    /// Nothing happens to a job in a terminal state by itself. The only ways
+    /// out are `Completed → Expired` (retention) and `Failed → Queued` (an
+    /// operator's re-drive of a dead letter).
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -155,15 +167,17 @@ mod tests {
     use super::*;
     use JobState::*;
 
-    const ALL_TRANSITIONS: [Transition; 8] = [
+    const ALL_TRANSITIONS: [Transition; 10] = [
         Transition::Lease,
         Transition::Requeue(RequeueReason::LeaseExpired),
         Transition::Requeue(RequeueReason::Released),
         Transition::Requeue(RequeueReason::NodeRestarted),
+        Transition::Requeue(RequeueReason::Error),
         Transition::Complete,
         Transition::Fail,
         Transition::Cancel,
         Transition::Expire,
+        Transition::Redrive,
     ];
 
     /// The full table: every (state, transition) pair, legal or not.
@@ -181,21 +195,25 @@ mod tests {
             (Running, "requeue", Queued),
             (Running, "requeue", Queued),
             (Running, "requeue", Queued),
+            (Running, "requeue", Queued),
             (Running, "complete", Completed),
             (Running, "fail", Failed),
             (Running, "cancel", Cancelled),
             (Completed, "expire", Expired),
+            (Failed, "redrive", Queued),
         ];
         assert_eq!(legal, expected);
     }
 
     #[test]
-    fn terminal_states_only_allow_expiring_a_completed_job() {
+    fn terminal_states_only_allow_expiry_and_redrive() {
         for s in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
             for t in ALL_TRANSITIONS {
                 let r = s.apply(t);
                 if (s, t) == (Completed, Transition::Expire) {
                     assert_eq!(r, Ok(Expired));
+                } else if (s, t) == (Failed, Transition::Redrive) {
+                    assert_eq!(r, Ok(Queued));
                 } else {
                     assert_eq!(r, Err(IllegalTransition { from: s, transition: t }));
                 }
@@ -215,5 +233,25 @@ mod tests {
     fn illegal_transition_explains_itself() {
         let e = Completed.apply(Transition::Cancel).unwrap_err();
         assert_eq!(e.to_string(), "cannot cancel a job that is completed");
+        let e = Cancelled.apply(Transition::Redrive).unwrap_err();
+        assert_eq!(e.to_string(), "cannot redrive a job that is cancelled");
+    }
+
+    #[test]
+    fn only_a_failed_job_can_be_redriven() {
+        for s in JobState::ALL {
+            let r = s.apply(Transition::Redrive);
+            if s == Failed {
+                assert_eq!(r, Ok(Queued));
+            } else {
+                assert_eq!(
+                    r,
+                    Err(IllegalTransition {
+                        from: s,
+                        transition: Transition::Redrive
+                    })
+                );
+            }
+        }
     }
 }

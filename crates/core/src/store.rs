@@ -1,5 +1,5 @@
 //! The store seam: the durable source of truth for jobs, their event logs,
-//! API keys and idempotency records.
+//! API keys, worker tokens and idempotency records.
 //!
 //! Every method is one transaction. Worker writes take the [`Lease`] and are
 //! fenced on `(job id, attempt, state = running)`: if another attempt owns the
@@ -43,6 +43,22 @@ pub struct ApiKey {
     pub tenant: TenantId,
     pub tier: Tier,
     pub admin: bool,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// A worker token as stored: credentials of a worker process, separate from
+/// tenant API keys so a worker can never act as a tenant (and the reverse).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerToken {
+    /// Public identifier, e.g. `wtok_…`; shown in listings and used to revoke.
+    pub id: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub hash: String,
+    /// First characters of the secret (`vgw_…`), to recognise it in listings.
+    pub prefix: String,
+    /// Operator's label, e.g. the host the worker runs on.
+    pub name: String,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
 }
@@ -163,6 +179,34 @@ pub trait Store: Send + Sync + 'static {
         data: serde_json::Value,
         now_ms: i64,
     ) -> Result<i64, StoreError>;
+
+    // ---- worker tokens
+    async fn insert_worker_token(&self, token: &WorkerToken) -> Result<(), StoreError>;
+    async fn worker_token_by_hash(&self, hash: &str) -> Result<Option<WorkerToken>, StoreError>;
+    async fn list_worker_tokens(&self) -> Result<Vec<WorkerToken>, StoreError>;
+    /// `false` if no such token or already revoked.
+    async fn revoke_worker_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    // ---- dead letters
+    /// Dead-lettered jobs (`failed` with `max_attempts_exceeded`), oldest
+    /// first by id, starting after `after`.
+    async fn dead_letters(&self, limit: u32, after: Option<VideoId>) -> Result<Vec<Job>, StoreError>;
+    /// Dead letter → queued with a fresh budget of attempts, its error cleared
+    /// and a `redriven` event. `attempt` keeps growing (it is the fencing
+    /// token), so a lease from before the re-drive stays stale. `NotFound` for
+    /// an unknown id; `IllegalTransition` for a job that is not a dead letter.
+    async fn redrive(&self, id: &VideoId, now_ms: i64) -> Result<QueuedJob, StoreError>;
+    /// After an attempt's retryable error: running → queued (reason `error`)
+    /// while the job's budget of `max_attempts` since its last re-drive
+    /// lasts, else dead-lettered with `max_attempts_exceeded` and the error in
+    /// the message. Fenced like [`Store::release`]; atomic.
+    async fn requeue_or_dead_letter(
+        &self,
+        lease: &Lease,
+        reason_message: &str,
+        now_ms: i64,
+        max_attempts: u32,
+    ) -> Result<Reclaimed, StoreError>;
 }
 
 /// Why [`Reclaimed::Requeued`] happened, for the event log.

@@ -42,10 +42,11 @@
 //! # Layout
 //!
 //! - `migrations/sqlite/`: the schema, embedded and applied on open (`migrate`).
-//!   Tables `jobs` (with partial indexes for runnable jobs, live leases and
-//!   due expiries), `job_events` (filled by triggers from the job's event
-//!   outbox), `api_keys`; ids are TEXT and times INTEGER Unix milliseconds so
-//!   a PostgreSQL implementation can share the semantics.
+//!   Tables `jobs` (with partial indexes for runnable jobs, live leases, due
+//!   expiries and dead letters), `job_events` (filled by triggers from the
+//!   job's event outbox), `api_keys`, `worker_tokens`; ids are TEXT and times
+//!   INTEGER Unix milliseconds so a PostgreSQL implementation can share the
+//!   semantics.
 //! - [`sqlite`]: [`SqliteStore`], its constructors and the trait implementation.
 //! - `writer`, `readers`, `wal` (private): the writer thread with group
 //!   commit, the reader pool, the WAL checkpointer.

@@ -12,7 +12,14 @@ use sha2::{Digest, Sha256};
 use videogen_core::store::StoreError;
 
 /// `(version, name, sql)`, in order. Versions are never reused or edited.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+    (
+        2,
+        "worker_tokens_dead_letter",
+        include_str!("../migrations/sqlite/0002_worker_tokens_dead_letter.sql"),
+    ),
+];
 
 /// Applies the missing migrations, each in its own transaction.
 pub(crate) fn migrate(conn: &mut Connection, now_ms: i64) -> Result<(), StoreError> {
@@ -95,5 +102,43 @@ mod tests {
             .unwrap();
         let e = migrate(&mut conn, 4).unwrap_err().to_string();
         assert!(e.contains("newer than this videogen"), "{e}");
+    }
+
+    /// A database written by the first release upgrades in place: its jobs
+    /// get a zero `attempt_floor` (the budget they always had).
+    #[test]
+    fn upgrades_a_version_1_database_keeping_its_jobs() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let (version, name, sql) = MIGRATIONS[0];
+        conn.execute_batch(sql).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_migrations (version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL, \
+             sha256 TEXT NOT NULL, applied_at_ms INTEGER NOT NULL)",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO schema_migrations VALUES (?1, ?2, ?3, 0)",
+            params![version, name, hex::encode(Sha256::digest(sql.as_bytes()))],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO jobs (id, tenant, tier, model, spec_json, state, phase, attempt, created_at_ms, \
+             enqueued_at_ms) VALUES ('video_1', 't', 'free', 'm', '{}', 'failed', 'failed', 3, 0, 0)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn, 1).unwrap();
+        let (attempt, floor): (i64, i64) = conn
+            .query_row(
+                "SELECT attempt, attempt_floor FROM jobs WHERE id = 'video_1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((attempt, floor), (3, 0));
+        let tokens: i64 = conn
+            .query_row("SELECT COUNT(*) FROM worker_tokens", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tokens, 0);
     }
 }

@@ -5,7 +5,7 @@ use rusqlite::types::FromSql;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use videogen_core::store::{ApiKey, StoreError};
+use videogen_core::store::{ApiKey, StoreError, WorkerToken};
 use videogen_core::{Job, JobError, JobState, Lease, Phase, QueuedJob, TenantId, Tier, VideoId, WorkerId};
 
 /// The columns [`job`] decodes, in `SELECT` / `RETURNING` lists.
@@ -33,6 +33,14 @@ macro_rules! api_key_columns {
     };
 }
 pub(crate) use api_key_columns;
+
+/// The columns [`worker_token`] decodes.
+macro_rules! worker_token_columns {
+    () => {
+        "id, hash, prefix, name, created_at_ms, revoked_at_ms"
+    };
+}
+pub(crate) use worker_token_columns;
 
 pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -154,6 +162,18 @@ pub(crate) fn api_key(row: &Row<'_>) -> Result<ApiKey, StoreError> {
         tenant: get_tenant(row, "tenant")?,
         tier: get_tier(row, "tier")?,
         admin: admin != 0,
+        created_at_ms: get(row, "created_at_ms")?,
+        revoked_at_ms: get(row, "revoked_at_ms")?,
+    })
+}
+
+/// Decodes a row selected with [`worker_token_columns!`].
+pub(crate) fn worker_token(row: &Row<'_>) -> Result<WorkerToken, StoreError> {
+    Ok(WorkerToken {
+        id: get(row, "id")?,
+        hash: get(row, "hash")?,
+        prefix: get(row, "prefix")?,
+        name: get(row, "name")?,
         created_at_ms: get(row, "created_at_ms")?,
         revoked_at_ms: get(row, "revoked_at_ms")?,
     })

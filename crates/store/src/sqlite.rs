@@ -18,7 +18,9 @@
 //! before they decide (cancel, reclaim, delete, keyed submit) are atomic too.
 
 use crate::readers::Readers;
-use crate::rows::{self, api_key_columns, db, event_data, get, job_columns, queued_columns, to_json};
+use crate::rows::{
+    self, api_key_columns, db, event_data, get, job_columns, queued_columns, to_json, worker_token_columns,
+};
 use crate::wal::Checkpointer;
 use crate::writer::Writer;
 use async_trait::async_trait;
@@ -27,10 +29,12 @@ use serde_json::{Value, json};
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use videogen_core::store::{ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted};
+use videogen_core::store::{
+    ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted, WorkerToken,
+};
 use videogen_core::{
-    CheckpointRef, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, QueuedJob, RequeueReason,
-    TenantId, Transition, VideoId, WorkerId,
+    CheckpointRef, IllegalTransition, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, QueuedJob,
+    RequeueReason, TenantId, Transition, VideoId, WorkerId,
 };
 
 /// How long a connection waits for a lock held by *another process* (e.g. an
@@ -53,6 +57,10 @@ const STATEMENT_CACHE: usize = 64;
 pub const MAX_ATTEMPTS_EXCEEDED: &str = "max_attempts_exceeded";
 /// Error code of cancelled jobs.
 pub const CANCELLED: &str = "cancelled";
+
+/// Longest last-error text kept in a dead letter's message and events: it may
+/// come from a remote worker, and it is stored in every event that cites it.
+const ERROR_MESSAGE_CHARS_MAX: usize = 1000;
 
 /// The SQLite job store.
 ///
@@ -183,9 +191,11 @@ fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
 
 /// Running → queued: the shared SET list of release and reclaim.
 /// ?1 to-state, ?2 phase, ?3 now, ?4 event data without progress/attempt/resume_step.
+/// `enqueued_at_ms` stays: an interrupted job keeps its place in line (and its
+/// age for the scheduler's wait bound) instead of queueing again at the back.
 macro_rules! requeue_set {
     () => {
-        "UPDATE jobs SET state = ?1, phase = ?2, enqueued_at_ms = ?3, lease_worker = NULL, \
+        "UPDATE jobs SET state = ?1, phase = ?2, lease_worker = NULL, \
          lease_expires_at_ms = NULL, last_event_seq = last_event_seq + 1, \
          event_kind = 'requeued', event_at_ms = ?3, event_data_json = json_set(?4, \
          '$.progress', progress, '$.attempt', attempt, \
@@ -216,27 +226,68 @@ const RELEASE: &str = concat!(
 /// ?5 now, ?6 max attempts.
 const REQUEUE_EXPIRED: &str = concat!(
     requeue_set!(),
-    "WHERE state = 'running' AND lease_expires_at_ms < ?5 AND attempt < ?6 RETURNING ",
+    "WHERE state = 'running' AND lease_expires_at_ms < ?5 AND attempt - attempt_floor < ?6 RETURNING ",
     queued_columns!()
 );
 /// ?5 worker prefix `{node}/`, ?6 max attempts. `substr`/`length` count
 /// characters on both sides; no LIKE, so no escaping of `%` and `_`.
 const REQUEUE_NODE: &str = concat!(
     requeue_set!(),
-    "WHERE state = 'running' AND substr(lease_worker, 1, length(?5)) = ?5 AND attempt < ?6 \
-     RETURNING ",
+    "WHERE state = 'running' AND substr(lease_worker, 1, length(?5)) = ?5 \
+     AND attempt - attempt_floor < ?6 RETURNING ",
     queued_columns!()
 );
 /// ?7 now, ?8 max attempts.
 const DEAD_LETTER_EXPIRED: &str = concat!(
     dead_letter_set!(),
-    "WHERE state = 'running' AND lease_expires_at_ms < ?7 AND attempt >= ?8 RETURNING id"
+    "WHERE state = 'running' AND lease_expires_at_ms < ?7 AND attempt - attempt_floor >= ?8 RETURNING id"
 );
 /// ?7 worker prefix, ?8 max attempts.
 const DEAD_LETTER_NODE: &str = concat!(
     dead_letter_set!(),
-    "WHERE state = 'running' AND substr(lease_worker, 1, length(?7)) = ?7 AND attempt >= ?8 \
-     RETURNING id"
+    "WHERE state = 'running' AND substr(lease_worker, 1, length(?7)) = ?7 \
+     AND attempt - attempt_floor >= ?8 RETURNING id"
+);
+/// An attempt's error, budget left. ?5 id, ?6 from-state, ?7 attempt, ?8 max attempts.
+const REQUEUE_ON_ERROR: &str = concat!(
+    requeue_set!(),
+    "WHERE id = ?5 AND state = ?6 AND attempt = ?7 AND attempt - attempt_floor < ?8 RETURNING ",
+    queued_columns!()
+);
+/// An attempt's error, budget spent. ?7 id, ?8 from-state, ?9 attempt, ?10 max attempts.
+const DEAD_LETTER_ON_ERROR: &str = concat!(
+    dead_letter_set!(),
+    "WHERE id = ?7 AND state = ?8 AND attempt = ?9 AND attempt - attempt_floor >= ?10 RETURNING id"
+);
+
+/// The predicate of the `jobs_dead_letter` partial index, verbatim: SQLite
+/// uses the index only for queries that contain it literally.
+macro_rules! dead_letter_where {
+    () => {
+        "state = 'failed' AND json_extract(error_json, '$.code') = 'max_attempts_exceeded'"
+    };
+}
+
+/// ?1 after id (`''` for the start), ?2 limit.
+const DEAD_LETTERS: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE ",
+    dead_letter_where!(),
+    " AND id > ?1 ORDER BY id LIMIT ?2"
+);
+
+/// Dead letter → queued: the error goes (into the event, for the record), the
+/// budget restarts at the current attempt, and `attempt` itself stays.
+/// ?1 to-state, ?2 phase, ?3 now, ?4 event data without progress/attempt/previous_error, ?5 id.
+const REDRIVE: &str = concat!(
+    "UPDATE jobs SET state = ?1, phase = ?2, enqueued_at_ms = ?3, error_json = NULL, ",
+    "attempt_floor = attempt, last_event_seq = last_event_seq + 1, event_kind = 'redriven', ",
+    "event_at_ms = ?3, event_data_json = json_set(?4, '$.progress', progress, '$.attempt', attempt, ",
+    "'$.previous_error', json(error_json)) WHERE id = ?5 AND ",
+    dead_letter_where!(),
+    " RETURNING ",
+    queued_columns!()
 );
 
 impl SqliteStore {
@@ -1044,6 +1095,200 @@ impl Store for SqliteStore {
             })
             .await
     }
+
+    // ---- worker tokens
+
+    async fn insert_worker_token(&self, token: &WorkerToken) -> Result<(), StoreError> {
+        let token = token.clone();
+        self.writer
+            .call(move |c| {
+                exec(
+                    c,
+                    concat!(
+                        "INSERT INTO worker_tokens (",
+                        worker_token_columns!(),
+                        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                    ),
+                    params![
+                        token.id,
+                        token.hash,
+                        token.prefix,
+                        token.name,
+                        token.created_at_ms,
+                        token.revoked_at_ms
+                    ],
+                )
+                .map(drop)
+            })
+            .await
+    }
+
+    async fn worker_token_by_hash(&self, hash: &str) -> Result<Option<WorkerToken>, StoreError> {
+        let hash = hash.to_owned();
+        self.read(move |c| {
+            one(
+                c,
+                concat!(
+                    "SELECT ",
+                    worker_token_columns!(),
+                    " FROM worker_tokens WHERE hash = ?1"
+                ),
+                [hash],
+                rows::worker_token,
+            )
+        })
+        .await
+    }
+
+    async fn list_worker_tokens(&self) -> Result<Vec<WorkerToken>, StoreError> {
+        self.read(|c| {
+            all(
+                c,
+                concat!(
+                    "SELECT ",
+                    worker_token_columns!(),
+                    " FROM worker_tokens ORDER BY created_at_ms, id"
+                ),
+                [],
+                rows::worker_token,
+            )
+        })
+        .await
+    }
+
+    async fn revoke_worker_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .call(move |c| {
+                exec(
+                    c,
+                    "UPDATE worker_tokens SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms IS NULL",
+                    params![now_ms, id],
+                )
+                .map(|n| n > 0)
+            })
+            .await
+    }
+
+    // ---- dead letters
+
+    async fn dead_letters(&self, limit: u32, after: Option<VideoId>) -> Result<Vec<Job>, StoreError> {
+        // Every id sorts after '' (see list_jobs).
+        let after = after.map(|a| a.as_str().to_owned()).unwrap_or_default();
+        let limit = i64::from(limit);
+        self.read(move |c| all(c, DEAD_LETTERS, params![after, limit], rows::job))
+            .await
+    }
+
+    async fn redrive(&self, id: &VideoId, now_ms: i64) -> Result<QueuedJob, StoreError> {
+        let to = next(JobState::Failed, Transition::Redrive)?;
+        let data = event_data(to, Some(Phase::Queued), None, None, json!({}))?;
+        let id = id.clone();
+        self.writer
+            .call(move |c| {
+                let queued = one(
+                    c,
+                    REDRIVE,
+                    params![to.as_str(), Phase::Queued.as_str(), now_ms, data, id.as_str()],
+                    rows::queued_job,
+                )?;
+                if let Some(q) = queued {
+                    return Ok(q);
+                }
+                // Not a dead letter: say why, from the state it is in.
+                let from: Option<String> = one(c, "SELECT state FROM jobs WHERE id = ?1", [id.as_str()], |r| {
+                    get(r, "state")
+                })?;
+                let Some(from) = from else {
+                    return Err(StoreError::NotFound(id));
+                };
+                let from = JobState::parse(&from)
+                    .ok_or_else(|| StoreError::Backend(format!("corrupt state {from:?} of job {id}")))?;
+                // A failed job that is not a dead letter (a fatal error, e.g.
+                // moderation) would fail the same way again.
+                Err(IllegalTransition {
+                    from,
+                    transition: Transition::Redrive,
+                }
+                .into())
+            })
+            .await
+    }
+
+    async fn requeue_or_dead_letter(
+        &self,
+        lease: &Lease,
+        reason_message: &str,
+        now_ms: i64,
+        max_attempts: u32,
+    ) -> Result<Reclaimed, StoreError> {
+        let from = JobState::Running;
+        let reason = RequeueReason::Error;
+        let queued = next(from, Transition::Requeue(reason))?;
+        let failed = next(from, Transition::Fail)?;
+        let message: String = reason_message.chars().take(ERROR_MESSAGE_CHARS_MAX).collect();
+        let queued_data = event_data(
+            queued,
+            Some(Phase::Queued),
+            None,
+            None,
+            json!({ "reason": reason.as_str(), "error": message }),
+        )?;
+        let failed_data = event_data(failed, Some(Phase::Failed), None, None, json!({}))?;
+        let ended = format!("{}: {message}", reason.as_str());
+        let (job_id, attempt, max) = (lease.job_id.clone(), i64::from(lease.attempt), i64::from(max_attempts));
+        // Both statements are fenced on (id, state, attempt), so at most one
+        // matches; the closure is one savepoint, so the decision is atomic.
+        let outcome = self
+            .writer
+            .call(move |c| {
+                let requeued = one(
+                    c,
+                    REQUEUE_ON_ERROR,
+                    params![
+                        queued.as_str(),
+                        Phase::Queued.as_str(),
+                        now_ms,
+                        queued_data,
+                        job_id.as_str(),
+                        from.as_str(),
+                        attempt,
+                        max
+                    ],
+                    rows::queued_job,
+                )?;
+                if let Some(q) = requeued {
+                    return Ok(Some(Reclaimed::Requeued(q)));
+                }
+                let dead = one(
+                    c,
+                    DEAD_LETTER_ON_ERROR,
+                    params![
+                        failed.as_str(),
+                        Phase::Failed.as_str(),
+                        MAX_ATTEMPTS_EXCEEDED,
+                        ended,
+                        now_ms,
+                        failed_data,
+                        job_id.as_str(),
+                        from.as_str(),
+                        attempt,
+                        max
+                    ],
+                    |r| parse_id(&get::<String>(r, "id")?),
+                )?;
+                Ok(dead.map(Reclaimed::DeadLettered))
+            })
+            .await?;
+        match &outcome {
+            Some(Reclaimed::Requeued(q)) => tracing::info!(job = %q.id, reason = reason.as_str(), "job requeued"),
+            Some(Reclaimed::DeadLettered(id)) => {
+                tracing::warn!(job = %id, "job dead-lettered: attempts exhausted");
+            }
+            None => {}
+        }
+        outcome.ok_or_else(|| stale(lease))
+    }
 }
 
 #[cfg(test)]
@@ -1056,5 +1301,28 @@ mod tests {
         assert_eq!(JobState::Queued.as_str(), "queued");
         assert_eq!(JobState::Running.as_str(), "running");
         assert_eq!(JobState::Completed.as_str(), "completed");
+        assert_eq!(JobState::Failed.as_str(), "failed");
+        assert!(dead_letter_where!().ends_with(&format!("'{MAX_ATTEMPTS_EXCEEDED}'")));
+    }
+
+    /// The dead-letter listing reads the partial index, not every job.
+    #[test]
+    fn dead_letters_use_their_partial_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::migrate::migrate(&mut conn, 0).unwrap();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {DEAD_LETTERS}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(params!["", 10], |r| r.get::<_, String>("detail"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|d| d.contains("jobs_dead_letter")),
+            "plan does not use the index: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|d| d.starts_with("SCAN jobs ") || d == "SCAN jobs"),
+            "{plan:?}"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Runtime knobs. Names carry their unit last.
+//! Server-side runtime knobs (leases, retries, housekeeping, retention).
+//! Worker knobs are `runner::WorkerConfig`. Names carry their unit last.
 
 use std::time::Duration;
 use videogen_core::Tier;
@@ -9,18 +10,12 @@ pub struct RuntimeConfig {
     pub lease_ttl: Duration,
     /// Attempts before a job is dead-lettered (`failed`, `max_attempts_exceeded`).
     pub max_attempts: u32,
-    /// Checkpoint after this many steps since the last checkpoint (0 = never by steps).
-    pub checkpoint_every_steps: u32,
-    /// ... or after this much time since the last checkpoint, whichever comes first.
-    pub checkpoint_every: Duration,
     /// How often the reaper and the retention sweeper run.
     pub housekeeping_interval: Duration,
     /// Retention of completed videos per tier.
     pub retention_free: Duration,
     pub retention_paid: Duration,
     pub retention_internal: Duration,
-    /// Frames sampled from an output for moderation.
-    pub moderation_samples: u32,
 }
 
 impl Default for RuntimeConfig {
@@ -28,13 +23,10 @@ impl Default for RuntimeConfig {
         Self {
             lease_ttl: Duration::from_secs(30),
             max_attempts: 3,
-            checkpoint_every_steps: 5,
-            checkpoint_every: Duration::from_secs(10),
             housekeeping_interval: Duration::from_secs(1),
             retention_free: ms(Tier::Free.default_retention_ms()),
             retention_paid: ms(Tier::Paid.default_retention_ms()),
             retention_internal: ms(Tier::Internal.default_retention_ms()),
-            moderation_samples: 4,
         }
     }
 }

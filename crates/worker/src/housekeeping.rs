@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use videogen_core::blob::keys;
 use videogen_core::store::Reclaimed;
 
-use crate::runner::Runtime;
+use crate::control::Runtime;
+use crate::fleet::Loss;
 
 /// Expired jobs handled per sweep, so one sweep stays short.
 const SWEEP_BATCH: u32 = 256;
@@ -38,6 +39,13 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
 pub async fn reap(rt: &Runtime) -> Result<usize, videogen_core::store::StoreError> {
     let now = rt.clock.now_ms();
     let reclaimed = rt.store.reclaim_expired(now, rt.config.max_attempts).await?;
+    for r in &reclaimed {
+        let id = match r {
+            Reclaimed::Requeued(q) => &q.id,
+            Reclaimed::DeadLettered(id) => id,
+        };
+        rt.fleet.lost(id, Loss::LeaseExpired, now);
+    }
     Ok(apply_reclaimed(rt, reclaimed, "lease_expired"))
 }
 
@@ -48,7 +56,7 @@ pub fn apply_reclaimed(rt: &Runtime, reclaimed: Vec<Reclaimed>, reason: &'static
         match r {
             Reclaimed::Requeued(q) => {
                 tracing::info!(job = %q.id, reason, "job re-queued");
-                metrics::counter!("videogen_lease_expirations_total", "reason" => reason).increment(1);
+                metrics::counter!("videogen_requeued_total", "reason" => reason).increment(1);
                 rt.bus.notify(&q.id);
                 rt.dispatcher.enqueue(q);
             }

@@ -1,21 +1,21 @@
 //! Keeps one lease alive while its job runs.
 //!
 //! The runner publishes progress into a `watch` channel and never blocks on
-//! the store for it; this task writes it as heartbeats (at most every
+//! the control plane for it; this task writes it as heartbeats (at most every
 //! [`PROGRESS_MIN_INTERVAL`], and at least every TTL/3 so the lease never
-//! lapses while the job is healthy). When the store says the lease is stale
-//! (cancelled, or reclaimed by another attempt) it fires `lost`, which the
-//! runner checks at every step boundary.
+//! lapses while the job is healthy). When the control plane says the lease
+//! is stale (cancelled, or reclaimed by another attempt) it fires `lost`, and
+//! when it asks for the job back it fires `release`; the runner checks both at
+//! every step boundary.
 
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use videogen_core::store::{Store, StoreError};
-use videogen_core::{Clock, Lease, Progress};
+use videogen_core::{Lease, Progress};
 
-use crate::bus::JobBus;
+use crate::control::{ControlError, ControlPlane, Directive};
 
 /// Progress writes are coalesced to at most one per this interval.
 pub const PROGRESS_MIN_INTERVAL: Duration = Duration::from_millis(200);
@@ -26,24 +26,29 @@ pub struct LeaseKeeper {
     task: JoinHandle<()>,
 }
 
+/// What the keeper signals to the attempt.
+#[derive(Clone, Default)]
+pub struct Signals {
+    /// The lease is gone (cancelled, or another attempt owns the job): stop.
+    pub lost: CancellationToken,
+    /// The control plane asks for a checkpoint and the job back.
+    pub release: CancellationToken,
+}
+
 impl LeaseKeeper {
-    /// Starts heart-beating `lease`. `lost` fires if the lease is lost.
+    /// Starts heart-beating `lease` every `ttl / 3` (and on progress).
     pub fn spawn(
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-        bus: JobBus,
+        control: Arc<dyn ControlPlane>,
         lease: Lease,
         ttl: Duration,
         initial: Progress,
-        lost: CancellationToken,
+        signals: Signals,
     ) -> Self {
         let (tx, mut rx) = watch::channel(initial);
         let stop = CancellationToken::new();
         let stop2 = stop.clone();
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let renew_every = (ttl / 3).max(Duration::from_millis(50));
         let task = tokio::spawn(async move {
-            let mut last_written: Option<Progress> = None;
             loop {
                 tokio::select! {
                     _ = stop2.cancelled() => break,
@@ -51,15 +56,17 @@ impl LeaseKeeper {
                     _ = tokio::time::sleep(renew_every) => {}
                 }
                 let p = *rx.borrow_and_update();
-                match store.heartbeat(&lease, &p, clock.now_ms(), ttl_ms).await {
-                    Ok(_) => {
-                        if last_written.map(|l| (l.phase, l.percent)) != Some((p.phase, p.percent)) {
-                            bus.notify(&lease.job_id);
+                match control.heartbeat(&lease, &p).await {
+                    Ok(reply) => match reply.directive {
+                        Directive::Continue => {}
+                        Directive::Release => signals.release.cancel(),
+                        Directive::Cancel => {
+                            signals.lost.cancel();
+                            break;
                         }
-                        last_written = Some(p);
-                    }
-                    Err(StoreError::StaleLease { .. } | StoreError::NotFound(_)) => {
-                        lost.cancel();
+                    },
+                    Err(ControlError::Stale { .. }) => {
+                        signals.lost.cancel();
                         break;
                     }
                     Err(e) => tracing::warn!(job = %lease.job_id, error = %e, "heartbeat failed; will retry"),

@@ -1,26 +1,29 @@
 //! Runs leased jobs: one [`Worker`] loop per slot, one attempt at a time.
 //!
-//! An attempt: lease → (resume from the newest good checkpoint | start) →
-//! steps with periodic checkpoints → moderation of sampled frames → H.264
-//! encode, thumbnail, spritesheet → blobs under attempt-scoped keys → fenced
-//! completion. Every store write carries the lease; losing it (cancel, or the
-//! reaper gave the job to another attempt) stops the attempt at the next step
-//! boundary and leaves the job to its new owner.
+//! An attempt: acquire (lease) → (resume from the newest good checkpoint |
+//! start) → steps, checkpointing on the [`CheckpointPolicy`] with each upload
+//! overlapping the next steps → moderation of sampled frames → H.264 encode,
+//! thumbnail, spritesheet → assets under attempt-scoped keys → fenced
+//! completion. The worker reaches the platform only through a
+//! [`ControlPlane`], the same code in-process and in `videogen worker`.
+//! Losing the lease (cancel, or the reaper gave the job to another attempt)
+//! stops the attempt at the next step boundary and leaves the job to its new
+//! owner. A stop request (SIGTERM, spot notice, or the control plane asking)
+//! finishes the current step, checkpoints within the preemption deadline and
+//! releases the job so it is re-queued at once.
 
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use videogen_core::blob::{BlobError, BlobStore, keys};
 use videogen_core::moderation::{FrameSample, Moderator, Verdict};
-use videogen_core::store::{Store, StoreError};
-use videogen_core::{CheckpointRef, Clock, Job, JobError, Lease, Outputs, Phase, Progress, WorkerId};
+use videogen_core::{CheckpointRef, Job, JobError, Lease, Phase, Progress};
 use videogen_model::{Generation, GenerationRequest, Model, ModelError, RgbImage};
 
-use crate::bus::JobBus;
-use crate::config::RuntimeConfig;
-use crate::dispatch::Dispatcher;
-use crate::lease_keeper::LeaseKeeper;
+use crate::checkpoint_policy::{CheckpointClock, CheckpointCostEstimator, CheckpointPolicy};
+use crate::control::{AssetKind, Assignment, ControlError, ControlPlane, ReleaseCause, RetryOutcome, WorkerInfo};
+use crate::lease_keeper::{LeaseKeeper, Signals};
 
 /// Share of the progress bar given to denoising; decode/encode/upload take the rest.
 const GENERATE_PERCENT_MAX: u32 = 90;
@@ -28,17 +31,41 @@ const SPRITESHEET_FRAMES: u32 = 10;
 const SPRITESHEET_COLS: u32 = 5;
 const SPRITESHEET_TILE_WIDTH: u32 = 192;
 const THUMBNAIL_MAX_WIDTH: u32 = 640;
+/// Pause after a failed acquire, so an unreachable control plane is not hammered.
+const ACQUIRE_RETRY: Duration = Duration::from_millis(500);
 
-/// Everything a worker needs, shared by all workers of a process.
-pub struct Runtime {
-    pub store: Arc<dyn Store>,
-    pub blob: Arc<dyn BlobStore>,
+/// The model side of a worker: what runs the generation and checks its output.
+pub struct Engine {
     pub model: Arc<dyn Model>,
     pub moderator: Arc<dyn Moderator>,
-    pub dispatcher: Arc<Dispatcher>,
-    pub bus: JobBus,
-    pub clock: Arc<dyn Clock>,
-    pub config: RuntimeConfig,
+}
+
+/// Worker knobs. Names carry their unit last.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub checkpoint: CheckpointPolicy,
+    /// Frames sampled from an output for moderation.
+    pub moderation_samples: u32,
+    /// Longest a graceful stop may take, from the notice to the job being
+    /// released (GCE gives 30 s, AWS 120 s). Past it the job is released
+    /// without a final checkpoint rather than overrunning the notice.
+    pub preemption_deadline: Duration,
+    /// How long one acquire long-poll waits for work.
+    pub acquire_wait: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint: CheckpointPolicy::Fixed {
+                every_steps: 5,
+                every: Duration::from_secs(10),
+            },
+            moderation_samples: 4,
+            preemption_deadline: Duration::from_secs(25),
+            acquire_wait: Duration::from_secs(20),
+        }
+    }
 }
 
 /// How an attempt ended, when it did not complete.
@@ -46,7 +73,7 @@ pub struct Runtime {
 enum Stop {
     /// The lease is gone (cancelled, deleted, or owned by a newer attempt).
     LeaseLost,
-    /// Shutting down: the attempt checkpointed and gave the job back.
+    /// Stopping: the attempt (checkpointed if it could and) gave the job back.
     Released,
     /// Will fail the same way again: fail the job now.
     Fatal(JobError),
@@ -54,18 +81,12 @@ enum Stop {
     Retryable(String),
 }
 
-impl From<StoreError> for Stop {
-    fn from(e: StoreError) -> Self {
+impl From<ControlError> for Stop {
+    fn from(e: ControlError) -> Self {
         match e {
-            StoreError::StaleLease { .. } | StoreError::NotFound(_) => Stop::LeaseLost,
+            ControlError::Stale { .. } => Stop::LeaseLost,
             other => Stop::Retryable(other.to_string()),
         }
-    }
-}
-
-impl From<BlobError> for Stop {
-    fn from(e: BlobError) -> Self {
-        Stop::Retryable(e.to_string())
     }
 }
 
@@ -85,56 +106,91 @@ fn join_error(e: tokio::task::JoinError) -> Stop {
 
 /// One execution slot.
 pub struct Worker {
-    rt: Arc<Runtime>,
-    id: WorkerId,
+    control: Arc<dyn ControlPlane>,
+    engine: Arc<Engine>,
+    info: WorkerInfo,
+    config: WorkerConfig,
+    /// Measured cost of a checkpoint (how long it holds up the generation).
+    checkpoint_cost: CheckpointCostEstimator,
 }
 
 impl Worker {
-    pub fn new(rt: Arc<Runtime>, id: WorkerId) -> Self {
-        Self { rt, id }
+    pub fn new(control: Arc<dyn ControlPlane>, engine: Arc<Engine>, info: WorkerInfo, config: WorkerConfig) -> Self {
+        Self {
+            control,
+            engine,
+            info,
+            config,
+            checkpoint_cost: CheckpointCostEstimator::default(),
+        }
     }
 
-    /// Runs jobs until `shutdown`; a job in flight at shutdown is checkpointed and released.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let loaded = vec![self.rt.model.id().to_owned()];
-        while let Some(job) = self.rt.dispatcher.next(&loaded, &shutdown).await {
-            let now = self.rt.clock.now_ms();
-            let ttl_ms = self.rt.config.lease_ttl_ms();
-            let lease = match self.rt.store.lease(&job.id, &self.id, now, ttl_ms).await {
-                Ok(Some(lease)) => lease,
-                Ok(None) => continue, // cancelled or deleted while queued
-                Err(e) => {
-                    tracing::error!(job = %job.id, error = %e, "lease failed; re-queueing");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    self.rt.dispatcher.enqueue(job);
-                    continue;
-                }
+    /// Runs jobs until `shutdown`; a job in flight then is checkpointed and released.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let acquired = tokio::select! {
+                r = self.control.acquire(&self.info, self.config.acquire_wait) => r,
+                _ = shutdown.cancelled() => return,
             };
-            let wait_s = (now - job.enqueued_at_ms).max(0) as f64 / 1000.0;
-            metrics::histogram!("videogen_queue_wait_seconds", "tier" => job.tier.as_str()).record(wait_s);
-            self.rt.bus.notify(&lease.job_id);
-            self.run_attempt(lease, &shutdown).await;
+            match acquired {
+                Ok(Some(a)) => self.run_attempt(a, &shutdown).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(worker = %self.info.id, error = %e, "acquire failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(ACQUIRE_RETRY) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
         }
     }
 
-    async fn run_attempt(&self, lease: Lease, shutdown: &CancellationToken) {
+    async fn run_attempt(&mut self, a: Assignment, shutdown: &CancellationToken) {
+        let Assignment { lease, job, ttl_ms } = a;
         let id = lease.job_id.clone();
-        let span = tracing::info_span!("attempt", job = %id, attempt = lease.attempt, worker = %self.id);
-        let _enter = span.enter();
-        drop(_enter);
-        let cancelled = self.rt.dispatcher.track_running(&id);
         let started = Instant::now();
-        let outcome = Attempt {
-            rt: &self.rt,
+        let signals = Signals::default();
+        let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(30_000));
+        let keeper = LeaseKeeper::spawn(
+            self.control.clone(),
+            lease.clone(),
+            ttl,
+            Progress {
+                phase: Phase::LoadingModel,
+                step: job.step,
+                total_steps: job.spec.steps,
+                percent: job.progress,
+            },
+            signals.clone(),
+        );
+        let mtbf = match &self.config.checkpoint {
+            CheckpointPolicy::Adaptive { .. } => self
+                .control
+                .fleet()
+                .await
+                .ok()
+                .and_then(|f| Duration::try_from_secs_f64(f.mtbf_secs).ok()),
+            CheckpointPolicy::Fixed { .. } => None,
+        };
+        let mut attempt = Attempt {
+            control: self.control.clone(),
+            engine: &self.engine,
+            config: &self.config,
             lease: &lease,
-            lost: cancelled.clone(),
+            signals: &signals,
             shutdown,
+            keeper: &keeper,
+            clock: CheckpointClock::new(self.config.checkpoint, self.checkpoint_cost.estimate(), mtbf),
+            cost: &mut self.checkpoint_cost,
+        };
+        let outcome = attempt.run(&job).await;
+        keeper.stop().await;
+        if outcome.is_ok() && !self.info.loaded_models.contains(&job.spec.model) {
+            // Warm now: the scheduler may prefer this worker for the model.
+            self.info.loaded_models.push(job.spec.model.clone());
         }
-        .run()
-        .await;
-        self.rt.dispatcher.untrack_running(&id);
-        let now = self.rt.clock.now_ms();
-        let outcome_label = match outcome {
+        let label = match outcome {
             Ok(()) => {
                 metrics::histogram!("videogen_generation_seconds").record(started.elapsed().as_secs_f64());
                 "completed"
@@ -146,65 +202,55 @@ impl Worker {
             Err(Stop::Released) => "released",
             Err(Stop::Fatal(err)) => {
                 tracing::warn!(job = %id, code = %err.code, "attempt failed: {}", err.message);
-                let _ = self.rt.store.fail(&lease, &err, now).await;
+                if let Err(e) = self.control.fail(&lease, &err).await {
+                    tracing::warn!(job = %id, error = %e, "could not record the failure; the lease will expire");
+                }
                 "failed"
             }
             Err(Stop::Retryable(msg)) => {
                 tracing::warn!(job = %id, attempt = lease.attempt, "attempt error: {msg}");
-                if lease.attempt >= self.rt.config.max_attempts {
-                    let err = JobError::new(
-                        "max_attempts_exceeded",
-                        format!("gave up after {} attempts; last error: {msg}", lease.attempt),
-                    );
-                    let _ = self.rt.store.fail(&lease, &err, now).await;
-                    "dead_lettered"
-                } else {
-                    if let Ok(q) = self.rt.store.release(&lease, now).await {
-                        self.rt.dispatcher.enqueue(q);
+                match self.control.retry(&lease, &msg).await {
+                    Ok(RetryOutcome::Requeued) => "retry",
+                    Ok(RetryOutcome::DeadLettered) => "dead_lettered",
+                    Err(e) => {
+                        tracing::warn!(job = %id, error = %e, "could not re-queue; the lease will expire");
+                        "retry"
                     }
-                    "retry"
                 }
             }
         };
-        metrics::counter!("videogen_attempts_total", "outcome" => outcome_label).increment(1);
-        self.rt.bus.notify(&id);
+        metrics::counter!("videogen_attempts_total", "outcome" => label).increment(1);
     }
+}
+
+/// A checkpoint upload running beside the next steps.
+struct Upload {
+    step: u32,
+    task: JoinHandle<Result<CheckpointRef, ControlError>>,
 }
 
 /// One attempt's state.
 struct Attempt<'a> {
-    rt: &'a Runtime,
+    control: Arc<dyn ControlPlane>,
+    engine: &'a Engine,
+    config: &'a WorkerConfig,
     lease: &'a Lease,
-    /// Fires when the job is cancelled here or the keeper finds the lease stale.
-    lost: CancellationToken,
+    signals: &'a Signals,
     shutdown: &'a CancellationToken,
+    keeper: &'a LeaseKeeper,
+    clock: CheckpointClock,
+    cost: &'a mut CheckpointCostEstimator,
 }
 
 impl Attempt<'_> {
-    async fn run(self) -> Result<(), Stop> {
-        let job = self.rt.store.job(&self.lease.job_id).await?.ok_or(Stop::LeaseLost)?;
-        let req = self.request(&job).await?;
-        let total = job.spec.steps;
-        let keeper = LeaseKeeper::spawn(
-            self.rt.store.clone(),
-            self.rt.clock.clone(),
-            self.rt.bus.clone(),
-            self.lease.clone(),
-            self.rt.config.lease_ttl,
-            Progress {
-                phase: Phase::LoadingModel,
-                step: 0,
-                total_steps: total,
-                percent: job.progress,
-            },
-            self.lost.clone(),
-        );
-        let result = self.generate_and_finish(&job, req, &keeper).await;
-        keeper.stop().await;
-        match result {
-            Ok(finished) => self.commit(&job, finished).await,
-            Err(stop) => Err(stop),
-        }
+    async fn run(&mut self, job: &Job) -> Result<(), Stop> {
+        let req = self.request(job).await?;
+        let finished = self.generate_and_finish(job, req).await?;
+        self.commit(finished).await
+    }
+
+    fn stopping(&self) -> bool {
+        self.shutdown.is_cancelled() || self.signals.release.is_cancelled()
     }
 
     async fn request(&self, job: &Job) -> Result<GenerationRequest, Stop> {
@@ -212,7 +258,7 @@ impl Attempt<'_> {
         let first_frame = match &job.spec.input_reference {
             None => None,
             Some(key) => {
-                let bytes = self.rt.blob.get(key).await?;
+                let bytes = self.control.read_blob(self.lease, key).await?;
                 let img = tokio::task::spawn_blocking(move || image::load_from_memory(&bytes))
                     .await
                     .map_err(join_error)?
@@ -243,15 +289,15 @@ impl Attempt<'_> {
         for ck in candidates.into_iter().flatten() {
             match self.load_checkpoint(ck, req).await {
                 Ok(generation) => {
-                    let now = self.rt.clock.now_ms();
                     let data = serde_json::json!({
                         "status": "in_progress", "state": "running",
                         "phase": Phase::ResumingFromCheckpoint.as_str(),
                         "progress": percent_for_step(ck.step, req.steps),
                         "attempt": self.lease.attempt, "from_step": ck.step,
                         "checkpoint_attempt": ck.attempt,
+                        "previous_step": job.step,
                     });
-                    self.rt.store.append_event(&job.id, "resumed", data, now).await?;
+                    self.control.event(self.lease, "resumed", data).await?;
                     tracing::info!(job = %job.id, step = ck.step, "resumed from checkpoint");
                     return Ok(generation);
                 }
@@ -262,15 +308,11 @@ impl Attempt<'_> {
                         "progress": job.progress, "attempt": self.lease.attempt,
                         "key": ck.key, "step": ck.step, "reason": reason,
                     });
-                    let now = self.rt.clock.now_ms();
-                    self.rt
-                        .store
-                        .append_event(&job.id, "checkpoint_rejected", data, now)
-                        .await?;
+                    self.control.event(self.lease, "checkpoint_rejected", data).await?;
                 }
             }
         }
-        let model = self.rt.model.clone();
+        let model = self.engine.model.clone();
         let req = req.clone();
         Ok(tokio::task::spawn_blocking(move || model.start(&req))
             .await
@@ -282,11 +324,15 @@ impl Attempt<'_> {
         ck: &CheckpointRef,
         req: &GenerationRequest,
     ) -> Result<Box<dyn Generation>, String> {
-        let bytes = self.rt.blob.get(&ck.key).await.map_err(|e| e.to_string())?;
+        let bytes = self
+            .control
+            .read_blob(self.lease, &ck.key)
+            .await
+            .map_err(|e| e.to_string())?;
         if crc32fast::hash(&bytes) != ck.crc32 || bytes.len() as u64 != ck.size_bytes {
             return Err("checksum or size mismatch".into());
         }
-        let model = self.rt.model.clone();
+        let model = self.engine.model.clone();
         let req = req.clone();
         tokio::task::spawn_blocking(move || model.resume(&req, &bytes))
             .await
@@ -294,100 +340,150 @@ impl Attempt<'_> {
             .map_err(|e| e.to_string())
     }
 
-    async fn generate_and_finish(
-        &self,
-        job: &Job,
-        req: GenerationRequest,
-        keeper: &LeaseKeeper,
-    ) -> Result<Finished, Stop> {
-        let model = self.rt.model.clone();
+    async fn generate_and_finish(&mut self, job: &Job, req: GenerationRequest) -> Result<Finished, Stop> {
+        let model = self.engine.model.clone();
         tokio::task::spawn_blocking(move || model.load())
             .await
             .map_err(join_error)??;
         let mut generation = self.start_or_resume(job, &req).await?;
         let total = generation.total_steps();
-        let mut last_ck_step = generation.steps_done();
+        let resumed_from = generation.steps_done();
+        let mut last_ck_step = resumed_from;
         let mut last_ck_at = Instant::now();
-        keeper.report(progress(Phase::Generating, generation.steps_done(), total));
+        let mut step_secs: Option<f64> = None;
+        let mut upload: Option<Upload> = None;
+        self.keeper.report(progress(Phase::Generating, resumed_from, total));
 
         while !generation.is_done() {
-            if self.lost.is_cancelled() {
+            if self.signals.lost.is_cancelled() {
                 return Err(Stop::LeaseLost);
             }
-            if self.shutdown.is_cancelled() {
-                if generation.steps_done() > last_ck_step {
-                    self.checkpoint(
-                        generation.checkpoint(),
-                        generation.steps_done(),
-                        generation.total_steps(),
-                        keeper,
-                    )
-                    .await?;
-                }
-                self.rt.store.release(self.lease, self.rt.clock.now_ms()).await?;
-                return Err(Stop::Released);
+            if self.stopping() {
+                return self.stop_gracefully(generation, upload, last_ck_step).await;
             }
+            let t0 = Instant::now();
             generation = tokio::task::spawn_blocking(move || generation.step().map(|()| generation))
                 .await
                 .map_err(join_error)??;
+            let secs = t0.elapsed().as_secs_f64();
+            // Float totals (gauges): `metrics` counters are integers.
+            metrics::gauge!("videogen_generating_seconds_total").increment(secs);
+            if step_secs.is_none() && job.step > resumed_from {
+                // Work the previous attempt did past its last checkpoint, redone here.
+                // (A float total: `metrics` counters are integers.)
+                let wasted = f64::from(job.step - resumed_from) * secs;
+                metrics::gauge!("videogen_wasted_gpu_seconds_total").increment(wasted);
+            }
+            step_secs = Some(step_secs.map_or(secs, |s| 0.8 * s + 0.2 * secs));
             let done = generation.steps_done();
-            keeper.report(progress(Phase::Generating, done, total));
-            let cfg = &self.rt.config;
-            let by_steps = cfg.checkpoint_every_steps > 0 && done - last_ck_step >= cfg.checkpoint_every_steps;
-            let by_time = last_ck_at.elapsed() >= cfg.checkpoint_every;
-            if !generation.is_done() && (by_steps || by_time) {
-                self.checkpoint(
-                    generation.checkpoint(),
-                    generation.steps_done(),
-                    generation.total_steps(),
-                    keeper,
-                )
-                .await?;
+            self.keeper.report(progress(Phase::Generating, done, total));
+            let step_estimate = Duration::from_secs_f64(step_secs.unwrap_or(secs));
+            if !generation.is_done()
+                && self
+                    .clock
+                    .should_checkpoint(done - last_ck_step, last_ck_at.elapsed(), step_estimate)
+            {
+                let held = Instant::now();
+                let bytes = Bytes::from(generation.checkpoint());
+                upload = Some(self.start_checkpoint(done, bytes, upload, held).await?);
                 last_ck_step = done;
                 last_ck_at = Instant::now();
             }
         }
-        if self.lost.is_cancelled() {
+        // The final checkpoint upload must not outlive the attempt.
+        if let Some(u) = upload {
+            let _ = u.task.await;
+        }
+        if self.signals.lost.is_cancelled() {
             return Err(Stop::LeaseLost);
         }
-        self.finish(job, generation, keeper).await
+        self.finish(job, generation).await
     }
 
-    /// Writes a checkpoint blob under an attempt-scoped key, then commits the
-    /// pointer (fenced). The previous checkpoint stays until this commit lands.
-    async fn checkpoint(&self, state: Vec<u8>, step: u32, total: u32, keeper: &LeaseKeeper) -> Result<(), Stop> {
+    /// Starts uploading a checkpoint (already serialised since `held`) while
+    /// the generation goes on; waits for the previous upload first (one in
+    /// flight at most). The time the generation is held up is this
+    /// checkpoint's cost.
+    async fn start_checkpoint(
+        &mut self,
+        step: u32,
+        bytes: Bytes,
+        previous: Option<Upload>,
+        held: Instant,
+    ) -> Result<Upload, Stop> {
+        if let Some(prev) = previous {
+            finish_upload(prev).await?;
+        }
+        let crc = crc32fast::hash(&bytes);
+        let stall = held.elapsed().as_secs_f64();
+        self.cost.observe(stall);
+        metrics::gauge!("videogen_checkpoint_stall_seconds_total").increment(stall);
+        let control = self.control.clone();
+        let lease = self.lease.clone();
         let started = Instant::now();
-        keeper.report(progress(Phase::Checkpointing, step, total));
-        let bytes = Bytes::from(state);
-        let key = keys::checkpoint(&self.lease.job_id, self.lease.attempt, step);
-        let ck = CheckpointRef {
-            key: key.clone(),
-            step,
-            attempt: self.lease.attempt,
-            crc32: crc32fast::hash(&bytes),
-            size_bytes: bytes.len() as u64,
+        let task = tokio::spawn(async move {
+            let r = control.write_checkpoint(&lease, step, crc, bytes).await;
+            metrics::histogram!("videogen_checkpoint_duration_seconds").record(started.elapsed().as_secs_f64());
+            r
+        });
+        Ok(Upload { step, task })
+    }
+
+    /// Stop requested: finish the upload in flight, checkpoint what is newer
+    /// (if the deadline allows), release the job.
+    async fn stop_gracefully(
+        &mut self,
+        generation: Box<dyn Generation>,
+        upload: Option<Upload>,
+        last_ck_step: u32,
+    ) -> Result<Finished, Stop> {
+        let deadline = Instant::now() + self.config.preemption_deadline;
+        let within = |d: Instant| d.saturating_duration_since(Instant::now());
+        let total = generation.total_steps();
+        let done = generation.steps_done();
+        let newer = (done > last_ck_step).then(|| Bytes::from(generation.checkpoint()));
+        drop(generation);
+        let mut saved = false;
+        let work = async {
+            if let Some(u) = upload {
+                finish_upload(u).await?;
+            }
+            if let Some(bytes) = newer {
+                self.keeper.report(progress(Phase::Checkpointing, done, total));
+                let crc = crc32fast::hash(&bytes);
+                self.control.write_checkpoint(self.lease, done, crc, bytes).await?;
+            }
+            Ok::<(), ControlError>(())
         };
-        self.rt.blob.put(&key, bytes).await?;
-        self.rt
-            .store
-            .commit_checkpoint(self.lease, &ck, self.rt.clock.now_ms())
-            .await?;
-        metrics::histogram!("videogen_checkpoint_duration_seconds").record(started.elapsed().as_secs_f64());
-        keeper.report(progress(Phase::Generating, step, total));
-        self.rt.bus.notify(&self.lease.job_id);
-        Ok(())
+        match tokio::time::timeout(within(deadline), work).await {
+            Ok(Ok(())) => saved = true,
+            Ok(Err(ControlError::Stale { .. })) => return Err(Stop::LeaseLost),
+            Ok(Err(e)) => tracing::warn!(job = %self.lease.job_id, error = %e, "final checkpoint failed"),
+            Err(_) => tracing::warn!(job = %self.lease.job_id, "preemption deadline reached before the checkpoint"),
+        }
+        match self.control.release(self.lease, ReleaseCause::Shutdown).await {
+            Ok(()) => {
+                tracing::info!(job = %self.lease.job_id, step = done, checkpointed = saved, "released on stop");
+                Err(Stop::Released)
+            }
+            Err(ControlError::Stale { .. }) => Err(Stop::LeaseLost),
+            Err(e) => {
+                tracing::warn!(job = %self.lease.job_id, error = %e, "release failed; the lease will expire");
+                Err(Stop::Released)
+            }
+        }
     }
 
     /// Moderates sampled frames, then encodes the video and its images.
-    async fn finish(&self, job: &Job, generation: Box<dyn Generation>, keeper: &LeaseKeeper) -> Result<Finished, Stop> {
+    async fn finish(&self, job: &Job, generation: Box<dyn Generation>) -> Result<Finished, Stop> {
         let total = generation.total_steps();
-        keeper.report(Progress {
+        self.keeper.report(Progress {
             phase: Phase::Moderating,
             step: total,
             total_steps: total,
             percent: 91,
         });
-        let samples_n = self.rt.config.moderation_samples.max(1);
+        let samples_n = self.config.moderation_samples.max(1);
         let (generation, samples) = tokio::task::spawn_blocking(move || {
             let n = generation.frame_count();
             let samples: Vec<FrameSample> = evenly_spaced(n, samples_n)
@@ -405,7 +501,9 @@ impl Attempt<'_> {
         })
         .await
         .map_err(join_error)?;
-        if let Verdict::Block { category, reason } = self.rt.moderator.check_frames(&job.spec.prompt, &samples).await {
+        if let Verdict::Block { category, reason } =
+            self.engine.moderator.check_frames(&job.spec.prompt, &samples).await
+        {
             tracing::warn!(job = %job.id, %category, "output blocked by moderation");
             return Err(Stop::Fatal(JobError::new(
                 "output_moderation_blocked",
@@ -413,65 +511,41 @@ impl Attempt<'_> {
             )));
         }
         drop(samples);
-        if self.lost.is_cancelled() {
+        if self.signals.lost.is_cancelled() {
             return Err(Stop::LeaseLost);
         }
-        let reporter = keeper.reporter();
+        let reporter = self.keeper.reporter();
         let (width, height) = job.spec.size.dims();
-        let lost = self.lost.clone();
+        let lost = self.signals.lost.clone();
         tokio::task::spawn_blocking(move || encode_all(generation, width, height, &reporter, &lost))
             .await
             .map_err(join_error)?
     }
 
     /// Uploads the assets under attempt-scoped keys and commits them (fenced).
-    async fn commit(&self, job: &Job, finished: Finished) -> Result<(), Stop> {
-        let id = &job.id;
-        let attempt = self.lease.attempt;
-        let outputs = Outputs {
-            video_key: keys::video(id, attempt),
-            thumbnail_key: keys::thumbnail(id, attempt),
-            spritesheet_key: keys::spritesheet(id, attempt),
-            video_bytes: finished.video.len() as u64,
-        };
-        let put = async {
-            self.rt.blob.put(&outputs.video_key, finished.video).await?;
-            self.rt.blob.put(&outputs.thumbnail_key, finished.thumbnail).await?;
-            self.rt.blob.put(&outputs.spritesheet_key, finished.spritesheet).await?;
-            Ok::<(), BlobError>(())
-        };
-        if let Err(e) = put.await {
-            self.delete_outputs(&outputs).await;
-            return Err(e.into());
+    async fn commit(&self, finished: Finished) -> Result<(), Stop> {
+        let video_bytes = finished.video.len() as u64;
+        for (kind, bytes) in [
+            (AssetKind::Video, finished.video),
+            (AssetKind::Thumbnail, finished.thumbnail),
+            (AssetKind::Spritesheet, finished.spritesheet),
+        ] {
+            let crc = crc32fast::hash(&bytes);
+            self.control.put_asset(self.lease, kind, crc, bytes).await?;
         }
-        let now = self.rt.clock.now_ms();
-        let retention_ms = i64::try_from(self.rt.config.retention(job.tier).as_millis()).unwrap_or(i64::MAX);
-        match self
-            .rt
-            .store
-            .complete(self.lease, &outputs, now, now.saturating_add(retention_ms))
-            .await
-        {
-            Ok(_) => {
-                // Checkpoints are only for resuming; a completed job needs none.
-                let [_, checkpoints, _] = keys::job_prefixes(id);
-                if let Err(e) = self.rt.blob.delete_prefix(&checkpoints).await {
-                    tracing::warn!(job = %id, error = %e, "could not delete checkpoints");
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // Not ours any more: leave no orphaned bytes behind.
-                self.delete_outputs(&outputs).await;
-                Err(e.into())
-            }
-        }
+        self.control.complete(self.lease, video_bytes).await?;
+        Ok(())
     }
+}
 
-    async fn delete_outputs(&self, o: &Outputs) {
-        for key in [&o.video_key, &o.thumbnail_key, &o.spritesheet_key] {
-            let _ = self.rt.blob.delete(key).await;
-        }
+async fn finish_upload(u: Upload) -> Result<(), ControlError> {
+    match u.task.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(ControlError::Unavailable(format!(
+            "checkpoint upload of step {} failed: {e}",
+            u.step
+        ))),
     }
 }
 

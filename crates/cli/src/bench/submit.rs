@@ -365,6 +365,7 @@ async fn start_server(
         default_steps: REFERENCE_DEFAULT_STEPS,
         metrics: Some(metrics),
         poll_after_ms: 1000,
+        control: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -1,0 +1,289 @@
+//! The internal worker API: [`ControlPlane`] over HTTP for `videogen worker`
+//! processes (the client is `videogen_worker::remote::RemoteControl`; the
+//! paths are shared from there).
+//!
+//! Every route needs a worker token ([`WorkerCaller`]); tenant keys get 401.
+//! Calls about a running attempt name it in the path
+//! (`/internal/v1/jobs/{id}/attempts/{attempt}/…`): the attempt is the fencing
+//! token, and a stale one gets 409 without any change. Acquire is a long poll:
+//! it answers as soon as a job is due, or 204 after the requested wait.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use std::time::Duration;
+use videogen_core::{JobError, Lease, Progress, VideoId, WorkerId};
+use videogen_worker::control::{AssetKind, ControlError, ControlPlane};
+use videogen_worker::remote::{
+    AcquireRequest, CRC32_HEADER, CompleteRequest, EventRequest, MAX_ACQUIRE_WAIT, ReleaseRequest, RetryRequest,
+    RetryResponse, paths,
+};
+
+use crate::auth::WorkerCaller;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Largest upload (checkpoint or asset) the API takes in one body.
+pub const UPLOAD_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Longest event payload a worker may append.
+const EVENT_KIND_CHARS_MAX: usize = 64;
+
+/// The routes, mounted at the root (paths are absolute).
+pub fn routes() -> Router<AppState> {
+    let attempt = |tail: &str| format!("{}/{tail}", paths::ATTEMPT);
+    Router::new()
+        .route(paths::ACQUIRE, post(acquire))
+        .route(paths::FLEET, get(fleet))
+        .route(&attempt("heartbeat"), post(heartbeat))
+        .route(&attempt("blob"), get(read_blob))
+        .route(&attempt("checkpoints/{step}"), put(write_checkpoint))
+        .route(&attempt("events"), post(event))
+        .route(&attempt("assets/{kind}"), put(put_asset))
+        .route(&attempt("complete"), post(complete))
+        .route(&attempt("fail"), post(fail))
+        .route(&attempt("release"), post(release))
+        .route(&attempt("retry"), post(retry))
+        .layer(DefaultBodyLimit::max(UPLOAD_BYTES_MAX))
+}
+
+fn control(state: &AppState) -> Result<&dyn ControlPlane, ApiError> {
+    state
+        .control
+        .as_deref()
+        .ok_or_else(|| ApiError::route_not_found().with_code("worker_api_disabled", "This node takes no workers."))
+}
+
+fn to_api(e: ControlError) -> ApiError {
+    match e {
+        ControlError::Stale { job, attempt } => {
+            // A zombie (or a cancelled attempt) tried to write: counted, refused.
+            metrics::counter!("videogen_fenced_writes_rejected_total").increment(1);
+            ApiError::conflict(
+                "stale_lease",
+                format!("Attempt {attempt} no longer owns job {job}: abandon it."),
+            )
+        }
+        ControlError::Rejected(msg) => ApiError::bad_request("rejected", msg),
+        ControlError::Unavailable(msg) => ApiError::unavailable("worker API call failed", &msg),
+    }
+}
+
+/// The attempt named by the path, as a lease (the worker id is not part of
+/// the fence; the attempt is).
+#[derive(Deserialize)]
+struct AttemptPath {
+    id: String,
+    attempt: u32,
+}
+
+impl AttemptPath {
+    fn lease(&self, caller: &WorkerCaller) -> Result<Lease, ApiError> {
+        let job_id = VideoId::parse(&self.id).ok_or_else(|| ApiError::video_not_found(&self.id))?;
+        Ok(Lease {
+            job_id,
+            attempt: self.attempt,
+            worker: WorkerId::from_raw(caller.name.clone()),
+            expires_at_ms: 0,
+        })
+    }
+}
+
+fn crc_header(headers: &HeaderMap) -> Result<u32, ApiError> {
+    headers
+        .get(CRC32_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                CRC32_HEADER,
+                "missing_checksum",
+                format!("Send the body's CRC-32 as a decimal {CRC32_HEADER} header."),
+            )
+        })
+}
+
+async fn acquire(
+    State(state): State<AppState>,
+    caller: WorkerCaller,
+    Json(req): Json<AcquireRequest>,
+) -> Result<Response, ApiError> {
+    let control = control(&state)?;
+    if req.worker.loaded_models.len() > 64 {
+        return Err(ApiError::invalid(
+            "worker.loaded_models",
+            "too_many",
+            "At most 64 models.",
+        ));
+    }
+    let wait = Duration::from_millis(req.wait_ms).min(MAX_ACQUIRE_WAIT);
+    tracing::debug!(worker = %req.worker.id, token = %caller.token_id, "acquire");
+    match control.acquire(&req.worker, wait).await.map_err(to_api)? {
+        Some(a) => Ok(Json(a).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn fleet(State(state): State<AppState>, _caller: WorkerCaller) -> Result<Response, ApiError> {
+    let info = control(&state)?.fleet().await.map_err(to_api)?;
+    Ok(Json(info).into_response())
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    caller: WorkerCaller,
+    Path(p): Path<AttemptPath>,
+    Json(progress): Json<Progress>,
+) -> Result<Response, ApiError> {
+    let lease = p.lease(&caller)?;
+    let reply = control(&state)?.heartbeat(&lease, &progress).await.map_err(to_api)?;
+    Ok(Json(reply).into_response())
+}
+
+#[derive(Deserialize)]
+struct BlobQuery {
+    key: String,
+}
+
+async fn read_blob(
+    State(state): State<AppState>,
+    caller: WorkerCaller,
+    Path(p): Path<AttemptPath>,
+    Query(q): Query<BlobQuery>,
+) -> Result<Response, ApiError> {
+    let lease = p.lease(&caller)?;
+    let bytes = control(&state)?.read_blob(&lease, &q.key).await.map_err(to_api)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+#[derive(Deserialize)]
+struct CheckpointPath {
+    id: String,
+    attempt: u32,
+    step: u32,
+}
+
+async fn write_checkpoint(
+    State(state): State<AppState>,
+    caller: WorkerCaller,
+    Path(p): Path<CheckpointPath>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let lease = AttemptPath {
+        id: p.id,
+        attempt: p.attempt,
+    }
+    .lease(&caller)?;
+    let crc = crc_header(&headers)?;
+    let ck = control(&state)?
+        .write_checkpoint(&lease, p.step, crc, body)
+        .await
+        .map_err(to_api)?;
+    Ok(Json(ck).into_response())
+}
+
+async fn event(
+    State(state): State<AppState>,
+    caller: WorkerCaller,
+    Path(p): Path<AttemptPath>,
+    Json(req): Json<EventRequest>,
+) -> Result<Response, ApiError> {
+    let lease = p.lease(&caller)?;
+    // Workers may only add their own kinds of events, never state changes.
+    if !matches!(req.kind.as_str(), "resumed" | "checkpoint_rejected") || req.kind.len() > EVENT_KIND_CHARS_MAX {
+        return Err(ApiError::invalid("kind", "invalid_event_kind", "Unknown event kind."));
+    }
+    control(&state)?
+        .event(&lease, &req.kind, req.data)
+        .await
+        .map_err(to_api)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct AssetPath {
+    id: String,
+    attempt: u32,
+    kind: String,
+}
+
+async fn put_asset(
+    State(state): State<AppState>,
+    caller: WorkerCaller,
+    Path(p): Path<AssetPath>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = AssetKind::parse(&p.kind).ok_or_else(ApiError::route_not_found)?;
+    let lease = AttemptPath {
+        id: p.id,
+        attempt: p.attempt,
+    }
+    .lease(&caller)?;
+    let crc = crc_header(&headers)?;
+    control(&state)?
+        .put_asset(&lease, kind, crc, body)
+        .await
+        .map_err(to_api)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn complete(
+    State(state): State<AppState>,
+    caller: WorkerCaller,
+    Path(p): Path<AttemptPath>,
+    Json(req): Json<CompleteRequest>,
+) -> Result<Response, ApiError> {
+    let lease = p.lease(&caller)?;
+    control(&state)?
+        .complete(&lease, req.video_bytes)
+        .await
+        .map_err(to_api)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn fail(
+    State(state): State<AppState>,
+    caller: WorkerCaller,
+    Path(p): Path<AttemptPath>,
+    Json(err): Json<JobError>,
+) -> Result<Response, ApiError> {
+    let lease = p.lease(&caller)?;
+    if err.code.len() > 64 || err.message.len() > 4096 {
+        return Err(ApiError::invalid(
+            "error",
+            "too_long",
+            "Error code or message too long.",
+        ));
+    }
+    control(&state)?.fail(&lease, &err).await.map_err(to_api)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn release(
+    State(state): State<AppState>,
+    caller: WorkerCaller,
+    Path(p): Path<AttemptPath>,
+    Json(req): Json<ReleaseRequest>,
+) -> Result<Response, ApiError> {
+    let lease = p.lease(&caller)?;
+    control(&state)?.release(&lease, req.cause).await.map_err(to_api)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn retry(
+    State(state): State<AppState>,
+    caller: WorkerCaller,
+    Path(p): Path<AttemptPath>,
+    Json(req): Json<RetryRequest>,
+) -> Result<Response, ApiError> {
+    let lease = p.lease(&caller)?;
+    let message: String = req.message.chars().take(4096).collect();
+    let outcome = control(&state)?.retry(&lease, &message).await.map_err(to_api)?;
+    Ok(Json(RetryResponse { outcome }).into_response())
+}

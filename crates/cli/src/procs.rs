@@ -1,0 +1,73 @@
+//! Starting `videogen serve` and `videogen worker` as child processes on
+//! loopback, for `videogen chaos` and `videogen bench fleet`.
+
+use anyhow::{Context, bail};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Starts `serve --workers 0` on an ephemeral port; returns it and its base URL.
+pub async fn start_server(
+    exe: &Path,
+    data: &Path,
+    log: &Path,
+    extra: &[String],
+    admin_key: &str,
+    worker_token: &str,
+) -> anyhow::Result<(Child, String)> {
+    let log = std::fs::File::create(log)?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0"])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .env("VIDEOGEN_API_KEY", admin_key)
+        .env("VIDEOGEN_WORKER_TOKEN", worker_token)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the server")?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let base = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix("videogen listening on ") {
+                return anyhow::Ok(rest.split_whitespace().next().unwrap_or_default().to_owned());
+            }
+        }
+        bail!("the server exited before listening")
+    })
+    .await
+    .context("the server did not start within 60 s")??;
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok((child, base))
+}
+
+/// Starts `worker --server base --name name`, logging to `log`.
+pub fn start_worker(
+    exe: &Path,
+    base: &str,
+    name: &str,
+    log: &Path,
+    extra: &[String],
+    worker_token: &str,
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    Command::new(exe)
+        .args(["worker", "--server", base, "--name", name])
+        .args(extra)
+        .env("VIDEOGEN_WORKER_TOKEN", worker_token)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting worker {name}"))
+}

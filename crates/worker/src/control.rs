@@ -1,0 +1,504 @@
+//! The control plane as a worker sees it: the one seam between a worker and
+//! everything it must not touch directly (database, bucket, scheduler).
+//!
+//! [`ControlPlane`] has two implementations with the same semantics:
+//! [`LocalControl`] (in-process workers of `videogen serve`, and the server's
+//! side of the internal worker API) and `RemoteControl` (the `videogen worker`
+//! process, which calls that API over HTTP). The runner is written once
+//! against the trait, so a remote worker behaves exactly like a local one.
+//!
+//! Every call after `acquire` carries the [`Lease`]; its `attempt` is the
+//! fencing token. A call whose attempt no longer owns the job fails with
+//! [`ControlError::Stale`] and changes nothing: assets and checkpoints are
+//! written under attempt-scoped keys and become visible only through a fenced
+//! pointer commit in the store.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use videogen_core::blob::{BlobError, BlobStore, keys};
+use videogen_core::store::{Reclaimed, Store, StoreError};
+use videogen_core::{
+    CheckpointRef, Clock, Job, JobError, JobState, Lease, Outputs, Progress, QueuedJob, VideoId, WorkerId,
+};
+
+use crate::bus::JobBus;
+use crate::config::RuntimeConfig;
+use crate::dispatch::Dispatcher;
+use crate::fleet::{FleetStats, Loss};
+
+/// What a worker advertises when it asks for work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: WorkerId,
+    /// Models loaded and ready (warm); the scheduler prefers jobs for these.
+    pub loaded_models: Vec<String>,
+    /// Runs on a preemptible (spot) machine.
+    #[serde(default)]
+    pub spot: bool,
+    /// Accelerator memory class, e.g. `"80g"`; informational for now.
+    #[serde(default)]
+    pub memory_class: Option<String>,
+}
+
+/// A job handed to a worker: the lease (with its fencing token) and the job
+/// record as of the lease (spec, checkpoint pointers, progress).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    pub lease: Lease,
+    pub job: Job,
+    /// Lease time-to-live; heartbeat every third of it.
+    pub ttl_ms: i64,
+}
+
+/// What the control plane wants a running attempt to do, in reply to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Directive {
+    Continue,
+    /// Stop at the next step boundary: cancelled, or the job is not ours any more.
+    Cancel,
+    /// Checkpoint at the next step boundary and give the job back.
+    Release,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub directive: Directive,
+    pub expires_at_ms: i64,
+}
+
+/// The three outputs of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssetKind {
+    Video,
+    Thumbnail,
+    Spritesheet,
+}
+
+impl AssetKind {
+    pub const ALL: [AssetKind; 3] = [AssetKind::Video, AssetKind::Thumbnail, AssetKind::Spritesheet];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssetKind::Video => "video",
+            AssetKind::Thumbnail => "thumbnail",
+            AssetKind::Spritesheet => "spritesheet",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The attempt-scoped key this asset is written under.
+    pub fn key(self, lease: &Lease) -> String {
+        match self {
+            AssetKind::Video => keys::video(&lease.job_id, lease.attempt),
+            AssetKind::Thumbnail => keys::thumbnail(&lease.job_id, lease.attempt),
+            AssetKind::Spritesheet => keys::spritesheet(&lease.job_id, lease.attempt),
+        }
+    }
+}
+
+/// Why an attempt gives its job back without finishing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseCause {
+    /// The worker is shutting down or was told to (preemption notice, drain).
+    Shutdown,
+}
+
+/// Where a job went after a retryable failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOutcome {
+    Requeued,
+    DeadLettered,
+}
+
+/// Fleet-wide figures the control plane publishes to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FleetInfo {
+    /// Smoothed mean time between preemptions of one busy worker, seconds.
+    pub mtbf_secs: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The lease's attempt no longer owns the job (cancelled, deleted, or
+    /// reclaimed by a newer attempt): abandon the attempt.
+    #[error("lease on {job} attempt {attempt} is no longer valid")]
+    Stale { job: VideoId, attempt: u32 },
+    /// The request cannot succeed as sent (bad key, bad checksum, unknown job).
+    #[error("rejected by the control plane: {0}")]
+    Rejected(String),
+    /// Infrastructure trouble (network, store or bucket): retrying may help.
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ControlError {
+    fn stale(lease: &Lease) -> Self {
+        ControlError::Stale {
+            job: lease.job_id.clone(),
+            attempt: lease.attempt,
+        }
+    }
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::StaleLease { job, attempt } => ControlError::Stale { job, attempt },
+            StoreError::IllegalTransition(t) => ControlError::Rejected(t.to_string()),
+            other => ControlError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<BlobError> for ControlError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::NotFound(key) => ControlError::Rejected(format!("no blob at {key}")),
+            other => ControlError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The worker's whole view of the platform. See the module docs.
+#[async_trait]
+pub trait ControlPlane: Send + Sync {
+    /// Waits up to `wait` for a job this worker should run and leases it.
+    /// `Ok(None)`: nothing came (ask again).
+    async fn acquire(&self, worker: &WorkerInfo, wait: Duration) -> Result<Option<Assignment>, ControlError>;
+    /// Renews the lease and reports progress.
+    async fn heartbeat(&self, lease: &Lease, progress: &Progress) -> Result<HeartbeatReply, ControlError>;
+    /// Reads a blob of this job (its checkpoints or input reference).
+    async fn read_blob(&self, lease: &Lease, key: &str) -> Result<Bytes, ControlError>;
+    /// Stores a checkpoint under an attempt-scoped key, checks it against
+    /// `crc32`, then commits the pointer (fenced). The previous checkpoint
+    /// stays referenced until this commit lands.
+    async fn write_checkpoint(
+        &self,
+        lease: &Lease,
+        step: u32,
+        crc32: u32,
+        bytes: Bytes,
+    ) -> Result<CheckpointRef, ControlError>;
+    /// Appends an event to the job's log (e.g. `resumed`).
+    async fn event(&self, lease: &Lease, kind: &str, data: Value) -> Result<(), ControlError>;
+    /// Stores one output under its attempt-scoped key; invisible until `complete`.
+    async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, bytes: Bytes) -> Result<(), ControlError>;
+    /// Commits the uploaded assets and completes the job (fenced, exactly once).
+    async fn complete(&self, lease: &Lease, video_bytes: u64) -> Result<(), ControlError>;
+    /// Fails the job for good (a deterministic error: retrying would not help).
+    async fn fail(&self, lease: &Lease, error: &JobError) -> Result<(), ControlError>;
+    /// Gives the job back to the queue at once (it resumes from its last checkpoint).
+    async fn release(&self, lease: &Lease, cause: ReleaseCause) -> Result<(), ControlError>;
+    /// After a retryable failure: requeue, or dead-letter once attempts are used up.
+    async fn retry(&self, lease: &Lease, message: &str) -> Result<RetryOutcome, ControlError>;
+    /// Fleet figures for the adaptive checkpoint interval.
+    async fn fleet(&self) -> Result<FleetInfo, ControlError>;
+}
+
+/// The server side: what a node has to run jobs with.
+pub struct Runtime {
+    pub store: Arc<dyn Store>,
+    pub blob: Arc<dyn BlobStore>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub bus: JobBus,
+    pub clock: Arc<dyn Clock>,
+    pub config: RuntimeConfig,
+    pub fleet: Arc<FleetStats>,
+}
+
+/// The control plane in the server's process: store, bucket and scheduler.
+/// In-process workers call it directly; the internal worker API calls it on
+/// behalf of remote workers.
+pub struct LocalControl {
+    rt: Arc<Runtime>,
+}
+
+impl LocalControl {
+    pub fn new(rt: Arc<Runtime>) -> Self {
+        Self { rt }
+    }
+
+    /// The job's record, if `lease` still owns it.
+    async fn owned_job(&self, lease: &Lease) -> Result<Job, ControlError> {
+        let job = self
+            .rt
+            .store
+            .job(&lease.job_id)
+            .await?
+            .ok_or_else(|| ControlError::stale(lease))?;
+        match &job.lease {
+            Some(l) if l.attempt == lease.attempt => Ok(job),
+            _ => Err(ControlError::stale(lease)),
+        }
+    }
+
+    fn retention_ms(&self, job: &Job) -> i64 {
+        i64::try_from(self.rt.config.retention(job.tier).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Leases a job the scheduler picked and reads its record. Runs as its
+    /// own task so that a caller who stops waiting (a worker that hung up)
+    /// cannot strand the job between the scheduler and the store.
+    async fn lease_picked(
+        rt: Arc<Runtime>,
+        queued: QueuedJob,
+        worker: WorkerId,
+    ) -> Result<Option<Assignment>, ControlError> {
+        let now = rt.clock.now_ms();
+        let ttl_ms = rt.config.lease_ttl_ms();
+        let lease = match rt.store.lease(&queued.id, &worker, now, ttl_ms).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return Ok(None), // cancelled or deleted while queued
+            Err(e) => {
+                // Not leased: put it back for the next worker.
+                rt.dispatcher.enqueue(queued);
+                return Err(e.into());
+            }
+        };
+        let wait_s = (now - queued.enqueued_at_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!("videogen_queue_wait_seconds", "tier" => queued.tier.as_str()).record(wait_s);
+        rt.fleet.leased(&queued.id, now);
+        rt.bus.notify(&lease.job_id);
+        let job = rt
+            .store
+            .job(&lease.job_id)
+            .await?
+            .ok_or_else(|| ControlError::stale(&lease))?;
+        Ok(Some(Assignment { lease, job, ttl_ms }))
+    }
+}
+
+fn check_crc(bytes: &[u8], crc32: u32) -> Result<(), ControlError> {
+    let got = crc32fast::hash(bytes);
+    if got == crc32 {
+        Ok(())
+    } else {
+        Err(ControlError::Rejected(format!(
+            "checksum mismatch: body has crc32 {got:08x}, the worker sent {crc32:08x}"
+        )))
+    }
+}
+
+#[async_trait]
+impl ControlPlane for LocalControl {
+    async fn acquire(&self, worker: &WorkerInfo, wait: Duration) -> Result<Option<Assignment>, ControlError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let never = CancellationToken::new();
+        loop {
+            // Cancel-safe: the scheduler hands a job out only when this returns.
+            let next = tokio::time::timeout_at(deadline, self.rt.dispatcher.next(&worker.loaded_models, &never));
+            let Ok(Some(queued)) = next.await else { return Ok(None) };
+            let (tx, rx) = oneshot::channel();
+            let (rt, id) = (self.rt.clone(), worker.id.clone());
+            tokio::spawn(async move {
+                let leased = Self::lease_picked(rt.clone(), queued, id).await;
+                if let Err(Ok(Some(a))) = tx.send(leased) {
+                    // Nobody is waiting any more: give the job straight back.
+                    if let Ok(q) = rt.store.release(&a.lease, rt.clock.now_ms()).await {
+                        rt.dispatcher.enqueue(q);
+                    }
+                }
+            });
+            match rx.await {
+                Ok(Ok(Some(a))) => return Ok(Some(a)),
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(ControlError::Unavailable("lease task failed".into())),
+            }
+        }
+    }
+
+    async fn heartbeat(&self, lease: &Lease, progress: &Progress) -> Result<HeartbeatReply, ControlError> {
+        let now = self.rt.clock.now_ms();
+        match self
+            .rt
+            .store
+            .heartbeat(lease, progress, now, self.rt.config.lease_ttl_ms())
+            .await
+        {
+            Ok(expires_at_ms) => {
+                self.rt.bus.notify(&lease.job_id);
+                Ok(HeartbeatReply {
+                    directive: Directive::Continue,
+                    expires_at_ms,
+                })
+            }
+            // Tell a cancelled attempt to stop; one that lost the job to a
+            // newer attempt gets the fencing error.
+            Err(StoreError::StaleLease { .. }) => match self.rt.store.job(&lease.job_id).await? {
+                Some(job) if job.state == JobState::Cancelled => Ok(HeartbeatReply {
+                    directive: Directive::Cancel,
+                    expires_at_ms: now,
+                }),
+                _ => Err(ControlError::stale(lease)),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn read_blob(&self, lease: &Lease, key: &str) -> Result<Bytes, ControlError> {
+        let job = self.owned_job(lease).await?;
+        // Only this job's own bytes: its checkpoints and its input reference.
+        let [_, checkpoints, _] = keys::job_prefixes(&job.id);
+        let allowed = key.starts_with(&checkpoints) || job.spec.input_reference.as_deref() == Some(key);
+        if !allowed {
+            return Err(ControlError::Rejected(format!("{key} is not a blob of job {}", job.id)));
+        }
+        Ok(self.rt.blob.get(key).await?)
+    }
+
+    async fn write_checkpoint(
+        &self,
+        lease: &Lease,
+        step: u32,
+        crc32: u32,
+        bytes: Bytes,
+    ) -> Result<CheckpointRef, ControlError> {
+        check_crc(&bytes, crc32)?;
+        // A zombie's bytes would land under its own attempt's key and never be
+        // referenced; checking first just spares the bucket the write.
+        self.owned_job(lease).await?;
+        let key = keys::checkpoint(&lease.job_id, lease.attempt, step);
+        let ck = CheckpointRef {
+            key: key.clone(),
+            step,
+            attempt: lease.attempt,
+            crc32,
+            size_bytes: bytes.len() as u64,
+        };
+        self.rt.blob.put(&key, bytes).await?;
+        if let Err(e) = self
+            .rt
+            .store
+            .commit_checkpoint(lease, &ck, self.rt.clock.now_ms())
+            .await
+        {
+            let _ = self.rt.blob.delete(&key).await;
+            return Err(e.into());
+        }
+        self.rt.bus.notify(&lease.job_id);
+        Ok(ck)
+    }
+
+    async fn event(&self, lease: &Lease, kind: &str, data: Value) -> Result<(), ControlError> {
+        self.owned_job(lease).await?;
+        self.rt
+            .store
+            .append_event(&lease.job_id, kind, data, self.rt.clock.now_ms())
+            .await?;
+        self.rt.bus.notify(&lease.job_id);
+        Ok(())
+    }
+
+    async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, bytes: Bytes) -> Result<(), ControlError> {
+        check_crc(&bytes, crc32)?;
+        self.owned_job(lease).await?;
+        self.rt.blob.put(&kind.key(lease), bytes).await?;
+        Ok(())
+    }
+
+    async fn complete(&self, lease: &Lease, video_bytes: u64) -> Result<(), ControlError> {
+        let job = self.owned_job(lease).await?;
+        let outputs = Outputs {
+            video_key: AssetKind::Video.key(lease),
+            thumbnail_key: AssetKind::Thumbnail.key(lease),
+            spritesheet_key: AssetKind::Spritesheet.key(lease),
+            video_bytes,
+        };
+        // Every asset must be there before the pointer makes them visible.
+        for key in [&outputs.video_key, &outputs.thumbnail_key, &outputs.spritesheet_key] {
+            // NotFound → Rejected: the worker skipped an upload.
+            self.rt.blob.size(key).await?;
+        }
+        let now = self.rt.clock.now_ms();
+        match self
+            .rt
+            .store
+            .complete(lease, &outputs, now, now.saturating_add(self.retention_ms(&job)))
+            .await
+        {
+            Ok(_) => {
+                self.rt.bus.notify(&lease.job_id);
+                // Checkpoints are only for resuming; a completed job needs none.
+                let [_, checkpoints, _] = keys::job_prefixes(&lease.job_id);
+                if let Err(e) = self.rt.blob.delete_prefix(&checkpoints).await {
+                    tracing::warn!(job = %lease.job_id, error = %e, "could not delete checkpoints");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Not ours any more: leave no orphaned bytes behind.
+                for key in [&outputs.video_key, &outputs.thumbnail_key, &outputs.spritesheet_key] {
+                    let _ = self.rt.blob.delete(key).await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn fail(&self, lease: &Lease, error: &JobError) -> Result<(), ControlError> {
+        self.rt.store.fail(lease, error, self.rt.clock.now_ms()).await?;
+        self.rt.bus.notify(&lease.job_id);
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease, cause: ReleaseCause) -> Result<(), ControlError> {
+        let now = self.rt.clock.now_ms();
+        let queued = self.rt.store.release(lease, now).await?;
+        let ReleaseCause::Shutdown = cause;
+        self.rt.fleet.lost(&lease.job_id, Loss::Graceful, now);
+        self.rt.dispatcher.enqueue(queued);
+        self.rt.bus.notify(&lease.job_id);
+        Ok(())
+    }
+
+    async fn retry(&self, lease: &Lease, message: &str) -> Result<RetryOutcome, ControlError> {
+        let now = self.rt.clock.now_ms();
+        let outcome = self
+            .rt
+            .store
+            .requeue_or_dead_letter(lease, message, now, self.rt.config.max_attempts)
+            .await?;
+        self.rt.bus.notify(&lease.job_id);
+        Ok(match outcome {
+            Reclaimed::Requeued(q) => {
+                self.rt.dispatcher.enqueue(q);
+                RetryOutcome::Requeued
+            }
+            Reclaimed::DeadLettered(_) => RetryOutcome::DeadLettered,
+        })
+    }
+
+    async fn fleet(&self) -> Result<FleetInfo, ControlError> {
+        Ok(FleetInfo {
+            mtbf_secs: self.rt.fleet.mtbf_secs(self.rt.clock.now_ms()),
+        })
+    }
+}
+
+/// Lets a `ControlError` be told apart from "the lease is gone" cheaply.
+pub fn is_stale(e: &ControlError) -> bool {
+    matches!(e, ControlError::Stale { .. })
+}
+
+/// The HTTP status a [`ControlError`] maps to on the internal worker API (and back).
+pub fn status_of(e: &ControlError) -> u16 {
+    match e {
+        ControlError::Stale { .. } => 409,
+        ControlError::Rejected(_) => 400,
+        ControlError::Unavailable(_) => 503,
+    }
+}

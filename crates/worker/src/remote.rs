@@ -1,0 +1,284 @@
+//! [`RemoteControl`]: the [`ControlPlane`] over the server's internal worker
+//! API, for `videogen worker` processes. They hold a worker token and a URL,
+//! never database or bucket credentials: every byte goes through the server,
+//! which checks the fencing token before it writes anything.
+//!
+//! The paths live here ([`paths`]) so the server's routes and this client
+//! cannot drift apart.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+use videogen_core::{CheckpointRef, JobError, Lease, Progress};
+
+use crate::control::{
+    AssetKind, Assignment, ControlError, ControlPlane, FleetInfo, HeartbeatReply, ReleaseCause, RetryOutcome,
+    WorkerInfo,
+};
+
+/// Header carrying the CRC-32 of an uploaded body (checked by the server).
+pub const CRC32_HEADER: &str = "x-videogen-crc32";
+/// Longest long poll the server grants.
+pub const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(30);
+/// Tries per call when the server cannot be reached or answers 5xx.
+const TRIES: u32 = 3;
+/// Bound on any call other than a long poll (uploads of checkpoints and videos included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Paths of the internal worker API, relative to the server's base URL.
+pub mod paths {
+    use videogen_core::Lease;
+
+    pub const ACQUIRE: &str = "/internal/v1/acquire";
+    pub const FLEET: &str = "/internal/v1/fleet";
+    /// Route pattern of one attempt's calls (axum syntax).
+    pub const ATTEMPT: &str = "/internal/v1/jobs/{id}/attempts/{attempt}";
+
+    /// `/internal/v1/jobs/{id}/attempts/{attempt}/{tail}` for `lease`.
+    pub fn attempt(lease: &Lease, tail: &str) -> String {
+        format!("/internal/v1/jobs/{}/attempts/{}/{tail}", lease.job_id, lease.attempt)
+    }
+}
+
+/// Body of an acquire.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AcquireRequest {
+    pub worker: WorkerInfo,
+    pub wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventRequest {
+    pub kind: String,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompleteRequest {
+    pub video_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseRequest {
+    pub cause: ReleaseCause,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetryRequest {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetryResponse {
+    pub outcome: RetryOutcome,
+}
+
+/// The error body the server sends (OpenAI's envelope).
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    message: String,
+}
+
+pub struct RemoteControl {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl RemoteControl {
+    /// `base`: the server's URL, e.g. `http://10.0.0.5:8080`.
+    pub fn new(base: &str, token: &str) -> Result<Self, ControlError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ControlError::Unavailable(format!("building the HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(CALL_TIMEOUT)
+    }
+
+    /// Sends (retrying transport errors and 5xx), maps error statuses.
+    async fn send(&self, lease: Option<&Lease>, build: impl Fn() -> RequestBuilder) -> Result<Response, ControlError> {
+        let mut last = None;
+        for i in 0..TRIES {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(200 << i)).await;
+            }
+            match build().send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => match error_of(lease, resp).await {
+                    e @ ControlError::Unavailable(_) => last = Some(e),
+                    e => return Err(e),
+                },
+                Err(e) => last = Some(ControlError::Unavailable(e.to_string())),
+            }
+        }
+        Err(last.unwrap_or_else(|| ControlError::Unavailable("no attempt made".into())))
+    }
+
+    async fn json<T: DeserializeOwned>(resp: Response) -> Result<T, ControlError> {
+        resp.json()
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("reading the server's answer: {e}")))
+    }
+
+    async fn post_json<B: Serialize + ?Sized>(
+        &self,
+        lease: &Lease,
+        tail: &str,
+        body: &B,
+    ) -> Result<Response, ControlError> {
+        let path = paths::attempt(lease, tail);
+        self.send(Some(lease), || self.request(Method::POST, &path).json(body))
+            .await
+    }
+
+    async fn put_bytes(&self, lease: &Lease, tail: &str, crc32: u32, bytes: Bytes) -> Result<Response, ControlError> {
+        let path = paths::attempt(lease, tail);
+        self.send(Some(lease), || {
+            self.request(Method::PUT, &path)
+                .header(CRC32_HEADER, crc32.to_string())
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(bytes.clone())
+        })
+        .await
+    }
+}
+
+async fn error_of(lease: Option<&Lease>, resp: Response) -> ControlError {
+    let status = resp.status();
+    let message = match resp.json::<ErrorBody>().await {
+        Ok(b) => b.error.message,
+        Err(_) => status.to_string(),
+    };
+    match (status, lease) {
+        (StatusCode::CONFLICT, Some(l)) => ControlError::Stale {
+            job: l.job_id.clone(),
+            attempt: l.attempt,
+        },
+        (s, _) if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+            ControlError::Unavailable(format!("{status}: {message}"))
+        }
+        _ => ControlError::Rejected(format!("{status}: {message}")),
+    }
+}
+
+#[async_trait]
+impl ControlPlane for RemoteControl {
+    async fn acquire(&self, worker: &WorkerInfo, wait: Duration) -> Result<Option<Assignment>, ControlError> {
+        let wait = wait.min(MAX_ACQUIRE_WAIT);
+        let body = AcquireRequest {
+            worker: worker.clone(),
+            wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        };
+        // One try: the caller loops anyway, and a long poll is not retried blindly.
+        let resp = self
+            .request(Method::POST, paths::ACQUIRE)
+            .timeout(wait + Duration::from_secs(10))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        match resp.status() {
+            StatusCode::NO_CONTENT => Ok(None),
+            s if s.is_success() => Self::json(resp).await.map(Some),
+            _ => Err(error_of(None, resp).await),
+        }
+    }
+
+    async fn heartbeat(&self, lease: &Lease, progress: &Progress) -> Result<HeartbeatReply, ControlError> {
+        Self::json(self.post_json(lease, "heartbeat", progress).await?).await
+    }
+
+    async fn read_blob(&self, lease: &Lease, key: &str) -> Result<Bytes, ControlError> {
+        let mut url = reqwest::Url::parse(&format!("{}{}", self.base, paths::attempt(lease, "blob")))
+            .map_err(|e| ControlError::Rejected(format!("bad server URL: {e}")))?;
+        url.query_pairs_mut().append_pair("key", key);
+        let resp = self
+            .send(Some(lease), || {
+                self.http
+                    .get(url.clone())
+                    .bearer_auth(&self.token)
+                    .timeout(CALL_TIMEOUT)
+            })
+            .await?;
+        resp.bytes()
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("reading blob {key}: {e}")))
+    }
+
+    async fn write_checkpoint(
+        &self,
+        lease: &Lease,
+        step: u32,
+        crc32: u32,
+        bytes: Bytes,
+    ) -> Result<CheckpointRef, ControlError> {
+        let resp = self
+            .put_bytes(lease, &format!("checkpoints/{step}"), crc32, bytes)
+            .await?;
+        Self::json(resp).await
+    }
+
+    async fn event(&self, lease: &Lease, kind: &str, data: Value) -> Result<(), ControlError> {
+        let body = EventRequest {
+            kind: kind.to_owned(),
+            data,
+        };
+        self.post_json(lease, "events", &body).await.map(drop)
+    }
+
+    async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, bytes: Bytes) -> Result<(), ControlError> {
+        self.put_bytes(lease, &format!("assets/{}", kind.as_str()), crc32, bytes)
+            .await
+            .map(drop)
+    }
+
+    async fn complete(&self, lease: &Lease, video_bytes: u64) -> Result<(), ControlError> {
+        self.post_json(lease, "complete", &CompleteRequest { video_bytes })
+            .await
+            .map(drop)
+    }
+
+    async fn fail(&self, lease: &Lease, error: &JobError) -> Result<(), ControlError> {
+        self.post_json(lease, "fail", error).await.map(drop)
+    }
+
+    async fn release(&self, lease: &Lease, cause: ReleaseCause) -> Result<(), ControlError> {
+        self.post_json(lease, "release", &ReleaseRequest { cause })
+            .await
+            .map(drop)
+    }
+
+    async fn retry(&self, lease: &Lease, message: &str) -> Result<RetryOutcome, ControlError> {
+        let body = RetryRequest {
+            message: message.to_owned(),
+        };
+        let r: RetryResponse = Self::json(self.post_json(lease, "retry", &body).await?).await?;
+        Ok(r.outcome)
+    }
+
+    async fn fleet(&self) -> Result<FleetInfo, ControlError> {
+        let resp = self.send(None, || self.request(Method::GET, paths::FLEET)).await?;
+        Self::json(resp).await
+    }
+}
