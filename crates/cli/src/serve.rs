@@ -216,6 +216,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             loaded_models: Vec::new(),
             spot: false,
             memory_class: None,
+            model_load_ms: args.engine.model_load_ms,
         };
         let w = Worker::new(control.clone(), engine.clone(), info, worker_config.clone());
         tasks.spawn(w.run(shutdown.clone()));

@@ -170,6 +170,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             loaded_models: Vec::new(),
             spot: args.spot,
             memory_class: None,
+            model_load_ms: args.engine.model_load_ms,
         };
         let w = Worker::new(control.clone(), engine.clone(), info, config.clone());
         slots.spawn(w.run(shutdown.clone()));

@@ -44,6 +44,10 @@ pub struct WorkerInfo {
     /// Accelerator memory class, e.g. `"80g"`; informational for now.
     #[serde(default)]
     pub memory_class: Option<String>,
+    /// What loading a model it does not have costs this worker, in ms: a cold
+    /// worker leaves a job to a busy warm one expected free sooner than that.
+    #[serde(default)]
+    pub model_load_ms: u64,
 }
 
 /// A job handed to a worker: the lease (with its fencing token) and the job
@@ -270,7 +274,7 @@ impl LocalControl {
         };
         let wait_s = (now - queued.enqueued_at_ms).max(0) as f64 / 1000.0;
         metrics::histogram!("videogen_queue_wait_seconds", "tier" => queued.tier.as_str()).record(wait_s);
-        rt.fleet.leased(&queued.id, now);
+        rt.fleet.leased(&queued.id, &worker, now);
         rt.bus.notify(&lease.job_id);
         let job = rt
             .store
@@ -297,9 +301,21 @@ impl ControlPlane for LocalControl {
     async fn acquire(&self, worker: &WorkerInfo, wait: Duration) -> Result<Option<Assignment>, ControlError> {
         let deadline = tokio::time::Instant::now() + wait;
         let never = CancellationToken::new();
+        self.rt
+            .fleet
+            .polling(&worker.id, &worker.loaded_models, self.rt.clock.now_ms());
+        // A cold worker steps aside for a busy warm one that will be free
+        // sooner than this worker would take to load the model.
+        let (fleet, clock) = (self.rt.fleet.clone(), self.rt.clock.clone());
+        let load_ms = i64::try_from(worker.model_load_ms).unwrap_or(i64::MAX);
+        let defer = move |job: &QueuedJob| {
+            let soon = fleet.warm_free_within(&job.model, load_ms, clock.now_ms())?;
+            Some(Duration::from_millis(u64::try_from(soon).unwrap_or(0).max(50)))
+        };
         loop {
             // Cancel-safe: the scheduler hands a job out only when this returns.
-            let next = tokio::time::timeout_at(deadline, self.rt.dispatcher.next(&worker.loaded_models, &never));
+            let next = self.rt.dispatcher.next_with(&worker.loaded_models, &never, &defer);
+            let next = tokio::time::timeout_at(deadline, next);
             let Ok(Some(queued)) = next.await else { return Ok(None) };
             let (tx, rx) = oneshot::channel();
             let (rt, id) = (self.rt.clone(), worker.id.clone());
@@ -331,6 +347,7 @@ impl ControlPlane for LocalControl {
         {
             Ok(expires_at_ms) => {
                 self.rt.bus.notify(&lease.job_id);
+                self.rt.fleet.heartbeat(&lease.job_id, progress.percent, now);
                 Ok(HeartbeatReply {
                     directive: Directive::Continue,
                     expires_at_ms,
@@ -431,6 +448,7 @@ impl ControlPlane for LocalControl {
             .await
         {
             Ok(_) => {
+                self.rt.fleet.ended(&lease.job_id, now);
                 self.rt.bus.notify(&lease.job_id);
                 // Checkpoints are only for resuming; a completed job needs none.
                 let [_, checkpoints, _] = keys::job_prefixes(&lease.job_id);
@@ -450,7 +468,9 @@ impl ControlPlane for LocalControl {
     }
 
     async fn fail(&self, lease: &Lease, error: &JobError) -> Result<(), ControlError> {
-        self.rt.store.fail(lease, error, self.rt.clock.now_ms()).await?;
+        let now = self.rt.clock.now_ms();
+        self.rt.store.fail(lease, error, now).await?;
+        self.rt.fleet.ended(&lease.job_id, now);
         self.rt.bus.notify(&lease.job_id);
         Ok(())
     }
@@ -472,6 +492,7 @@ impl ControlPlane for LocalControl {
             .store
             .requeue_or_dead_letter(lease, message, now, self.rt.config.max_attempts)
             .await?;
+        self.rt.fleet.ended(&lease.job_id, now);
         self.rt.bus.notify(&lease.job_id);
         Ok(match outcome {
             Reclaimed::Requeued(q) => {

@@ -16,8 +16,8 @@ use videogen_sched::{Scheduler, SchedulerConfig, TierMap, WorkerView};
 pub struct Dispatcher {
     sched: Mutex<Scheduler>,
     wake: Notify,
-    /// Cancellation handles of jobs running in this process.
-    running: Mutex<HashMap<VideoId, CancellationToken>>,
+    /// Idle workers waiting right now, per model they have loaded (warm).
+    warm_waiting: Mutex<HashMap<String, usize>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -26,7 +26,7 @@ impl Dispatcher {
         Self {
             sched: Mutex::new(Scheduler::new(cfg)),
             wake: Notify::new(),
-            running: Mutex::new(HashMap::new()),
+            warm_waiting: Mutex::new(HashMap::new()),
             clock,
         }
     }
@@ -54,17 +54,32 @@ impl Dispatcher {
         self.wake.notify_one();
     }
 
-    /// Forgets a queued job and stops it if it runs here.
+    /// Forgets a queued job. (A running one learns of its cancellation from
+    /// its next heartbeat, wherever its worker runs.)
     pub fn cancel(&self, id: &VideoId) {
         self.sched().remove(id);
-        if let Some(t) = self.running_map().get(id) {
-            t.cancel();
-        }
         self.publish_depth();
     }
 
     /// Waits until a job is due for a worker with these models loaded.
+    ///
+    /// Model warmth: a cold worker (without the job's model) leaves the job to
+    /// a warm worker that is idle at that moment, and takes it otherwise:
+    /// with no warm worker free, waiting for one would cost more than loading.
     pub async fn next(&self, loaded_models: &[String], shutdown: &CancellationToken) -> Option<QueuedJob> {
+        self.next_with(loaded_models, shutdown, &|_| None).await
+    }
+
+    /// [`Dispatcher::next`], where `defer` may also leave a job a cold worker
+    /// drew to a busy warm worker that will be free sooner than a load would
+    /// take (it returns how long to step aside, then the job is drawn again).
+    pub async fn next_with(
+        &self,
+        loaded_models: &[String],
+        shutdown: &CancellationToken,
+        defer: &(dyn Fn(&QueuedJob) -> Option<std::time::Duration> + Sync),
+    ) -> Option<QueuedJob> {
+        let _warm = WarmGuard::register(&self.warm_waiting, loaded_models);
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
@@ -73,17 +88,61 @@ impl Dispatcher {
             notified.as_mut().enable();
             let picked = {
                 let now = self.clock.now_ms();
-                self.sched().next(now, &WorkerView { loaded_models })
+                let mut sched = self.sched();
+                match sched.next(now, &WorkerView { loaded_models }) {
+                    Some(job) if !loaded_models.contains(&job.model) && self.warm_idle(&job.model) => {
+                        sched.enqueue(job);
+                        Pick::LeftForWarm
+                    }
+                    Some(job) if !loaded_models.contains(&job.model) => match defer(&job) {
+                        Some(wait) => {
+                            sched.enqueue(job);
+                            Pick::StepAside(wait)
+                        }
+                        None => Pick::Job(job),
+                    },
+                    Some(job) => Pick::Job(job),
+                    None => Pick::Nothing,
+                }
             };
-            if let Some(job) = picked {
-                self.publish_depth();
-                return Some(job);
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = shutdown.cancelled() => return None,
+            match picked {
+                Pick::Job(job) => {
+                    self.publish_depth();
+                    return Some(job);
+                }
+                Pick::LeftForWarm => {
+                    // Wake the warm worker(s); this one waits for what comes next.
+                    self.wake.notify_waiters();
+                    let later = self.wake.notified();
+                    tokio::pin!(later);
+                    tokio::select! {
+                        _ = &mut later => {}
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
+                Pick::StepAside(wait) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
+                Pick::Nothing => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
             }
         }
+    }
+
+    fn warm_idle(&self, model: &str) -> bool {
+        self.warm_waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .is_some_and(|n| *n > 0)
     }
 
     pub fn position(&self, id: &VideoId) -> Option<u64> {
@@ -99,26 +158,50 @@ impl Dispatcher {
         self.sched().len()
     }
 
-    fn running_map(&self) -> MutexGuard<'_, HashMap<VideoId, CancellationToken>> {
-        self.running.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Registers a job as running here; the token fires on cancel.
-    pub fn track_running(&self, id: &VideoId) -> CancellationToken {
-        let t = CancellationToken::new();
-        self.running_map().insert(id.clone(), t.clone());
-        t
-    }
-
-    pub fn untrack_running(&self, id: &VideoId) {
-        self.running_map().remove(id);
-    }
-
     fn publish_depth(&self) {
         let d = self.depth();
         metrics::gauge!("videogen_queue_depth", "tier" => "free").set(d.free as f64);
         metrics::gauge!("videogen_queue_depth", "tier" => "paid").set(d.paid as f64);
         metrics::gauge!("videogen_queue_depth", "tier" => "internal").set(d.internal as f64);
+    }
+}
+
+enum Pick {
+    Job(QueuedJob),
+    /// A warm worker is idle: it takes the job.
+    LeftForWarm,
+    /// A busy warm worker will be free sooner than a load: check again after this.
+    StepAside(std::time::Duration),
+    Nothing,
+}
+
+/// Counts a waiting worker as warm for its models while it waits.
+struct WarmGuard<'a> {
+    map: &'a Mutex<HashMap<String, usize>>,
+    models: &'a [String],
+}
+
+impl<'a> WarmGuard<'a> {
+    fn register(map: &'a Mutex<HashMap<String, usize>>, models: &'a [String]) -> Self {
+        let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+        for model in models {
+            *m.entry(model.clone()).or_default() += 1;
+        }
+        Self { map, models }
+    }
+}
+
+impl Drop for WarmGuard<'_> {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for model in self.models {
+            if let Some(n) = m.get_mut(model) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(model);
+                }
+            }
+        }
     }
 }
 
@@ -160,6 +243,78 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_warm_worker_gets_the_job_before_a_cold_one() {
+        let d = Arc::new(Dispatcher::new(
+            SchedulerConfig::default(),
+            Arc::new(ManualClock::new(0)),
+        ));
+        let stop = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for (name, models) in [("cold", vec![]), ("warm", vec!["videogen-ref".to_owned()])] {
+            let (d, stop, tx) = (d.clone(), stop.clone(), tx.clone());
+            tokio::spawn(async move {
+                if let Some(j) = d.next(&models, &stop).await {
+                    let _ = tx.send((name, j.id));
+                }
+            });
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let j = job(Tier::Free, 0);
+        d.enqueue(j.clone());
+        let (who, id) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((who, id), ("warm", j.id));
+        // With no warm worker idle, the cold one takes the next job at once.
+        let k = job(Tier::Free, 1);
+        d.enqueue(k.clone());
+        let (who, id) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((who, id), ("cold", k.id));
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_cold_worker_steps_aside_while_a_warm_one_is_about_to_be_free() {
+        let d = Arc::new(Dispatcher::new(
+            SchedulerConfig::default(),
+            Arc::new(ManualClock::new(0)),
+        ));
+        let stop = CancellationToken::new();
+        let j = job(Tier::Free, 0);
+        d.enqueue(j.clone());
+        // The defer rule: "a warm worker frees up within 200 ms", until it has.
+        let warm_free = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cold = {
+            let (d, stop, warm_free) = (d.clone(), stop.clone(), warm_free.clone());
+            tokio::spawn(async move {
+                let defer = move |_: &QueuedJob| {
+                    (!warm_free.load(std::sync::atomic::Ordering::SeqCst))
+                        .then_some(std::time::Duration::from_millis(200))
+                };
+                d.next_with(&[], &stop, &defer).await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The warm worker, free now, finds the job still queued.
+        let warm = d.next(&["videogen-ref".to_owned()], &stop).await;
+        assert_eq!(warm.map(|w| w.id), Some(j.id));
+        warm_free.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The cold worker takes the next one: nothing to wait for any more.
+        let k = job(Tier::Free, 1);
+        d.enqueue(k.clone());
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), cold)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.map(|g| g.id), Some(k.id));
+    }
+
+    #[tokio::test]
     async fn shutdown_releases_waiting_workers() {
         let d = Dispatcher::new(SchedulerConfig::default(), Arc::new(ManualClock::new(0)));
         let stop = CancellationToken::new();
@@ -168,15 +323,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cancel_removes_queued_and_signals_running() {
+    async fn cancel_removes_queued() {
         let d = Dispatcher::new(SchedulerConfig::default(), Arc::new(ManualClock::new(0)));
         let queued = job(Tier::Paid, 0);
         d.enqueue(queued.clone());
         d.cancel(&queued.id);
         assert_eq!(d.queued(), 0);
-        let running = VideoId::generate();
-        let token = d.track_running(&running);
-        d.cancel(&running);
-        assert!(token.is_cancelled());
     }
 }

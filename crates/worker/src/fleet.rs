@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use videogen_core::VideoId;
+use videogen_core::{VideoId, WorkerId};
 
 use crate::checkpoint_policy::PreemptionRateEstimator;
 
@@ -33,12 +33,32 @@ impl Loss {
     }
 }
 
+/// A worker is forgotten after this long without a call.
+const WORKER_SILENCE_MS: i64 = 60_000;
+
 #[derive(Default)]
 struct Inner {
     estimator: PreemptionRateEstimator,
     leased_at_ms: HashMap<VideoId, i64>,
     lost_at_ms: HashMap<VideoId, i64>,
+    workers: HashMap<WorkerId, Seen>,
+    /// Which worker runs each leased job (heartbeats name the job, not the worker).
+    job_worker: HashMap<VideoId, WorkerId>,
 }
+
+/// What the control plane last saw of a worker.
+struct Seen {
+    at_ms: i64,
+    busy: bool,
+    /// Models it has loaded.
+    models: Vec<String>,
+    /// Its current attempt: when it was leased and its last progress percent.
+    leased_at_ms: i64,
+    percent: u8,
+}
+
+/// A busy worker's remaining time is only extrapolated from this much progress.
+const MIN_PERCENT_TO_EXTRAPOLATE: u8 = 5;
 
 #[derive(Default)]
 pub struct FleetStats {
@@ -50,9 +70,73 @@ impl FleetStats {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A job was leased: if it had been lost, its recovery is complete.
-    pub fn leased(&self, job: &VideoId, now_ms: i64) {
+    /// A worker asks for work (idle) with these models loaded.
+    pub fn polling(&self, worker: &WorkerId, models: &[String], now_ms: i64) {
+        let seen = Seen {
+            at_ms: now_ms,
+            busy: false,
+            models: models.to_vec(),
+            leased_at_ms: now_ms,
+            percent: 0,
+        };
+        self.inner().workers.insert(worker.clone(), seen);
+    }
+
+    /// A job's attempt reported in: its worker is alive, busy, this far along.
+    pub fn heartbeat(&self, job: &VideoId, percent: u8, now_ms: i64) {
         let mut inner = self.inner();
+        if let Some(w) = inner.job_worker.get(job).cloned()
+            && let Some(seen) = inner.workers.get_mut(&w)
+        {
+            seen.at_ms = now_ms;
+            seen.busy = true;
+            seen.percent = percent.min(100);
+        }
+    }
+
+    /// How soon a busy worker with `model` loaded is expected to be free, if
+    /// within `within_ms`: extrapolated from its attempt's progress so far.
+    /// `None` when no warm worker is expected that soon (or nobody can tell).
+    pub fn warm_free_within(&self, model: &str, within_ms: i64, now_ms: i64) -> Option<i64> {
+        let inner = self.inner();
+        inner
+            .workers
+            .values()
+            .filter(|s| s.busy && s.models.iter().any(|m| m == model))
+            .filter(|s| s.percent >= MIN_PERCENT_TO_EXTRAPOLATE)
+            .map(|s| {
+                let elapsed = (now_ms - s.leased_at_ms).max(0);
+                elapsed * i64::from(100 - s.percent) / i64::from(s.percent)
+            })
+            .filter(|&remaining| remaining <= within_ms)
+            .min()
+    }
+
+    /// Sets `videogen_workers{state, warmth}` and forgets silent workers.
+    pub fn publish_workers(&self, now_ms: i64) {
+        let mut inner = self.inner();
+        inner.workers.retain(|_, s| now_ms - s.at_ms <= WORKER_SILENCE_MS);
+        let mut counts = [[0u32; 2]; 2];
+        for s in inner.workers.values() {
+            counts[usize::from(s.busy)][usize::from(!s.models.is_empty())] += 1;
+        }
+        for (b, state) in ["idle", "busy"].into_iter().enumerate() {
+            for (w, warmth) in ["cold", "warm"].into_iter().enumerate() {
+                metrics::gauge!("videogen_workers", "state" => state, "warmth" => warmth).set(f64::from(counts[b][w]));
+            }
+        }
+    }
+
+    /// A job was leased by `worker`: if it had been lost, its recovery is complete.
+    pub fn leased(&self, job: &VideoId, worker: &WorkerId, now_ms: i64) {
+        let mut inner = self.inner();
+        if let Some(seen) = inner.workers.get_mut(worker) {
+            seen.busy = true;
+            seen.at_ms = now_ms;
+            seen.leased_at_ms = now_ms;
+            seen.percent = 0;
+        }
+        bounded_insert_worker(&mut inner.job_worker, job.clone(), worker.clone());
         if let Some(lost) = inner.lost_at_ms.remove(job) {
             let secs = (now_ms - lost).max(0) as f64 / 1000.0;
             metrics::histogram!("videogen_preemption_recovery_seconds").record(secs);
@@ -86,10 +170,22 @@ impl FleetStats {
 }
 
 fn end(inner: &mut Inner, job: &VideoId, now_ms: i64) {
+    if let Some(w) = inner.job_worker.remove(job)
+        && let Some(seen) = inner.workers.get_mut(&w)
+    {
+        seen.busy = false;
+    }
     if let Some(start) = inner.leased_at_ms.remove(job) {
         let secs = (now_ms - start).max(0) as f64 / 1000.0;
         inner.estimator.record_exposure(secs, now_ms);
     }
+}
+
+fn bounded_insert_worker(map: &mut HashMap<VideoId, WorkerId>, job: VideoId, worker: WorkerId) {
+    if map.len() >= MAX_TRACKED {
+        map.clear(); // Only a gauge's accuracy depends on it.
+    }
+    map.insert(job, worker);
 }
 
 fn bounded_insert(map: &mut HashMap<VideoId, i64>, job: VideoId, at_ms: i64) {
@@ -106,6 +202,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_busy_warm_worker_is_expected_free_from_its_progress() {
+        let f = FleetStats::default();
+        let warm = WorkerId::new("n", "warm");
+        let models = vec!["m".to_owned()];
+        f.polling(&warm, &models, 0);
+        let job = VideoId::generate();
+        f.leased(&job, &warm, 0);
+        // Too little progress to extrapolate from.
+        f.heartbeat(&job, 2, 1_000);
+        assert_eq!(f.warm_free_within("m", 60_000, 1_000), None);
+        // 80 % after 8 s: about 2 s to go.
+        f.heartbeat(&job, 80, 8_000);
+        assert_eq!(f.warm_free_within("m", 5_000, 8_000), Some(2_000));
+        assert_eq!(f.warm_free_within("m", 1_000, 8_000), None);
+        assert_eq!(f.warm_free_within("other", 5_000, 8_000), None);
+        // Done: nobody is busy any more.
+        f.ended(&job, 10_000);
+        assert_eq!(f.warm_free_within("m", 60_000, 10_000), None);
+    }
+
+    #[test]
     fn preemptions_shorten_the_published_mtbf() {
         let quiet = FleetStats::default();
         let busy = FleetStats::default();
@@ -113,9 +230,10 @@ mod tests {
         for i in 0..50 {
             let id = VideoId::generate();
             let t = i * 60_000;
-            quiet.leased(&id, t);
+            let w = WorkerId::new("n", "w");
+            quiet.leased(&id, &w, t);
             quiet.ended(&id, t + 60_000);
-            busy.leased(&id, t);
+            busy.leased(&id, &w, t);
             busy.lost(&id, Loss::LeaseExpired, t + 60_000);
         }
         assert!(busy.mtbf_secs(hour_ms) < quiet.mtbf_secs(hour_ms) / 5.0);

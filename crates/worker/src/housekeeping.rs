@@ -32,6 +32,7 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
         if let Err(e) = sweep(&rt).await {
             tracing::warn!(error = %e, "retention sweep failed");
         }
+        rt.fleet.publish_workers(rt.clock.now_ms());
     }
 }
 
