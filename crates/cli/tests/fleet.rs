@@ -172,6 +172,47 @@ async fn sigterm_checkpoints_and_releases_at_once_and_another_worker_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_preemption_deadline_the_job_is_released_without_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = control_plane(dir.path(), &["--lease-ttl-secs", "30"]);
+    // No periodic checkpoints, and a deadline no checkpoint upload can meet.
+    let flags = [
+        "--step-ms",
+        "100",
+        "--checkpoint-every-steps",
+        "0",
+        "--checkpoint-every-secs",
+        "1000",
+        "--preemption-deadline-secs",
+        "0.001",
+    ];
+    let mut w = WorkerProc::start(&s, "w1", &flags);
+    let (_, v) = s.submit(ADMIN_KEY, body("a clock tower", 3)).await;
+    let id = v["id"].as_str().unwrap().to_owned();
+    s.wait_until(ADMIN_KEY, &id, LONG, |v| v["progress"].as_u64().unwrap_or(0) >= 20)
+        .await;
+    w.signal(Signal::SIGTERM);
+    let evs = wait_for_event(&s, &id, Duration::from_secs(10), |k, d| {
+        k == "requeued" && d["reason"] == "released"
+    })
+    .await;
+    assert!(
+        w.wait_exit(Duration::from_secs(10)),
+        "worker did not exit after SIGTERM"
+    );
+    assert!(
+        checkpoint_steps(&evs).is_empty(),
+        "no checkpoint should fit the deadline: {evs:?}"
+    );
+    let requeued = evs
+        .iter()
+        .find(|(k, _)| k == "requeued")
+        .map(|(_, d)| d.clone())
+        .unwrap();
+    assert_eq!(requeued["resume_step"].as_i64(), Some(0), "{requeued}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_latest_checkpoint_falls_back_to_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();
     let s = control_plane(dir.path(), &["--lease-ttl-secs", "1"]);

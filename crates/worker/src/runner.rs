@@ -112,6 +112,8 @@ pub struct Worker {
     config: WorkerConfig,
     /// Measured cost of a checkpoint (how long it holds up the generation).
     checkpoint_cost: CheckpointCostEstimator,
+    /// When a stop was requested, once it was.
+    noticed: Arc<std::sync::OnceLock<Instant>>,
 }
 
 impl Worker {
@@ -122,11 +124,23 @@ impl Worker {
             info,
             config,
             checkpoint_cost: CheckpointCostEstimator::default(),
+            noticed: Arc::default(),
         }
     }
 
     /// Runs jobs until `shutdown`; a job in flight then is checkpointed and released.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        // When the stop was requested: the preemption deadline counts from
+        // there, not from the step boundary where the attempt notices it.
+        let noticed = Arc::new(std::sync::OnceLock::new());
+        {
+            let (shutdown, noticed) = (shutdown.clone(), noticed.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                let _ = noticed.set(Instant::now());
+            });
+        }
+        self.noticed = noticed;
         while !shutdown.is_cancelled() {
             let acquired = tokio::select! {
                 r = self.control.acquire(&self.info, self.config.acquire_wait) => r,
@@ -180,6 +194,7 @@ impl Worker {
             lease: &lease,
             signals: &signals,
             shutdown,
+            noticed: &self.noticed,
             keeper: &keeper,
             clock: CheckpointClock::new(self.config.checkpoint, self.checkpoint_cost.estimate(), mtbf),
             cost: &mut self.checkpoint_cost,
@@ -237,6 +252,7 @@ struct Attempt<'a> {
     lease: &'a Lease,
     signals: &'a Signals,
     shutdown: &'a CancellationToken,
+    noticed: &'a std::sync::OnceLock<Instant>,
     keeper: &'a LeaseKeeper,
     clock: CheckpointClock,
     cost: &'a mut CheckpointCostEstimator,
@@ -437,7 +453,8 @@ impl Attempt<'_> {
         upload: Option<Upload>,
         last_ck_step: u32,
     ) -> Result<Finished, Stop> {
-        let deadline = Instant::now() + self.config.preemption_deadline;
+        // From the notice (a `release` directive has none: from now).
+        let deadline = self.noticed.get().copied().unwrap_or_else(Instant::now) + self.config.preemption_deadline;
         let within = |d: Instant| d.saturating_duration_since(Instant::now());
         let total = generation.total_steps();
         let done = generation.steps_done();
