@@ -202,7 +202,7 @@ pub async fn run(mut args: ChaosArgs) -> anyhow::Result<()> {
             jobs: args.jobs,
             workers: args.workers,
             faults,
-            fenced_writes_rejected: metric_sum(&metrics, "videogen_fenced_writes_rejected_total"),
+            fenced_writes_rejected: procs::metric_sum(&metrics, "videogen_fenced_writes_rejected_total") as u64,
             ..Report::default()
         };
         for (seed, id) in &jobs {
@@ -469,14 +469,6 @@ async fn download(http: &reqwest::Client, base: &str, id: &str) -> anyhow::Resul
 
 fn sha256(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
-}
-
-/// Sum of a Prometheus counter's samples (all label sets).
-fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// Checks the event log of every job and derives the figures.

@@ -1,5 +1,6 @@
 //! Starting `videogen serve` and `videogen worker` as child processes on
-//! loopback, for `videogen chaos` and `videogen bench fleet`.
+//! loopback, and reading their Prometheus metrics, for `videogen chaos` and
+//! `videogen bench fleet`.
 
 use anyhow::{Context, bail};
 use std::path::Path;
@@ -70,4 +71,13 @@ pub fn start_worker(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting worker {name}"))
+}
+
+/// Sum of a metric's samples over all label sets in a Prometheus text page
+/// (0 when absent).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |a, b| a + b)
 }

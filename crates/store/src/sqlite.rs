@@ -373,6 +373,14 @@ impl SqliteStore {
         }
     }
 
+    /// Revokes a credential with `sql` (?1 now, ?2 id); `true` if it was live.
+    async fn revoke(&self, sql: &'static str, id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.writer
+            .call(move |c| exec(c, sql, params![now_ms, id]).map(|n| n > 0))
+            .await
+    }
+
     /// Reclaims running jobs selected by `requeue_sql` / `dead_letter_sql`
     /// (whose filter parameter is `filter`) in one transaction.
     async fn reclaim(
@@ -601,17 +609,12 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.writer
-            .call(move |c| {
-                exec(
-                    c,
-                    "UPDATE api_keys SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms IS NULL",
-                    params![now_ms, id],
-                )
-                .map(|n| n > 0)
-            })
-            .await
+        self.revoke(
+            "UPDATE api_keys SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms IS NULL",
+            id,
+            now_ms,
+        )
+        .await
     }
 
     // ---- submission and reads
@@ -1157,17 +1160,12 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_worker_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.writer
-            .call(move |c| {
-                exec(
-                    c,
-                    "UPDATE worker_tokens SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms IS NULL",
-                    params![now_ms, id],
-                )
-                .map(|n| n > 0)
-            })
-            .await
+        self.revoke(
+            "UPDATE worker_tokens SET revoked_at_ms = ?1 WHERE id = ?2 AND revoked_at_ms IS NULL",
+            id,
+            now_ms,
+        )
+        .await
     }
 
     // ---- dead letters

@@ -433,13 +433,7 @@ async fn overhead(root: &Path, policy: &str, flags: &[&str], jobs: usize) -> any
         .text()
         .await?;
     c.stop().await;
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .fold(0.0, |a, b| a + b)
-    };
+    let value = |name: &str| procs::metric_sum(&metrics, name);
     let generating_s = value("videogen_generating_seconds_total");
     let checkpoint_stall_s = value("videogen_checkpoint_stall_seconds_total");
     Ok(Overhead {
