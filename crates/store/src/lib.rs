@@ -1,5 +1,6 @@
-//! The durable job store: [`SqliteStore`], the SQLite implementation of
-//! [`videogen_core::store::Store`].
+//! The durable job store: [`SqliteStore`] and [`PgStore`], the SQLite and
+//! PostgreSQL implementations of [`videogen_core::store::Store`], with the
+//! same semantics (the behavioural tests run every scenario on both).
 //!
 //! The store is the source of truth for jobs, their append-only event logs,
 //! idempotency records and API keys. Every trait method is atomic (a savepoint
@@ -48,16 +49,21 @@
 //!   INTEGER Unix milliseconds so a PostgreSQL implementation can share the
 //!   semantics.
 //! - [`sqlite`]: [`SqliteStore`], its constructors and the trait implementation.
+//! - `migrations/postgres/` and [`postgres`]: the same schema and statements
+//!   on PostgreSQL ([`PgStore`], a `sqlx` connection pool); the event outbox
+//!   is copied into `job_events` by a plpgsql trigger.
 //! - `writer`, `readers`, `wal` (private): the writer thread with group
 //!   commit, the reader pool, the WAL checkpointer.
 //! - `migrate` (private): the migration runner; `rows` (private): row
 //!   decoding and event payloads.
 
 mod migrate;
+pub mod postgres;
 mod readers;
 mod rows;
 pub mod sqlite;
 mod wal;
 mod writer;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

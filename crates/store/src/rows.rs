@@ -46,7 +46,7 @@ pub(crate) fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("corrupt {what} in the job store: {detail}"))
 }
 
@@ -58,57 +58,88 @@ fn from_json<T: DeserializeOwned>(col: &str, s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| corrupt(col, e))
 }
 
-fn opt_json<T: DeserializeOwned>(row: &Row<'_>, col: &str) -> Result<Option<T>, StoreError> {
-    let s: Option<String> = get(row, col)?;
-    s.map(|s| from_json(col, &s)).transpose()
+/// A result row of either backend, as the decoders below read it: SQLite
+/// and PostgreSQL rows share one decoder per record type.
+pub(crate) trait Columns {
+    fn text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    fn flag(&self, col: &str) -> Result<bool, StoreError>;
+}
+
+impl Columns for Row<'_> {
+    fn text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        get(self, col)
+    }
+    fn int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        get(self, col)
+    }
+    /// SQLite has no booleans: 0 / 1.
+    fn flag(&self, col: &str) -> Result<bool, StoreError> {
+        Ok(get::<i64>(self, col)? != 0)
+    }
+}
+
+fn text<R: Columns + ?Sized>(row: &R, col: &str) -> Result<String, StoreError> {
+    row.text(col)?.ok_or_else(|| corrupt(col, "NULL"))
+}
+
+fn int<R: Columns + ?Sized>(row: &R, col: &str) -> Result<i64, StoreError> {
+    row.int(col)?.ok_or_else(|| corrupt(col, "NULL"))
+}
+
+fn opt_json<T: DeserializeOwned, R: Columns + ?Sized>(row: &R, col: &str) -> Result<Option<T>, StoreError> {
+    row.text(col)?.map(|s| from_json(col, &s)).transpose()
 }
 
 pub(crate) fn get<T: FromSql>(row: &Row<'_>, col: &str) -> Result<T, StoreError> {
     row.get(col).map_err(db)
 }
 
-pub(crate) fn get_u32(row: &Row<'_>, col: &str) -> Result<u32, StoreError> {
-    let v: i64 = get(row, col)?;
+fn get_u32<R: Columns + ?Sized>(row: &R, col: &str) -> Result<u32, StoreError> {
+    let v = int(row, col)?;
     u32::try_from(v).map_err(|_| corrupt(col, v))
 }
 
-pub(crate) fn get_u8(row: &Row<'_>, col: &str) -> Result<u8, StoreError> {
-    let v: i64 = get(row, col)?;
+fn get_u8<R: Columns + ?Sized>(row: &R, col: &str) -> Result<u8, StoreError> {
+    let v = int(row, col)?;
     u8::try_from(v).map_err(|_| corrupt(col, v))
 }
 
-pub(crate) fn get_state(row: &Row<'_>, col: &str) -> Result<JobState, StoreError> {
-    let s: String = get(row, col)?;
+fn get_state<R: Columns + ?Sized>(row: &R, col: &str) -> Result<JobState, StoreError> {
+    let s = text(row, col)?;
     JobState::parse(&s).ok_or_else(|| corrupt(col, s))
 }
 
-pub(crate) fn get_phase(row: &Row<'_>, col: &str) -> Result<Phase, StoreError> {
-    let s: String = get(row, col)?;
+fn get_phase<R: Columns + ?Sized>(row: &R, col: &str) -> Result<Phase, StoreError> {
+    let s = text(row, col)?;
     Phase::parse(&s).ok_or_else(|| corrupt(col, s))
 }
 
-fn get_tier(row: &Row<'_>, col: &str) -> Result<Tier, StoreError> {
-    let s: String = get(row, col)?;
+fn get_tier<R: Columns + ?Sized>(row: &R, col: &str) -> Result<Tier, StoreError> {
+    let s = text(row, col)?;
     s.parse().map_err(|e: String| corrupt(col, e))
 }
 
-fn get_tenant(row: &Row<'_>, col: &str) -> Result<TenantId, StoreError> {
-    let s: String = get(row, col)?;
+fn get_tenant<R: Columns + ?Sized>(row: &R, col: &str) -> Result<TenantId, StoreError> {
+    let s = text(row, col)?;
     TenantId::parse(&s).ok_or_else(|| corrupt(col, s))
 }
 
-fn get_video_id(row: &Row<'_>, col: &str) -> Result<VideoId, StoreError> {
-    let s: String = get(row, col)?;
+fn get_video_id<R: Columns + ?Sized>(row: &R, col: &str) -> Result<VideoId, StoreError> {
+    let s = text(row, col)?;
     VideoId::parse(&s).ok_or_else(|| corrupt(col, s))
 }
 
 /// Decodes a row selected with [`job_columns!`].
 pub(crate) fn job(row: &Row<'_>) -> Result<Job, StoreError> {
+    decode_job(row)
+}
+
+/// [`job`], for either backend.
+pub(crate) fn decode_job<R: Columns + ?Sized>(row: &R) -> Result<Job, StoreError> {
     let id = get_video_id(row, "id")?;
     let attempt = get_u32(row, "attempt")?;
-    let lease_worker: Option<String> = get(row, "lease_worker")?;
-    let lease_expires: Option<i64> = get(row, "lease_expires_at_ms")?;
-    let lease = match (lease_worker, lease_expires) {
+    let lease = match (row.text("lease_worker")?, row.int("lease_expires_at_ms")?) {
         (Some(worker), Some(expires_at_ms)) => Some(Lease {
             job_id: id.clone(),
             attempt,
@@ -117,7 +148,7 @@ pub(crate) fn job(row: &Row<'_>) -> Result<Job, StoreError> {
         }),
         _ => None,
     };
-    let spec_json: String = get(row, "spec_json")?;
+    let spec_json = text(row, "spec_json")?;
     Ok(Job {
         tenant: get_tenant(row, "tenant")?,
         tier: get_tier(row, "tier")?,
@@ -127,11 +158,11 @@ pub(crate) fn job(row: &Row<'_>) -> Result<Job, StoreError> {
         progress: get_u8(row, "progress")?,
         step: get_u32(row, "step")?,
         attempt,
-        created_at_ms: get(row, "created_at_ms")?,
-        enqueued_at_ms: get(row, "enqueued_at_ms")?,
-        started_at_ms: get(row, "started_at_ms")?,
-        completed_at_ms: get(row, "completed_at_ms")?,
-        expires_at_ms: get(row, "expires_at_ms")?,
+        created_at_ms: int(row, "created_at_ms")?,
+        enqueued_at_ms: int(row, "enqueued_at_ms")?,
+        started_at_ms: row.int("started_at_ms")?,
+        completed_at_ms: row.int("completed_at_ms")?,
+        expires_at_ms: row.int("expires_at_ms")?,
         error: opt_json(row, "error_json")?,
         checkpoint: opt_json(row, "checkpoint_json")?,
         prev_checkpoint: opt_json(row, "prev_checkpoint_json")?,
@@ -143,39 +174,53 @@ pub(crate) fn job(row: &Row<'_>) -> Result<Job, StoreError> {
 
 /// Decodes a row selected with [`queued_columns!`].
 pub(crate) fn queued_job(row: &Row<'_>) -> Result<QueuedJob, StoreError> {
+    decode_queued_job(row)
+}
+
+/// [`queued_job`], for either backend.
+pub(crate) fn decode_queued_job<R: Columns + ?Sized>(row: &R) -> Result<QueuedJob, StoreError> {
     Ok(QueuedJob {
         id: get_video_id(row, "id")?,
         tenant: get_tenant(row, "tenant")?,
         tier: get_tier(row, "tier")?,
-        model: get(row, "model")?,
-        enqueued_at_ms: get(row, "enqueued_at_ms")?,
+        model: text(row, "model")?,
+        enqueued_at_ms: int(row, "enqueued_at_ms")?,
     })
 }
 
 /// Decodes a row selected with [`api_key_columns!`].
 pub(crate) fn api_key(row: &Row<'_>) -> Result<ApiKey, StoreError> {
-    let admin: i64 = get(row, "admin")?;
+    decode_api_key(row)
+}
+
+/// [`api_key`], for either backend.
+pub(crate) fn decode_api_key<R: Columns + ?Sized>(row: &R) -> Result<ApiKey, StoreError> {
     Ok(ApiKey {
-        id: get(row, "id")?,
-        hash: get(row, "hash")?,
-        prefix: get(row, "prefix")?,
+        id: text(row, "id")?,
+        hash: text(row, "hash")?,
+        prefix: text(row, "prefix")?,
         tenant: get_tenant(row, "tenant")?,
         tier: get_tier(row, "tier")?,
-        admin: admin != 0,
-        created_at_ms: get(row, "created_at_ms")?,
-        revoked_at_ms: get(row, "revoked_at_ms")?,
+        admin: row.flag("admin")?,
+        created_at_ms: int(row, "created_at_ms")?,
+        revoked_at_ms: row.int("revoked_at_ms")?,
     })
 }
 
 /// Decodes a row selected with [`worker_token_columns!`].
 pub(crate) fn worker_token(row: &Row<'_>) -> Result<WorkerToken, StoreError> {
+    decode_worker_token(row)
+}
+
+/// [`worker_token`], for either backend.
+pub(crate) fn decode_worker_token<R: Columns + ?Sized>(row: &R) -> Result<WorkerToken, StoreError> {
     Ok(WorkerToken {
-        id: get(row, "id")?,
-        hash: get(row, "hash")?,
-        prefix: get(row, "prefix")?,
-        name: get(row, "name")?,
-        created_at_ms: get(row, "created_at_ms")?,
-        revoked_at_ms: get(row, "revoked_at_ms")?,
+        id: text(row, "id")?,
+        hash: text(row, "hash")?,
+        prefix: text(row, "prefix")?,
+        name: text(row, "name")?,
+        created_at_ms: int(row, "created_at_ms")?,
+        revoked_at_ms: row.int("revoked_at_ms")?,
     })
 }
 

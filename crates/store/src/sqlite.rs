@@ -60,7 +60,7 @@ pub const CANCELLED: &str = "cancelled";
 
 /// Longest last-error text kept in a dead letter's message and events: it may
 /// come from a remote worker, and it is stored in every event that cites it.
-const ERROR_MESSAGE_CHARS_MAX: usize = 1000;
+pub(crate) const ERROR_MESSAGE_CHARS_MAX: usize = 1000;
 
 /// The SQLite job store.
 ///
@@ -98,7 +98,7 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
-fn stale(lease: &Lease) -> StoreError {
+pub(crate) fn stale(lease: &Lease) -> StoreError {
     StoreError::StaleLease {
         job: lease.job_id.clone(),
         attempt: lease.attempt,
@@ -106,11 +106,11 @@ fn stale(lease: &Lease) -> StoreError {
 }
 
 /// [`JobState::apply`], as a store error.
-fn next(from: JobState, t: Transition) -> Result<JobState, StoreError> {
+pub(crate) fn next(from: JobState, t: Transition) -> Result<JobState, StoreError> {
     Ok(from.apply(t)?)
 }
 
-fn parse_id(s: &str) -> Result<VideoId, StoreError> {
+pub(crate) fn parse_id(s: &str) -> Result<VideoId, StoreError> {
     VideoId::parse(s).ok_or_else(|| StoreError::Backend(format!("corrupt job id {s:?} in the job store")))
 }
 

@@ -1,5 +1,6 @@
-//! Dead letters, re-drive and worker tokens on `SqliteStore`, against a real
-//! database file and against the in-memory store.
+//! Dead letters, re-drive and worker tokens on `SqliteStore` (a real
+//! database file and the in-memory store) and on `PgStore` (a fresh
+//! PostgreSQL database).
 
 use std::collections::HashSet;
 use tempfile::TempDir;
@@ -9,6 +10,8 @@ use videogen_core::{
     TenantId, Tier, Transition, VideoId, VideoSize, VideoSpec, WorkerId,
 };
 use videogen_store::SqliteStore;
+
+mod support;
 
 const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 30_000;
@@ -21,7 +24,8 @@ async fn file_store() -> (SqliteStore, TempDir) {
     (store, dir)
 }
 
-/// Runs a scenario once on a file-backed store and once in memory.
+/// Runs a scenario on a file-backed SQLite store, in memory, and on a fresh
+/// PostgreSQL database (see `support::pg`).
 macro_rules! on_file_and_in_memory {
     ($name:ident) => {
         mod $name {
@@ -35,11 +39,18 @@ macro_rules! on_file_and_in_memory {
                 let store = videogen_store::SqliteStore::open_in_memory().await.unwrap();
                 super::$name(&store).await;
             }
+            #[tokio::test]
+            async fn postgres() {
+                let db = crate::support::pg::TestDb::create().await;
+                let store = db.store().await;
+                super::$name(&store).await;
+                store.close().await.unwrap();
+            }
         }
     };
 }
 
-async fn submit(store: &SqliteStore, now_ms: i64) -> Job {
+async fn submit(store: &dyn Store, now_ms: i64) -> Job {
     let new = NewJob {
         id: VideoId::generate(),
         tenant: TenantId::parse("acme").unwrap(),
@@ -62,7 +73,7 @@ async fn submit(store: &SqliteStore, now_ms: i64) -> Job {
     }
 }
 
-async fn lease(store: &SqliteStore, id: &VideoId, now_ms: i64) -> Lease {
+async fn lease(store: &dyn Store, id: &VideoId, now_ms: i64) -> Lease {
     store
         .lease(id, &WorkerId::new("n", "w0"), now_ms, TTL)
         .await
@@ -70,11 +81,11 @@ async fn lease(store: &SqliteStore, id: &VideoId, now_ms: i64) -> Lease {
         .expect("job should be leasable")
 }
 
-async fn job(store: &SqliteStore, id: &VideoId) -> Job {
+async fn job(store: &dyn Store, id: &VideoId) -> Job {
     store.job(id).await.unwrap().expect("job exists")
 }
 
-async fn events(store: &SqliteStore, id: &VideoId) -> Vec<JobEvent> {
+async fn events(store: &dyn Store, id: &VideoId) -> Vec<JobEvent> {
     store.events(id, 0, 1_000).await.unwrap()
 }
 
@@ -113,7 +124,7 @@ fn checkpoint(id: &VideoId, attempt: u32, step: u32) -> CheckpointRef {
 
 /// Leases and lets the lease expire until the reaper dead-letters the job;
 /// returns the time after the last reclaim and the last lease.
-async fn drive_to_dead_letter_by_expiry(store: &SqliteStore, id: &VideoId, mut now: i64, max: u32) -> (i64, Lease) {
+async fn drive_to_dead_letter_by_expiry(store: &dyn Store, id: &VideoId, mut now: i64, max: u32) -> (i64, Lease) {
     loop {
         let l = lease(store, id, now).await;
         now += TTL + 1;
@@ -125,7 +136,7 @@ async fn drive_to_dead_letter_by_expiry(store: &SqliteStore, id: &VideoId, mut n
     }
 }
 
-async fn dead_letter_ids(store: &SqliteStore) -> Vec<VideoId> {
+async fn dead_letter_ids(store: &dyn Store) -> Vec<VideoId> {
     store
         .dead_letters(100, None)
         .await
@@ -137,7 +148,7 @@ async fn dead_letter_ids(store: &SqliteStore) -> Vec<VideoId> {
 
 // ---------------------------------------------------------------- scenarios
 
-async fn dead_letters_lists_only_exhausted_jobs_oldest_first_with_a_cursor(store: &SqliteStore) {
+async fn dead_letters_lists_only_exhausted_jobs_oldest_first_with_a_cursor(store: &dyn Store) {
     assert!(store.dead_letters(10, None).await.unwrap().is_empty());
     // Three dead letters, by the reaper and by the worker path.
     let mut dead = Vec::new();
@@ -186,7 +197,7 @@ async fn dead_letters_lists_only_exhausted_jobs_oldest_first_with_a_cursor(store
 }
 on_file_and_in_memory!(dead_letters_lists_only_exhausted_jobs_oldest_first_with_a_cursor);
 
-async fn redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing(store: &SqliteStore) {
+async fn redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing(store: &dyn Store) {
     const MAX: u32 = 2;
     let j = submit(store, T0).await;
     let (now, last) = drive_to_dead_letter_by_expiry(store, &j.id, T0, MAX).await;
@@ -253,7 +264,7 @@ async fn redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing(store: &Sqli
 }
 on_file_and_in_memory!(redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing);
 
-async fn a_lease_from_before_the_redrive_stays_stale(store: &SqliteStore) {
+async fn a_lease_from_before_the_redrive_stays_stale(store: &dyn Store) {
     let j = submit(store, T0).await;
     let old = lease(store, &j.id, T0).await;
     let r = store.requeue_or_dead_letter(&old, "boom", T0 + 1, 1).await.unwrap();
@@ -302,7 +313,7 @@ async fn a_lease_from_before_the_redrive_stays_stale(store: &SqliteStore) {
 }
 on_file_and_in_memory!(a_lease_from_before_the_redrive_stays_stale);
 
-async fn redrive_refuses_what_is_not_a_dead_letter(store: &SqliteStore) {
+async fn redrive_refuses_what_is_not_a_dead_letter(store: &dyn Store) {
     assert!(matches!(
         store.redrive(&VideoId::generate(), T0).await,
         Err(StoreError::NotFound(_))
@@ -346,7 +357,7 @@ async fn redrive_refuses_what_is_not_a_dead_letter(store: &SqliteStore) {
 }
 on_file_and_in_memory!(redrive_refuses_what_is_not_a_dead_letter);
 
-async fn requeue_or_dead_letter_requeues_while_the_budget_lasts(store: &SqliteStore) {
+async fn requeue_or_dead_letter_requeues_while_the_budget_lasts(store: &dyn Store) {
     const MAX: u32 = 3;
     let j = submit(store, T0).await;
     let mut now = T0;
@@ -415,7 +426,7 @@ async fn requeue_or_dead_letter_requeues_while_the_budget_lasts(store: &SqliteSt
 }
 on_file_and_in_memory!(requeue_or_dead_letter_requeues_while_the_budget_lasts);
 
-async fn requeue_or_dead_letter_is_fenced(store: &SqliteStore) {
+async fn requeue_or_dead_letter_is_fenced(store: &dyn Store) {
     let j = submit(store, T0).await;
     let zombie = lease(store, &j.id, T0).await;
     store.reclaim_expired(T0 + TTL + 1, 3).await.unwrap();
@@ -443,7 +454,7 @@ async fn requeue_or_dead_letter_is_fenced(store: &SqliteStore) {
 }
 on_file_and_in_memory!(requeue_or_dead_letter_is_fenced);
 
-async fn worker_tokens_are_stored_found_by_hash_listed_and_revoked(store: &SqliteStore) {
+async fn worker_tokens_are_stored_found_by_hash_listed_and_revoked(store: &dyn Store) {
     let token = |id: &str, hash: &str, name: &str, at: i64| WorkerToken {
         id: id.into(),
         hash: hash.into(),

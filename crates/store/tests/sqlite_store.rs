@@ -1,5 +1,6 @@
-//! Scenario tests of `SqliteStore` against a real database file in a temporary
-//! directory and against the in-memory store.
+//! Scenario tests of the `Store` implementations: `SqliteStore` against a
+//! real database file in a temporary directory and in memory, and `PgStore`
+//! against a fresh PostgreSQL database.
 
 use serde_json::json;
 use std::collections::HashMap;
@@ -11,6 +12,8 @@ use videogen_core::{
     TenantId, Tier, VideoId, VideoSize, VideoSpec, WorkerId,
 };
 use videogen_store::SqliteStore;
+
+mod support;
 
 const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 30_000;
@@ -24,7 +27,8 @@ async fn file_store() -> (SqliteStore, TempDir) {
     (store, dir)
 }
 
-/// Runs a scenario once on a file-backed store and once in memory.
+/// Runs a scenario on a file-backed SQLite store, in memory, and on a fresh
+/// PostgreSQL database (see `support::pg`).
 macro_rules! on_file_and_in_memory {
     ($name:ident) => {
         mod $name {
@@ -37,6 +41,13 @@ macro_rules! on_file_and_in_memory {
             async fn in_memory() {
                 let store = videogen_store::SqliteStore::open_in_memory().await.unwrap();
                 super::$name(&store).await;
+            }
+            #[tokio::test]
+            async fn postgres() {
+                let db = crate::support::pg::TestDb::create().await;
+                let store = db.store().await;
+                super::$name(&store).await;
+                store.close().await.unwrap();
             }
         }
     };
@@ -69,7 +80,7 @@ fn new_job(tenant_name: &str, now_ms: i64) -> NewJob {
     }
 }
 
-async fn submit(store: &SqliteStore, tenant_name: &str, now_ms: i64) -> Job {
+async fn submit(store: &dyn Store, tenant_name: &str, now_ms: i64) -> Job {
     match store.submit(new_job(tenant_name, now_ms), None).await.unwrap() {
         Submitted::Created(job) => job,
         Submitted::Replayed(_) => panic!("no idempotency key, yet replayed"),
@@ -80,7 +91,7 @@ fn worker(node: &str, name: &str) -> WorkerId {
     WorkerId::new(node, name)
 }
 
-async fn lease(store: &SqliteStore, id: &VideoId, w: &WorkerId, now_ms: i64) -> Lease {
+async fn lease(store: &dyn Store, id: &VideoId, w: &WorkerId, now_ms: i64) -> Lease {
     store
         .lease(id, w, now_ms, TTL)
         .await
@@ -116,11 +127,11 @@ fn progress(phase: Phase, step: u32, percent: u8) -> Progress {
     }
 }
 
-async fn job(store: &SqliteStore, id: &VideoId) -> Job {
+async fn job(store: &dyn Store, id: &VideoId) -> Job {
     store.job(id).await.unwrap().expect("job exists")
 }
 
-async fn events(store: &SqliteStore, id: &VideoId) -> Vec<JobEvent> {
+async fn events(store: &dyn Store, id: &VideoId) -> Vec<JobEvent> {
     store.events(id, 0, 1_000).await.unwrap()
 }
 
@@ -144,7 +155,7 @@ fn is_stale(r: Result<impl std::fmt::Debug, StoreError>) -> bool {
 
 // ---------------------------------------------------------------- scenarios
 
-async fn full_lifecycle_records_every_event_with_its_data(store: &SqliteStore) {
+async fn full_lifecycle_records_every_event_with_its_data(store: &dyn Store) {
     let created = submit(store, "acme", T0).await;
     assert_eq!(created.state, JobState::Queued);
     assert_eq!(created.phase, Phase::Queued);
@@ -252,7 +263,7 @@ async fn full_lifecycle_records_every_event_with_its_data(store: &SqliteStore) {
 }
 on_file_and_in_memory!(full_lifecycle_records_every_event_with_its_data);
 
-async fn idempotent_submit_replays_the_same_body_and_rejects_another(store: &SqliteStore) {
+async fn idempotent_submit_replays_the_same_body_and_rejects_another(store: &dyn Store) {
     let idem = |hash: &str| {
         Some(Idempotency {
             key: "req-1".into(),
@@ -310,10 +321,7 @@ async fn idempotent_submit_replays_the_same_body_and_rejects_another(store: &Sql
 }
 on_file_and_in_memory!(idempotent_submit_replays_the_same_body_and_rejects_another);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_submits_with_the_same_key_resolve_to_one_job() {
-    let (store, _dir) = file_store().await;
-    let store = Arc::new(store);
+async fn concurrent_submits_with_the_same_key_resolve_to_one_job(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let store = Arc::clone(&store);
@@ -342,7 +350,22 @@ async fn concurrent_submits_with_the_same_key_resolve_to_one_job() {
     assert_eq!(store.queued_jobs().await.unwrap().len(), 1);
 }
 
-async fn list_jobs_paginates_both_ways_with_cursors(store: &SqliteStore) {
+mod concurrent_submits_with_the_same_key_resolve_to_one_job {
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_file() {
+        let (store, _dir) = super::file_store().await;
+        super::concurrent_submits_with_the_same_key_resolve_to_one_job(Arc::new(store)).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = crate::support::pg::TestDb::create().await;
+        super::concurrent_submits_with_the_same_key_resolve_to_one_job(Arc::new(db.store().await)).await;
+    }
+}
+
+async fn list_jobs_paginates_both_ways_with_cursors(store: &dyn Store) {
     let mut ids = Vec::new();
     for i in 0..7 {
         ids.push(submit(store, "acme", T0 + i).await.id);
@@ -406,7 +429,7 @@ async fn list_jobs_paginates_both_ways_with_cursors(store: &SqliteStore) {
 }
 on_file_and_in_memory!(list_jobs_paginates_both_ways_with_cursors);
 
-async fn cancel_of_a_queued_job_fails_it_as_cancelled(store: &SqliteStore) {
+async fn cancel_of_a_queued_job_fails_it_as_cancelled(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
     let c = store.cancel(&j.id, T0 + 5).await.unwrap();
     assert_eq!(c.state, JobState::Cancelled);
@@ -431,7 +454,7 @@ async fn cancel_of_a_queued_job_fails_it_as_cancelled(store: &SqliteStore) {
 }
 on_file_and_in_memory!(cancel_of_a_queued_job_fails_it_as_cancelled);
 
-async fn cancelled_running_job_rejects_every_worker_write_as_stale(store: &SqliteStore) {
+async fn cancelled_running_job_rejects_every_worker_write_as_stale(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
     let l = lease(store, &j.id, &worker("n", "w"), T0 + 1).await;
     store
@@ -475,7 +498,7 @@ async fn cancelled_running_job_rejects_every_worker_write_as_stale(store: &Sqlit
 }
 on_file_and_in_memory!(cancelled_running_job_rejects_every_worker_write_as_stale);
 
-async fn zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed(store: &SqliteStore) {
+async fn zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
     let zombie = lease(store, &j.id, &worker("n1", "w0"), T0).await;
     assert_eq!(zombie.attempt, 1);
@@ -556,7 +579,7 @@ async fn zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed(store: &Sqlit
 }
 on_file_and_in_memory!(zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed);
 
-async fn job_is_dead_lettered_once_attempts_are_exhausted(store: &SqliteStore) {
+async fn job_is_dead_lettered_once_attempts_are_exhausted(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
     let mut now = T0;
     for attempt in 1..=2 {
@@ -589,7 +612,7 @@ async fn job_is_dead_lettered_once_attempts_are_exhausted(store: &SqliteStore) {
 }
 on_file_and_in_memory!(job_is_dead_lettered_once_attempts_are_exhausted);
 
-async fn reclaim_node_only_touches_that_nodes_jobs(store: &SqliteStore) {
+async fn reclaim_node_only_touches_that_nodes_jobs(store: &dyn Store) {
     let a1 = submit(store, "acme", T0).await.id;
     let a2 = submit(store, "acme", T0).await.id;
     let ab = submit(store, "acme", T0).await.id;
@@ -636,7 +659,7 @@ async fn reclaim_node_only_touches_that_nodes_jobs(store: &SqliteStore) {
 }
 on_file_and_in_memory!(reclaim_node_only_touches_that_nodes_jobs);
 
-async fn checkpoint_commit_keeps_the_previous_pointer(store: &SqliteStore) {
+async fn checkpoint_commit_keeps_the_previous_pointer(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
     let l = lease(store, &j.id, &worker("n", "w"), T0).await;
     let c1 = checkpoint(&j.id, 1, 5);
@@ -692,7 +715,7 @@ async fn checkpoint_commit_keeps_the_previous_pointer(store: &SqliteStore) {
 }
 on_file_and_in_memory!(checkpoint_commit_keeps_the_previous_pointer);
 
-async fn expire_due_expires_completed_jobs_whose_retention_passed(store: &SqliteStore) {
+async fn expire_due_expires_completed_jobs_whose_retention_passed(store: &dyn Store) {
     let mut done = Vec::new();
     for i in 0..4 {
         let j = submit(store, "acme", T0).await;
@@ -741,7 +764,7 @@ async fn expire_due_expires_completed_jobs_whose_retention_passed(store: &Sqlite
 }
 on_file_and_in_memory!(expire_due_expires_completed_jobs_whose_retention_passed);
 
-async fn illegal_transitions_error_and_change_nothing(store: &SqliteStore) {
+async fn illegal_transitions_error_and_change_nothing(store: &dyn Store) {
     // Completing a queued job (a lease that never was): the fenced write is refused.
     let q = submit(store, "acme", T0).await;
     let fake = Lease {
@@ -802,7 +825,7 @@ async fn illegal_transitions_error_and_change_nothing(store: &SqliteStore) {
 }
 on_file_and_in_memory!(illegal_transitions_error_and_change_nothing);
 
-async fn delete_removes_the_job_and_its_events(store: &SqliteStore) {
+async fn delete_removes_the_job_and_its_events(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
     let keep = submit(store, "acme", T0).await;
     let l = lease(store, &j.id, &worker("n", "w"), T0).await;
@@ -821,7 +844,7 @@ async fn delete_removes_the_job_and_its_events(store: &SqliteStore) {
 }
 on_file_and_in_memory!(delete_removes_the_job_and_its_events);
 
-async fn queued_jobs_lists_runnable_jobs_oldest_first(store: &SqliteStore) {
+async fn queued_jobs_lists_runnable_jobs_oldest_first(store: &dyn Store) {
     let a = submit(store, "acme", T0 + 30).await;
     let b = submit(store, "acme", T0 + 10).await;
     let c = submit(store, "other", T0 + 20).await;
@@ -834,7 +857,7 @@ async fn queued_jobs_lists_runnable_jobs_oldest_first(store: &SqliteStore) {
 }
 on_file_and_in_memory!(queued_jobs_lists_runnable_jobs_oldest_first);
 
-async fn api_keys_are_stored_found_by_hash_listed_and_revoked(store: &SqliteStore) {
+async fn api_keys_are_stored_found_by_hash_listed_and_revoked(store: &dyn Store) {
     let key = |id: &str, hash: &str, admin: bool, at: i64| ApiKey {
         id: id.into(),
         hash: hash.into(),
@@ -898,13 +921,11 @@ async fn data_survives_reopening_the_same_file() {
 }
 
 /// 8 tasks submit, lease and complete 2,000 jobs, racing to lease each
-/// other's jobs: no `SQLITE_BUSY`, and every job completes exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_tasks_complete_two_thousand_jobs_exactly_once() {
+/// other's jobs: no `SQLITE_BUSY` (nor lost compare-and-sets on PostgreSQL),
+/// and every job completes exactly once.
+async fn eight_tasks_complete_two_thousand_jobs_exactly_once(store: Arc<dyn Store>) {
     const TASKS: usize = 8;
     const PER_TASK: usize = 250;
-    let (store, _dir) = file_store().await;
-    let store = Arc::new(store);
     let ids = Arc::new(std::sync::Mutex::new(Vec::<VideoId>::new()));
     let handles: Vec<_> = (0..TASKS)
         .map(|t| {
@@ -915,7 +936,7 @@ async fn eight_tasks_complete_two_thousand_jobs_exactly_once() {
                 let mut completed = Vec::new();
                 for i in 0..PER_TASK {
                     let now = T0 + i as i64;
-                    let j = submit(&store, &format!("tenant-{}", t % 3), now).await;
+                    let j = submit(&*store, &format!("tenant-{}", t % 3), now).await;
                     // Race for someone's job: the newest one, or our own.
                     let target = {
                         let mut ids = ids.lock().unwrap();
@@ -952,12 +973,27 @@ async fn eight_tasks_complete_two_thousand_jobs_exactly_once() {
     assert!(times_completed.values().all(|&n| n == 1), "a job completed twice");
     assert!(store.queued_jobs().await.unwrap().is_empty());
     for id in ids.iter().step_by(97) {
-        let j = job(&store, id).await;
+        let j = job(&*store, id).await;
         assert_eq!((j.state, j.attempt), (JobState::Completed, 1));
         assert_eq!(
-            kinds(&events(&store, id).await),
+            kinds(&events(&*store, id).await),
             ["created", "leased", "progress", "completed"]
         );
+    }
+}
+
+mod eight_tasks_complete_two_thousand_jobs_exactly_once {
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_file() {
+        let (store, _dir) = super::file_store().await;
+        super::eight_tasks_complete_two_thousand_jobs_exactly_once(Arc::new(store)).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let db = crate::support::pg::TestDb::create().await;
+        super::eight_tasks_complete_two_thousand_jobs_exactly_once(Arc::new(db.store().await)).await;
     }
 }
 
@@ -971,7 +1007,7 @@ async fn run_jobs(store: Arc<SqliteStore>, tasks: usize, per_task: usize) -> f64
             tokio::spawn(async move {
                 let w = worker("bench", &format!("w{t}"));
                 for _ in 0..per_task {
-                    let j = submit(&store, "bench", T0).await;
+                    let j = submit(&*store, "bench", T0).await;
                     let l = store.lease(&j.id, &w, T0, TTL).await.unwrap().unwrap();
                     store.complete(&l, &outputs(&j.id, 1), T0, T0 + 1_000).await.unwrap();
                 }

@@ -1,0 +1,268 @@
+//! A fresh PostgreSQL database per test.
+//!
+//! The server is the one at `VIDEOGEN_TEST_DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/`). If none answers there, the first
+//! test of the process starts a private server with Debian's `initdb` and
+//! `pg_ctl` (under `/usr/lib/postgresql/*/bin`) in a temporary directory, on a
+//! free port, and a watchdog stops it and removes the directory once this
+//! process exits. Tests never skip: if neither works, they fail saying why.
+
+use sqlx::{Connection, Executor, PgConnection};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::OnceCell;
+use videogen_store::PgStore;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tests need no durability across an OS crash: commits without an fsync
+/// keep the suites fast without changing any semantics under test.
+const TEST_OPTIONS: &str = "options=-c%20synchronous_commit%3Doff";
+
+/// The server URL (database part ignored), resolved once per test process.
+static SERVER: OnceCell<String> = OnceCell::const_new();
+
+/// A database created for one test, dropped (best effort) when this is dropped.
+pub struct TestDb {
+    server: String,
+    name: String,
+}
+
+impl TestDb {
+    /// Creates an empty database with a unique name.
+    pub async fn create() -> Self {
+        let server = SERVER
+            .get_or_try_init(resolve_server)
+            .await
+            .unwrap_or_else(|e| panic!("no PostgreSQL server for the tests: {e}"))
+            .clone();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "videogen_test_{}_{}_{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {server}: {e}"));
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"
+            )))
+            .await
+            .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
+        drop(admin.close().await);
+        Self { server, name }
+    }
+
+    /// The URL of this database.
+    pub fn url(&self) -> String {
+        let (base, query) = split_url(&self.server);
+        let sep = if query.is_empty() { "?" } else { "&" };
+        format!("{base}/{}{query}{sep}{TEST_OPTIONS}", self.name)
+    }
+
+    /// A store on this database (migrated).
+    pub async fn store(&self) -> PgStore {
+        PgStore::connect(&self.url())
+            .await
+            .unwrap_or_else(|e| panic!("PgStore on {}: {e}", self.name))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime: do the async work on a thread
+        // of its own. `WITH (FORCE)` ends connections a failed test left open.
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut admin = PgConnection::connect(&server).await.ok()?;
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                    )))
+                    .await
+                    .ok()?;
+                admin.close().await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("note: could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// `postgres://user@host:port` and `?query` (possibly empty) of a URL,
+/// without its database path.
+fn split_url(url: &str) -> (&str, &str) {
+    let (head, query) = url.find('?').map_or((url, ""), |i| url.split_at(i));
+    let authority_start = head.find("://").map_or(0, |i| i + 3);
+    let base = head[authority_start..]
+        .find('/')
+        .map_or(head, |i| &head[..authority_start + i]);
+    (base, query)
+}
+
+/// The configured server if it answers, else a private one.
+async fn resolve_server() -> Result<String, String> {
+    let url = std::env::var("VIDEOGEN_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
+    let (base, query) = split_url(&url);
+    let admin = format!("{base}/postgres{query}");
+    let first = match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(&admin)).await {
+        Ok(Ok(conn)) => {
+            drop(conn.close().await);
+            return Ok(admin);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "timed out".to_owned(),
+    };
+    eprintln!("note: no PostgreSQL at {url} ({first}); starting a private server");
+    let private = tokio::task::spawn_blocking(start_private_server)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("none at {url} ({first}), and starting one failed: {e}"))?;
+    let mut last = String::new();
+    for _ in 0..50 {
+        match PgConnection::connect(&private).await {
+            Ok(conn) => {
+                drop(conn.close().await);
+                return Ok(private);
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("the private server at {private} does not answer: {last}"))
+}
+
+/// The newest PostgreSQL's `bin` directory that has `initdb` and `pg_ctl`.
+fn postgres_bin() -> Result<PathBuf, String> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|e| format!("/usr/lib/postgresql: {e} (install the `postgresql` package)"))?
+        .filter_map(Result::ok)
+        .filter_map(|d| {
+            let version = d.file_name().to_str()?.parse().ok()?;
+            let bin = d.path().join("bin");
+            (bin.join("initdb").is_file() && bin.join("pg_ctl").is_file()).then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| "no /usr/lib/postgresql/*/bin/initdb (install the `postgresql` package)".to_owned())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// A command, run as `nobody` when this process is root (initdb refuses root).
+fn as_server_user(root: bool, program: &Path) -> Command {
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn run(mut cmd: Command, what: &str) -> Result<(), String> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+/// initdb + pg_ctl start in a fresh temporary directory; the URL of the
+/// `postgres` database there.
+fn start_private_server() -> Result<String, String> {
+    let bin = postgres_bin()?;
+    let root = is_root();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("videogen-pg-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    if root {
+        let mut chown = Command::new("chown");
+        chown.arg("nobody").arg(&dir);
+        run(chown, "chown nobody")?;
+    }
+    let data = dir.join("data");
+    let mut initdb = as_server_user(root, &bin.join("initdb"));
+    initdb.arg("-D").arg(&data).args([
+        "--auth=trust",
+        "-U",
+        "postgres",
+        "-E",
+        "UTF8",
+        "--no-sync",
+        "--no-instructions",
+    ]);
+    run(initdb, "initdb")?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("finding a free port: {e}"))?
+        .port();
+    let log = dir.join("server.log");
+    let mut pg_ctl = as_server_user(root, &bin.join("pg_ctl"));
+    pg_ctl
+        .arg("-D")
+        .arg(&data)
+        .arg("-l")
+        .arg(&log)
+        .arg("-w")
+        .arg("-o")
+        .arg(format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            dir.display()
+        ))
+        .arg("start")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Err(e) = run(pg_ctl, "pg_ctl start") {
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        return Err(format!("{e}\n{log}"));
+    }
+    // The watchdog outlives this process (there is no hook at its exit):
+    // once this process is gone it stops the server and removes the files.
+    let pg_ctl_stop = format!(
+        "{}{} -D {} stop -m immediate",
+        if root { "runuser -u nobody -- " } else { "" },
+        bin.join("pg_ctl").display(),
+        data.display()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; {pg_ctl_stop} >/dev/null 2>&1; rm -rf {}",
+            std::process::id(),
+            dir.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the watchdog: {e}"))?;
+    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+}
