@@ -78,7 +78,8 @@ pub struct ChaosArgs {
     /// A long soak: 30 minutes of faults (overrides --chaos-secs).
     #[arg(long)]
     soak: bool,
-    /// Keep the data dir and logs (printed) instead of deleting them.
+    /// Keep the data dir and logs (printed) even when every check passes
+    /// (a failed run always keeps them).
     #[arg(long)]
     keep: bool,
     /// Print the report as one JSON object.
@@ -242,17 +243,23 @@ pub async fn run(mut args: ChaosArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(20), server.wait()).await;
     let _ = server.kill().await;
 
-    let (mut report, ids) = result?;
-    audit_events(&data, &ids, args.step_ms, &mut report)?;
-    report.wall_s = started.elapsed().as_secs_f64();
-    print(&report, args.json)?;
-    if args.keep {
+    let outcome = async {
+        let (mut report, ids) = result?;
+        audit_events(&data, &ids, args.step_ms, &mut report)?;
+        report.wall_s = started.elapsed().as_secs_f64();
+        print(&report, args.json)?;
+        if !report.failures.is_empty() {
+            bail!("{} check(s) failed", report.failures.len());
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    // A failed run keeps its database and logs for the post-mortem.
+    if args.keep || outcome.is_err() {
         let kept = dir.keep();
         eprintln!("[chaos] kept {}", kept.display());
     }
-    if !report.failures.is_empty() {
-        bail!("{} check(s) failed", report.failures.len());
-    }
+    outcome?;
     Ok(())
 }
 
