@@ -72,20 +72,6 @@ fn assert_error(status: u16, body: &Value, want_status: u16, code: &str) {
     assert!(body["error"]["message"].is_string(), "{body}");
 }
 
-async fn event_kinds(s: &Server, key: &str, id: &str) -> Vec<Value> {
-    let text = s
-        .http
-        .get(s.url(&format!("/v1/videos/{id}/events")))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse_sse(&text).into_iter().map(|(_, _, data)| data).collect()
-}
-
 #[tokio::test]
 async fn dead_letters_are_listed_and_retried_to_completion_by_admins_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -194,7 +180,7 @@ async fn dead_letters_are_listed_and_retried_to_completion_by_admins_only() {
         let (st, mp4) = s.content(&tenant, id, "video").await;
         assert_eq!(st, 200);
         assert!(mp4.len() > 1000, "{} bytes", mp4.len());
-        let log = event_kinds(&s, &tenant, id).await;
+        let log = s.event_data(&tenant, id).await;
         let kinds: Vec<&str> = log.iter().filter_map(|e| e["type"].as_str()).collect();
         let failed = kinds.iter().position(|k| *k == "failed").expect("failed event");
         let redriven = kinds.iter().position(|k| *k == "redriven").expect("redriven event");

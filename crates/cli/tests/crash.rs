@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(180);
@@ -19,20 +18,6 @@ const SLOW: &[&str] = &[
     "--poll-after-ms",
     "100",
 ];
-
-async fn events(s: &Server, id: &str) -> Vec<Value> {
-    let text = s
-        .http
-        .get(s.url(&format!("/v1/videos/{id}/events")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse_sse(&text).into_iter().map(|(_, _, data)| data).collect()
-}
 
 #[tokio::test]
 async fn kill_9_mid_generation_resumes_from_a_checkpoint_with_identical_output() {
@@ -48,7 +33,7 @@ async fn kill_9_mid_generation_resumes_from_a_checkpoint_with_identical_output()
     let done = s.wait_done(ADMIN_KEY, &id, T).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["attempt"], 2);
-    let log = events(&s, &id).await;
+    let log = s.event_data(ADMIN_KEY, &id).await;
     let requeued = log.iter().find(|e| e["type"] == "requeued").expect("a requeued event");
     assert_eq!(requeued["reason"], "node_restarted");
     let resumed = log.iter().find(|e| e["type"] == "resumed").expect("a resumed event");

@@ -3,7 +3,6 @@
 //! PostgreSQL database).
 
 use std::collections::HashSet;
-use tempfile::TempDir;
 use videogen_core::store::{ApiKey, NewJob, Reclaimed, Store, StoreError, Submitted, WorkerToken};
 use videogen_core::{
     CheckpointRef, IllegalTransition, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, Seconds,
@@ -11,44 +10,13 @@ use videogen_core::{
 };
 use videogen_store::SqliteStore;
 
+#[macro_use]
 mod support;
 
 const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 30_000;
 
 // ---------------------------------------------------------------- helpers
-
-async fn file_store() -> (SqliteStore, TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("videogen.db")).await.unwrap();
-    (store, dir)
-}
-
-/// Runs a scenario on a file-backed SQLite store, in memory, and on a fresh
-/// PostgreSQL database (see `support::pg`).
-macro_rules! on_file_and_in_memory {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn on_file() {
-                let (store, _dir) = super::file_store().await;
-                super::$name(&store).await;
-            }
-            #[tokio::test]
-            async fn in_memory() {
-                let store = videogen_store::SqliteStore::open_in_memory().await.unwrap();
-                super::$name(&store).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                let db = crate::support::pg::TestDb::create().await;
-                let store = db.store().await;
-                super::$name(&store).await;
-                store.close().await.unwrap();
-            }
-        }
-    };
-}
 
 async fn submit(store: &dyn Store, now_ms: i64) -> Job {
     let new = NewJob {
@@ -195,7 +163,7 @@ async fn dead_letters_lists_only_exhausted_jobs_oldest_first_with_a_cursor(store
     assert_eq!(p2.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), dead[2..]);
     assert!(store.dead_letters(2, Some(dead[2].clone())).await.unwrap().is_empty());
 }
-on_file_and_in_memory!(dead_letters_lists_only_exhausted_jobs_oldest_first_with_a_cursor);
+on_every_backend!(dead_letters_lists_only_exhausted_jobs_oldest_first_with_a_cursor);
 
 async fn redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing(store: &dyn Store) {
     const MAX: u32 = 2;
@@ -262,7 +230,7 @@ async fn redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing(store: &dyn 
         .unwrap();
     assert!(matches!(r, Reclaimed::Requeued(_)), "{r:?}");
 }
-on_file_and_in_memory!(redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing);
+on_every_backend!(redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing);
 
 async fn a_lease_from_before_the_redrive_stays_stale(store: &dyn Store) {
     let j = submit(store, T0).await;
@@ -311,7 +279,7 @@ async fn a_lease_from_before_the_redrive_stays_stale(store: &dyn Store) {
         }
     }
 }
-on_file_and_in_memory!(a_lease_from_before_the_redrive_stays_stale);
+on_every_backend!(a_lease_from_before_the_redrive_stays_stale);
 
 async fn redrive_refuses_what_is_not_a_dead_letter(store: &dyn Store) {
     assert!(matches!(
@@ -355,7 +323,7 @@ async fn redrive_refuses_what_is_not_a_dead_letter(store: &dyn Store) {
     store.redrive(&dead.id, T0 + 2).await.unwrap();
     assert_eq!(illegal(store.redrive(&dead.id, T0 + 3).await), Some(JobState::Queued));
 }
-on_file_and_in_memory!(redrive_refuses_what_is_not_a_dead_letter);
+on_every_backend!(redrive_refuses_what_is_not_a_dead_letter);
 
 async fn requeue_or_dead_letter_requeues_while_the_budget_lasts(store: &dyn Store) {
     const MAX: u32 = 3;
@@ -424,7 +392,7 @@ async fn requeue_or_dead_letter_requeues_while_the_budget_lasts(store: &dyn Stor
     let message = job(store, &k.id).await.error.unwrap().message;
     assert!(message.len() < 2_000, "{} bytes", message.len());
 }
-on_file_and_in_memory!(requeue_or_dead_letter_requeues_while_the_budget_lasts);
+on_every_backend!(requeue_or_dead_letter_requeues_while_the_budget_lasts);
 
 async fn requeue_or_dead_letter_is_fenced(store: &dyn Store) {
     let j = submit(store, T0).await;
@@ -452,7 +420,7 @@ async fn requeue_or_dead_letter_is_fenced(store: &dyn Store) {
     assert!(is_stale(store.requeue_or_dead_letter(&l, "x", T0 + 2, 3).await));
     assert_eq!(job(store, &c.id).await.state, JobState::Cancelled);
 }
-on_file_and_in_memory!(requeue_or_dead_letter_is_fenced);
+on_every_backend!(requeue_or_dead_letter_is_fenced);
 
 async fn worker_tokens_are_stored_found_by_hash_listed_and_revoked(store: &dyn Store) {
     let token = |id: &str, hash: &str, name: &str, at: i64| WorkerToken {
@@ -529,7 +497,7 @@ async fn worker_tokens_are_stored_found_by_hash_listed_and_revoked(store: &dyn S
         None
     );
 }
-on_file_and_in_memory!(worker_tokens_are_stored_found_by_hash_listed_and_revoked);
+on_every_backend!(worker_tokens_are_stored_found_by_hash_listed_and_revoked);
 
 /// The budget a re-drive starts is durable: after a reopen, the reaper still
 /// counts from the re-drive, and worker tokens are still there.

@@ -5,7 +5,6 @@
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tempfile::TempDir;
 use videogen_core::store::{ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted};
 use videogen_core::{
     CheckpointRef, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, RequeueReason, Seconds,
@@ -13,45 +12,15 @@ use videogen_core::{
 };
 use videogen_store::SqliteStore;
 
+#[macro_use]
 mod support;
+
+use support::file_store;
 
 const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 30_000;
 
 // ---------------------------------------------------------------- helpers
-
-/// A store on a fresh file; keep the `TempDir` alive as long as the store.
-async fn file_store() -> (SqliteStore, TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("videogen.db")).await.unwrap();
-    (store, dir)
-}
-
-/// Runs a scenario on a file-backed SQLite store, in memory, and on a fresh
-/// PostgreSQL database (see `support::pg`).
-macro_rules! on_file_and_in_memory {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test]
-            async fn on_file() {
-                let (store, _dir) = super::file_store().await;
-                super::$name(&store).await;
-            }
-            #[tokio::test]
-            async fn in_memory() {
-                let store = videogen_store::SqliteStore::open_in_memory().await.unwrap();
-                super::$name(&store).await;
-            }
-            #[tokio::test]
-            async fn postgres() {
-                let db = crate::support::pg::TestDb::create().await;
-                let store = db.store().await;
-                super::$name(&store).await;
-                store.close().await.unwrap();
-            }
-        }
-    };
-}
 
 fn tenant(name: &str) -> TenantId {
     TenantId::parse(name).unwrap()
@@ -261,7 +230,7 @@ async fn full_lifecycle_records_every_event_with_its_data(store: &dyn Store) {
     ));
     assert!(store.events(&ghost, 0, 10).await.unwrap().is_empty());
 }
-on_file_and_in_memory!(full_lifecycle_records_every_event_with_its_data);
+on_every_backend!(full_lifecycle_records_every_event_with_its_data);
 
 async fn idempotent_submit_replays_the_same_body_and_rejects_another(store: &dyn Store) {
     let idem = |hash: &str| {
@@ -319,7 +288,7 @@ async fn idempotent_submit_replays_the_same_body_and_rejects_another(store: &dyn
         "created, leased, completed only"
     );
 }
-on_file_and_in_memory!(idempotent_submit_replays_the_same_body_and_rejects_another);
+on_every_backend!(idempotent_submit_replays_the_same_body_and_rejects_another);
 
 async fn concurrent_submits_with_the_same_key_resolve_to_one_job(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..16)
@@ -427,7 +396,7 @@ async fn list_jobs_paginates_both_ways_with_cursors(store: &dyn Store) {
         0
     );
 }
-on_file_and_in_memory!(list_jobs_paginates_both_ways_with_cursors);
+on_every_backend!(list_jobs_paginates_both_ways_with_cursors);
 
 async fn cancel_of_a_queued_job_fails_it_as_cancelled(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
@@ -452,7 +421,7 @@ async fn cancel_of_a_queued_job_fails_it_as_cancelled(store: &dyn Store) {
     let ghost = VideoId::generate();
     assert!(matches!(store.cancel(&ghost, T0).await, Err(StoreError::NotFound(id)) if id == ghost));
 }
-on_file_and_in_memory!(cancel_of_a_queued_job_fails_it_as_cancelled);
+on_every_backend!(cancel_of_a_queued_job_fails_it_as_cancelled);
 
 async fn cancelled_running_job_rejects_every_worker_write_as_stale(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
@@ -496,7 +465,7 @@ async fn cancelled_running_job_rejects_every_worker_write_as_stale(store: &dyn S
         Err(StoreError::IllegalTransition(e)) if e.from == JobState::Cancelled
     ));
 }
-on_file_and_in_memory!(cancelled_running_job_rejects_every_worker_write_as_stale);
+on_every_backend!(cancelled_running_job_rejects_every_worker_write_as_stale);
 
 async fn zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
@@ -577,7 +546,7 @@ async fn zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed(store: &dyn S
     assert_eq!(ev[2].data["resume_step"], 0);
     assert_eq!(ev[3].data["attempt"], 2);
 }
-on_file_and_in_memory!(zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed);
+on_every_backend!(zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed);
 
 async fn job_is_dead_lettered_once_attempts_are_exhausted(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
@@ -610,7 +579,7 @@ async fn job_is_dead_lettered_once_attempts_are_exhausted(store: &dyn Store) {
     assert_eq!(last.data["error"]["code"], "max_attempts_exceeded");
     assert!(last.data["error"]["message"].is_string());
 }
-on_file_and_in_memory!(job_is_dead_lettered_once_attempts_are_exhausted);
+on_every_backend!(job_is_dead_lettered_once_attempts_are_exhausted);
 
 async fn reclaim_node_only_touches_that_nodes_jobs(store: &dyn Store) {
     let a1 = submit(store, "acme", T0).await.id;
@@ -657,7 +626,7 @@ async fn reclaim_node_only_touches_that_nodes_jobs(store: &dyn Store) {
     let r = store.reclaim_node("ab", T0 + 4, 1).await.unwrap();
     assert!(matches!(&r[..], [Reclaimed::DeadLettered(id)] if *id == ab));
 }
-on_file_and_in_memory!(reclaim_node_only_touches_that_nodes_jobs);
+on_every_backend!(reclaim_node_only_touches_that_nodes_jobs);
 
 async fn checkpoint_commit_keeps_the_previous_pointer(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
@@ -713,7 +682,7 @@ async fn checkpoint_commit_keeps_the_previous_pointer(store: &dyn Store) {
     let s = job(store, &j.id).await;
     assert_eq!((s.checkpoint, s.prev_checkpoint), (Some(c4), Some(c3)));
 }
-on_file_and_in_memory!(checkpoint_commit_keeps_the_previous_pointer);
+on_every_backend!(checkpoint_commit_keeps_the_previous_pointer);
 
 async fn expire_due_expires_completed_jobs_whose_retention_passed(store: &dyn Store) {
     let mut done = Vec::new();
@@ -762,7 +731,7 @@ async fn expire_due_expires_completed_jobs_whose_retention_passed(store: &dyn St
         Err(StoreError::IllegalTransition(e)) if e.from == JobState::Expired
     ));
 }
-on_file_and_in_memory!(expire_due_expires_completed_jobs_whose_retention_passed);
+on_every_backend!(expire_due_expires_completed_jobs_whose_retention_passed);
 
 async fn illegal_transitions_error_and_change_nothing(store: &dyn Store) {
     // Completing a queued job (a lease that never was): the fenced write is refused.
@@ -823,7 +792,7 @@ async fn illegal_transitions_error_and_change_nothing(store: &dyn Store) {
     assert!(store.job(&ghost).await.unwrap().is_none());
     assert!(store.delete(&ghost).await.unwrap().is_none());
 }
-on_file_and_in_memory!(illegal_transitions_error_and_change_nothing);
+on_every_backend!(illegal_transitions_error_and_change_nothing);
 
 async fn delete_removes_the_job_and_its_events(store: &dyn Store) {
     let j = submit(store, "acme", T0).await;
@@ -842,7 +811,7 @@ async fn delete_removes_the_job_and_its_events(store: &dyn Store) {
     );
     assert!(store.queued_jobs().await.unwrap().is_empty());
 }
-on_file_and_in_memory!(delete_removes_the_job_and_its_events);
+on_every_backend!(delete_removes_the_job_and_its_events);
 
 async fn queued_jobs_lists_runnable_jobs_oldest_first(store: &dyn Store) {
     let a = submit(store, "acme", T0 + 30).await;
@@ -855,7 +824,7 @@ async fn queued_jobs_lists_runnable_jobs_oldest_first(store: &dyn Store) {
     assert_eq!(q[1].tenant, tenant("other"));
     assert_eq!(q[1].enqueued_at_ms, T0 + 20);
 }
-on_file_and_in_memory!(queued_jobs_lists_runnable_jobs_oldest_first);
+on_every_backend!(queued_jobs_lists_runnable_jobs_oldest_first);
 
 async fn api_keys_are_stored_found_by_hash_listed_and_revoked(store: &dyn Store) {
     let key = |id: &str, hash: &str, admin: bool, at: i64| ApiKey {
@@ -888,7 +857,7 @@ async fn api_keys_are_stored_found_by_hash_listed_and_revoked(store: &dyn Store)
     let revoked = store.api_key_by_hash(&k1.hash).await.unwrap().unwrap();
     assert_eq!(revoked.revoked_at_ms, Some(T0 + 9));
 }
-on_file_and_in_memory!(api_keys_are_stored_found_by_hash_listed_and_revoked);
+on_every_backend!(api_keys_are_stored_found_by_hash_listed_and_revoked);
 
 #[tokio::test]
 async fn data_survives_reopening_the_same_file() {

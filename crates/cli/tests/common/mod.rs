@@ -97,6 +97,22 @@ impl Server {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// The data of every event in a finished job's log (the SSE stream ends
+    /// at a terminal event).
+    pub async fn event_data(&self, key: &str, id: &str) -> Vec<Value> {
+        let text = self
+            .http
+            .get(self.url(&format!("/v1/videos/{id}/events")))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        parse_sse(&text).into_iter().map(|(_, _, data)| data).collect()
+    }
+
     pub async fn get_json(&self, key: &str, path: &str) -> (u16, Value) {
         let r = self.http.get(self.url(path)).bearer_auth(key).send().await.unwrap();
         let status = r.status().as_u16();
