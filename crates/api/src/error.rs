@@ -11,6 +11,8 @@ use videogen_core::store::StoreError;
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
+    /// `Retry-After`, in whole seconds, for 429 and 503 answers.
+    pub retry_after_secs: Option<u64>,
     pub kind: &'static str,
     /// Stable machine-readable code; clients may switch on it.
     pub code: &'static str,
@@ -22,6 +24,7 @@ impl ApiError {
     fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
+            retry_after_secs: None,
             kind,
             code,
             param: None,
@@ -135,6 +138,28 @@ impl ApiError {
         )
     }
 
+    /// The tenant's submission budget for this window is spent.
+    pub fn rate_limited(reset_after: std::time::Duration, per_minute: u32) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            format!("Rate limit reached: at most {per_minute} video submissions per minute. Retry later."),
+        );
+        e.retry_after_secs = Some(reset_after.as_secs() + u64::from(reset_after.subsec_nanos() > 0));
+        e
+    }
+
+    /// A worker asked this node for work, but another node dispatches.
+    pub fn not_leader() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "not_leader",
+            "This node is not the scheduler leader; ask another server.",
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,7 +175,12 @@ impl IntoResponse for ApiError {
         let body = json!({
             "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code }
         });
-        (self.status, axum::Json(body)).into_response()
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.max(1).into());
+        }
+        resp
     }
 }
 

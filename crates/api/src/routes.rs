@@ -137,7 +137,20 @@ fn position(state: &AppState, job: &Job) -> Option<u64> {
         .flatten()
 }
 
+/// The window of [`crate::state::SubmitLimit`].
+const SUBMIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Request<Body>) -> ApiResult<Response> {
+    if let Some(limit) = &state.submit_limit {
+        let d = limit
+            .limiter
+            .check(&format!("submit:{}", caller.tenant), limit.per_minute, SUBMIT_WINDOW)
+            .await;
+        if !d.allowed {
+            metrics::counter!("videogen_rate_limited_total", "route" => "create").increment(1);
+            return Err(ApiError::rate_limited(d.reset_after, limit.per_minute));
+        }
+    }
     let idem_key = idempotency_key(req.headers(), state.limits.idempotency_key_chars_max)?;
     let parsed = create::read(req, &state.limits).await?;
     let valid = create::validate(parsed, &state.models, &state.limits).await?;

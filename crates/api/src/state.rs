@@ -1,6 +1,7 @@
 //! Shared state of the HTTP layer and its limits.
 
 use std::sync::Arc;
+use std::time::Duration;
 use videogen_core::Clock;
 use videogen_core::blob::BlobStore;
 use videogen_core::moderation::Moderator;
@@ -34,6 +35,48 @@ impl Default for Limits {
     }
 }
 
+/// How `GET /v1/videos/{id}/content` hands out bytes.
+///
+/// With `redirect` on, the API answers `302 Found` to a short-lived signed
+/// URL, so large downloads bypass the API nodes: the blob store's own URL
+/// where it signs them (S3), else the API's `/files/{key}` route signed with
+/// `signing_key`. With neither, or `redirect` off (the default), the API
+/// streams the bytes itself.
+#[derive(Clone)]
+pub struct Downloads {
+    pub redirect: bool,
+    /// How long a signed URL stays valid (S3 allows at most 7 days).
+    pub ttl: Duration,
+    /// HMAC-SHA256 key of `/files` URLs; `None` disables that route. Keep it
+    /// secret and the same on every API node: it is the only credential.
+    pub signing_key: Option<Arc<[u8]>>,
+    /// Absolute origin put in front of `/files/...` (e.g.
+    /// `https://videos.example.com`); `None` gives a relative `Location`.
+    pub public_base_url: Option<String>,
+}
+
+impl Default for Downloads {
+    fn default() -> Self {
+        Self {
+            redirect: false,
+            ttl: Duration::from_secs(15 * 60),
+            signing_key: None,
+            public_base_url: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Downloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Downloads")
+            .field("redirect", &self.redirect)
+            .field("ttl", &self.ttl)
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "***"))
+            .field("public_base_url", &self.public_base_url)
+            .finish()
+    }
+}
+
 /// Everything handlers need.
 #[derive(Clone)]
 pub struct AppState {
@@ -54,4 +97,16 @@ pub struct AppState {
     pub poll_after_ms: u64,
     /// The control plane the internal worker API serves; `None` disables it.
     pub control: Option<Arc<dyn ControlPlane>>,
+    /// Redirects to signed download URLs; off by default.
+    pub downloads: Downloads,
+    /// Per-tenant limit on submissions; `None`: unlimited.
+    pub submit_limit: Option<SubmitLimit>,
+}
+
+/// At most `per_minute` submissions per tenant per minute, counted by
+/// `limiter` (shared by every API node through Redis when configured).
+#[derive(Clone)]
+pub struct SubmitLimit {
+    pub limiter: Arc<dyn videogen_redis::RateLimiter>,
+    pub per_minute: u32,
 }

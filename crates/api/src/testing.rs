@@ -36,6 +36,8 @@ pub(crate) async fn app() -> TestApp {
         metrics: None,
         poll_after_ms: 100,
         control: None,
+        downloads: crate::state::Downloads::default(),
+        submit_limit: None,
     };
     TestApp { state, _blobs: blobs }
 }

@@ -113,6 +113,10 @@ async fn acquire(
     Json(req): Json<AcquireRequest>,
 ) -> Result<Response, ApiError> {
     let control = control(&state)?;
+    if !state.dispatcher.is_active() {
+        // Workers move on to the next server they know.
+        return Err(ApiError::not_leader());
+    }
     if req.worker.loaded_models.len() > 64 {
         return Err(ApiError::invalid(
             "worker.loaded_models",

@@ -36,9 +36,12 @@ use tokio::process::Child;
 use crate::procs;
 use videogen_core::VideoId;
 use videogen_core::blob::keys;
+use videogen_core::store::Store;
 
 const ADMIN_KEY: &str = "vg_chaos_admin_key_0123456789abcdefghij";
 const WORKER_TOKEN: &str = "vgw_chaos_worker_token_0123456789abcdefghij";
+/// Events read per job by the audit (a chaos job has a few dozen).
+const EVENTS_MAX: u32 = 100_000;
 
 #[derive(Args, Debug, Clone)]
 pub struct ChaosArgs {
@@ -85,6 +88,11 @@ pub struct ChaosArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+    /// The server's database (default: SQLite in the run's data dir), e.g.
+    /// `postgres://postgres@127.0.0.1:5432/chaos` for the same run on
+    /// PostgreSQL. The audit reads the event logs back through the store.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -245,7 +253,11 @@ pub async fn run(mut args: ChaosArgs) -> anyhow::Result<()> {
 
     let outcome = async {
         let (mut report, ids) = result?;
-        audit_events(&data, &ids, args.step_ms, &mut report)?;
+        let url = database_url(&args, &data);
+        let store = videogen_store::AnyStore::open(&url, videogen_store::PgOptions::default())
+            .await
+            .with_context(|| format!("opening {url} for the audit"))?;
+        audit_events(store.store().as_ref(), &data, &ids, args.step_ms, &mut report).await?;
         report.wall_s = started.elapsed().as_secs_f64();
         print(&report, args.json)?;
         if !report.failures.is_empty() {
@@ -263,8 +275,17 @@ pub async fn run(mut args: ChaosArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The database the server of this run uses.
+fn database_url(a: &ChaosArgs, data: &Path) -> String {
+    a.database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", data.join("videogen.db").display()))
+}
+
 async fn start_server(exe: &Path, data: &Path, logs: &Path, a: &ChaosArgs) -> anyhow::Result<(Child, String)> {
     let args: Vec<String> = [
+        "--database-url",
+        &database_url(a, data),
         "--housekeeping-secs",
         "0.2",
         "--steps",
@@ -479,25 +500,25 @@ fn sha256(b: &[u8]) -> String {
 }
 
 /// Checks the event log of every job and derives the figures.
-fn audit_events(data: &Path, ids: &[String], step_ms: u64, r: &mut Report) -> anyhow::Result<()> {
-    let db =
-        rusqlite::Connection::open_with_flags(data.join("videogen.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut events = db.prepare("SELECT at_ms, kind, data_json FROM job_events WHERE job_id = ?1 ORDER BY seq")?;
-    let mut job = db.prepare("SELECT attempt, outputs_json FROM jobs WHERE id = ?1")?;
+async fn audit_events(
+    store: &dyn Store,
+    data: &Path,
+    ids: &[String],
+    step_ms: u64,
+    r: &mut Report,
+) -> anyhow::Result<()> {
     let step_s = step_ms as f64 / 1000.0;
     let mut recoveries_ms = Vec::new();
     for id in ids {
-        let (attempt, outputs): (i64, Option<String>) = job.query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))?;
-        let evs: Vec<(i64, String, Value)> = events
-            .query_map([id], |row| {
-                let data: String = row.get(2)?;
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    serde_json::from_str(&data).unwrap_or(Value::Null),
-                ))
-            })?
-            .collect::<Result<_, _>>()?;
+        let vid = VideoId::parse(id).context("job id")?;
+        let job = store.job(&vid).await?.with_context(|| format!("job {id} is gone"))?;
+        let attempt = i64::from(job.attempt);
+        let evs: Vec<(i64, String, Value)> = store
+            .events(&vid, 0, EVENTS_MAX)
+            .await?
+            .into_iter()
+            .map(|e| (e.at_ms, e.kind, e.data))
+            .collect();
         let completed: Vec<&Value> = evs.iter().filter(|e| e.1 == "completed").map(|e| &e.2).collect();
         if completed.len() != 1 {
             r.failures.push(format!("{id}: {} completed events", completed.len()));
@@ -510,18 +531,11 @@ fn audit_events(data: &Path, ids: &[String], step_ms: u64, r: &mut Report) -> an
             ));
         }
         // The committed outputs are the completing attempt's.
-        let vid = VideoId::parse(id).context("job id")?;
-        let outputs: Value = outputs
-            .as_deref()
-            .map(serde_json::from_str)
-            .transpose()?
-            .unwrap_or(Value::Null);
-        let want = keys::video(&vid, u32::try_from(attempt).unwrap_or(0));
-        if outputs["video_key"].as_str() != Some(want.as_str()) {
-            r.failures.push(format!(
-                "{id}: committed video {} is not attempt {attempt}'s",
-                outputs["video_key"]
-            ));
+        let want = keys::video(&vid, job.attempt);
+        let got = job.outputs.as_ref().map(|o| o.video_key.as_str());
+        if got != Some(want.as_str()) {
+            r.failures
+                .push(format!("{id}: committed video {got:?} is not attempt {attempt}'s"));
         }
         let out_dir = data
             .join("blobs")

@@ -21,11 +21,35 @@ pub enum KeysCommand {
     },
 }
 
+/// Where the server's database is: the same `--database-url` as `serve`,
+/// else the embedded SQLite file in `--data-dir`.
 #[derive(Args)]
 pub struct DataDirArg {
     /// Data directory of the server.
     #[arg(long, env = "VIDEOGEN_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
+    /// The server's database (sqlite://PATH or postgres://...); default: DATA_DIR/videogen.db.
+    #[arg(long, env = "VIDEOGEN_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl DataDirArg {
+    /// Opens (and migrates) the database.
+    pub async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+        let url = match &self.database_url {
+            Some(u) => u.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("videogen.db").display()),
+        };
+        let store = videogen_store::AnyStore::open(&url, videogen_store::PgOptions::default())
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the database (--database-url or --data-dir {})",
+                    self.data_dir.display()
+                )
+            })?;
+        Ok(store.store())
+    }
 }
 
 #[derive(Args)]
@@ -59,7 +83,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 videogen_api::auth::valid_worker_name(name),
                 "invalid --name {name:?}: use 1-64 of [A-Za-z0-9_.-]"
             );
-            let store = crate::serve::open_store(&a.dir.data_dir).await?;
+            let store = a.dir.open().await?;
             let secret = videogen_api::auth::generate_worker_secret();
             let rec = videogen_api::auth::worker_token_record(&secret, name, SystemClock.now_ms());
             store.insert_worker_token(&rec).await?;
@@ -73,7 +97,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             let raw = a.tenant.unwrap_or_default();
             let tenant =
                 TenantId::parse(&raw).with_context(|| format!("invalid tenant {raw:?}: use 1-64 of [A-Za-z0-9_.-]"))?;
-            let store = crate::serve::open_store(&a.dir.data_dir).await?;
+            let store = a.dir.open().await?;
             let secret = videogen_api::auth::generate_secret();
             let rec = videogen_api::auth::key_record(&secret, tenant, a.tier, a.admin, SystemClock.now_ms());
             store.insert_api_key(&rec).await?;
@@ -84,7 +108,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             );
         }
         KeysCommand::List(d) => {
-            let store = crate::serve::open_store(&d.data_dir).await?;
+            let store = d.open().await?;
             println!(
                 "{:<22} {:<7} {:<10} {:<20} {:<9} {:<6} status",
                 "id", "kind", "prefix", "tenant/name", "tier", "admin"
@@ -115,7 +139,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id, dir } => {
-            let store = crate::serve::open_store(&dir.data_dir).await?;
+            let store = dir.open().await?;
             let now = SystemClock.now_ms();
             let revoked = if id.starts_with(videogen_api::auth::WORKER_TOKEN_ID_PREFIX) {
                 store.revoke_worker_token(&id, now).await?

@@ -2,6 +2,9 @@
 //!
 //! - `serve`: API, scheduler, in-process workers and housekeeping over the
 //!   embedded defaults (SQLite and local files under `--data-dir`).
+//! - `config print`: the effective configuration of `serve` (flags,
+//!   `VIDEOGEN_*` variables, `--config` file, defaults), secrets masked.
+//! - `migrate`: apply the database migrations of the configured database.
 //! - `keys`: create, list and revoke API keys and worker tokens (directly on
 //!   the data dir).
 //! - `jobs`: operator commands on a running server (dead letters, retry).
@@ -12,6 +15,8 @@
 
 mod bench;
 mod chaos;
+mod config;
+mod fanout;
 mod generate;
 mod jobs;
 mod keys;
@@ -32,6 +37,11 @@ struct Cli {
 enum Command {
     /// Run the platform: HTTP API, scheduler and workers.
     Serve(serve::ServeArgs),
+    /// Show the configuration `serve` would run with.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Apply the database migrations (`serve` also applies them on start) and exit.
+    Migrate(serve::ServeArgs),
     /// Manage API keys and worker tokens.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -55,6 +65,8 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Config(cmd) => config::run(cmd),
+            Command::Migrate(args) => serve::migrate(args).await,
             Command::Keys(cmd) => keys::run(cmd).await,
             Command::Jobs(cmd) => jobs::run(cmd).await,
             Command::Worker(args) => worker::run(args).await,

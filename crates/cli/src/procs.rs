@@ -73,6 +73,19 @@ pub fn start_worker(
         .with_context(|| format!("starting worker {name}"))
 }
 
+/// User + system CPU seconds `pid` has used so far (Linux `/proc/PID/stat`;
+/// `None` elsewhere or once it is gone).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    /// `USER_HZ`: the unit of `/proc` CPU times, 100 on every Linux ABI.
+    const TICKS_PER_SEC: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "pid (comm) ", fields start at 3 (state); utime and stime are 14 and 15.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / TICKS_PER_SEC)
+}
+
 /// Sum of a metric's samples over all label sets in a Prometheus text page
 /// (0 when absent).
 pub fn metric_sum(text: &str, name: &str) -> f64 {

@@ -1,24 +1,23 @@
 //! `videogen serve`: wires the embedded platform together and runs it.
 
 use anyhow::Context;
-use clap::Args;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use videogen_api::{AppState, Limits};
 use videogen_core::store::Store;
 use videogen_core::{Clock, SystemClock, TenantId, Tier, WorkerId};
-use videogen_model::REFERENCE_DEFAULT_STEPS;
 use videogen_sched::SchedulerConfig;
 use videogen_worker::fleet::FleetStats;
 use videogen_worker::{
-    ControlPlane, Dispatcher, JobBus, LocalControl, Runtime, RuntimeConfig, Worker, WorkerInfo, housekeeping,
+    ControlPlane, Dispatcher, LocalControl, Runtime, RuntimeConfig, Worker, WorkerInfo, housekeeping,
 };
 
-use crate::worker::{EngineArgs, secs};
+use crate::config::{BlobLocation, Config, Role};
+use videogen_worker::leader::{self, LeaderConfig};
 
 /// Tenant of the bootstrap admin key.
 const ADMIN_TENANT: &str = "admin";
@@ -27,50 +26,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long in-flight HTTP requests get to finish on shutdown.
 const HTTP_DRAIN_GRACE: Duration = Duration::from_secs(5);
 
-#[derive(Args, Debug, Clone)]
-pub struct ServeArgs {
-    /// Directory for the SQLite database and blobs.
-    #[arg(long, env = "VIDEOGEN_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// Address to listen on (port 0 picks a free port; the real one is printed).
-    #[arg(long, env = "VIDEOGEN_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: String,
-    /// In-process workers.
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
-    /// Denoising steps per video.
-    #[arg(long, default_value_t = REFERENCE_DEFAULT_STEPS, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub steps: u32,
-    /// Lease time-to-live in seconds; heartbeats renew it every third of it.
-    #[arg(long, default_value_t = 30.0)]
-    pub lease_ttl_secs: f64,
-    /// Attempts before a job is dead-lettered.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub max_attempts: u32,
-    /// Override the retention of every tier, in seconds (default: free 1 d, paid 7 d, internal 30 d).
-    #[arg(long)]
-    pub retention_secs: Option<f64>,
-    /// How often the reaper and the retention sweeper run, in seconds.
-    #[arg(long, default_value_t = 1.0)]
-    pub housekeeping_secs: f64,
-    /// Poll interval suggested to SDK pollers (`openai-poll-after-ms`).
-    #[arg(long, default_value_t = 1000)]
-    pub poll_after_ms: u64,
-    #[command(flatten)]
-    pub engine: EngineArgs,
-}
-
-pub async fn open_store(data_dir: &Path) -> anyhow::Result<Arc<videogen_store::SqliteStore>> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let store = videogen_store::SqliteStore::open(&data_dir.join("videogen.db"))
-        .await
-        .with_context(|| format!("opening database in {}", data_dir.display()))?;
-    Ok(Arc::new(store))
-}
+/// The flags of `serve`: the options of [`Config`], each also settable by a
+/// `VIDEOGEN_*` variable or the `--config` file.
+pub use crate::config::ConfigArgs as ServeArgs;
 
 /// This node's identity, kept in the data dir so a restart can reclaim the
 /// leases its previous incarnation's in-process workers held.
 fn node_id(data_dir: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let path = data_dir.join("node-id");
     if let Ok(id) = std::fs::read_to_string(&path) {
         let id = id.trim().to_owned();
@@ -161,23 +124,47 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let lease_ttl = secs("lease-ttl-secs", args.lease_ttl_secs)?;
-    let housekeeping_interval = secs("housekeeping-secs", args.housekeeping_secs)?;
-    let retention = args.retention_secs.map(|s| secs("retention-secs", s)).transpose()?;
-    let engine = args.engine.engine()?;
-    let worker_config = args.engine.worker_config()?;
+    let cfg = Config::load(&args)?;
+    let lease_ttl = cfg.scheduler.lease_ttl;
+    let housekeeping_interval = cfg.scheduler.housekeeping;
+    let retention = cfg.scheduler.retention;
+    let engine_args = cfg.engine_args();
+    let engine = engine_args.engine()?;
+    let worker_config = engine_args.worker_config()?;
 
     let metrics = install_metrics()?;
-    let store = open_store(&args.data_dir).await?;
-    let blob = Arc::new(videogen_blob::LocalBlobStore::new(&args.data_dir.join("blobs"))?);
+    // Redis, when configured, fans "job changed" signals out between nodes;
+    // PostgreSQL then only announces runnable jobs (see `fanout`).
+    let redis = cfg
+        .redis
+        .url
+        .as_ref()
+        .map(|u| videogen_redis::RedisFanout::connect(u.expose()))
+        .transpose()
+        .context("--redis-url")?;
+    let pg = videogen_store::PgOptions {
+        notify_changes: redis.is_none(),
+    };
+    let any_store = videogen_store::AnyStore::open(cfg.database.url.expose(), pg)
+        .await
+        .with_context(|| format!("opening the database {}", cfg.database.url.masked()))?;
+    let store = any_store.store();
+    let blob: Arc<dyn videogen_core::blob::BlobStore> = match cfg.blob.location() {
+        // A relative directory (the default under `--data-dir`) is fine here.
+        BlobLocation::Dir(dir) => Arc::new(videogen_blob::LocalBlobStore::new(&dir)?),
+        BlobLocation::S3 { .. } => videogen_blob::open_url(cfg.blob.url.expose()).context("--blob-url")?,
+    };
     bootstrap_admin_key(store.as_ref()).await?;
     bootstrap_worker_token(store.as_ref()).await?;
-    let node = node_id(&args.data_dir)?;
+    let node = match &cfg.node_id {
+        Some(id) => id.clone(),
+        None => node_id(&cfg.data_dir)?,
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     let mut config = RuntimeConfig {
         lease_ttl,
-        max_attempts: args.max_attempts,
+        max_attempts: cfg.scheduler.max_attempts,
         housekeeping_interval,
         ..RuntimeConfig::default()
     };
@@ -186,8 +173,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.retention_paid = r;
         config.retention_internal = r;
     }
-    let dispatcher = Arc::new(Dispatcher::new(SchedulerConfig::default(), clock.clone()));
-    let bus = JobBus::default();
+    // Passive until this node wins the scheduler's leader lease (below).
+    let dispatcher = Arc::new(Dispatcher::passive(SchedulerConfig::default(), clock.clone()));
+    let bus = crate::fanout::bus(redis.as_ref());
     let rt = Arc::new(Runtime {
         store: store.clone(),
         blob: blob.clone(),
@@ -198,30 +186,57 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         fleet: Arc::new(FleetStats::default()),
     });
     let control: Arc<dyn ControlPlane> = Arc::new(LocalControl::new(rt.clone()));
+    let runs_workers = cfg.role == Role::All;
+    let leader = LeaderConfig {
+        node: node.clone(),
+        ttl: cfg.scheduler.leader_lease,
+        contend: cfg.role != Role::Api,
+    };
 
-    // Recovery: this node's previous workers are gone; their jobs resume from
-    // their last checkpoint. Then load everything runnable.
-    let reclaimed = store.reclaim_node(&node, clock.now_ms(), args.max_attempts).await?;
-    let n = housekeeping::apply_reclaimed(&rt, reclaimed, "node_restarted");
-    if n > 0 {
-        tracing::info!(jobs = n, "reclaimed jobs of this node's previous run");
+    // Recovery: this node's previous in-process workers are gone; their jobs
+    // resume from their last checkpoint.
+    if runs_workers {
+        let reclaimed = store
+            .reclaim_node(&node, clock.now_ms(), cfg.scheduler.max_attempts)
+            .await?;
+        let n = housekeeping::apply_reclaimed(&rt, reclaimed, "node_restarted");
+        if n > 0 {
+            tracing::info!(jobs = n, "reclaimed jobs of this node's previous run");
+        }
     }
-    dispatcher.seed(store.queued_jobs().await?);
+    // Listen before the first look at the queue, so no job made runnable in
+    // between is missed; then try for the lead at once, so a single node
+    // dispatches from its first request.
+    let wakeups = any_store
+        .listen()
+        .await
+        .context("listening for other nodes' wake-ups")?;
+    if leader.contend {
+        leader::contend_once(&rt, &leader).await?;
+    }
 
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..args.workers {
-        let info = WorkerInfo {
-            id: WorkerId::new(&node, &format!("w{i}")),
-            loaded_models: Vec::new(),
-            spot: false,
-            memory_class: None,
-            model_load_ms: args.engine.model_load_ms,
-        };
-        let w = Worker::new(control.clone(), engine.clone(), info, worker_config.clone());
-        tasks.spawn(w.run(shutdown.clone()));
+    if runs_workers {
+        for i in 0..cfg.workers.count {
+            let info = WorkerInfo {
+                id: WorkerId::new(&node, &format!("w{i}")),
+                loaded_models: Vec::new(),
+                spot: false,
+                memory_class: None,
+                model_load_ms: cfg.workers.model_load_ms,
+            };
+            let w = Worker::new(control.clone(), engine.clone(), info, worker_config.clone());
+            tasks.spawn(w.run(shutdown.clone()));
+        }
     }
-    tasks.spawn(housekeeping::run(rt.clone(), shutdown.clone()));
+    if leader.contend {
+        tasks.spawn(housekeeping::run(rt.clone(), shutdown.clone()));
+    }
+    tasks.spawn(leader::run(rt.clone(), leader, wakeups, shutdown.clone()));
+    if let Some(f) = redis {
+        tasks.spawn(crate::fanout::relay(f, bus.clone(), shutdown.clone()));
+    }
 
     let state = AppState {
         store: store.clone(),
@@ -232,19 +247,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         clock,
         limits: Limits::default(),
         models: vec![engine.model.id().to_owned()],
-        default_steps: args.steps,
+        default_steps: cfg.api.steps,
         metrics: Some(metrics),
-        poll_after_ms: args.poll_after_ms,
+        poll_after_ms: cfg.api.poll_after_ms,
         control: Some(control),
+        downloads: downloads(&cfg),
+        submit_limit: submit_limit(&cfg)?,
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
-        .with_context(|| format!("binding {}", args.listen))?;
+        .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     println!(
-        "videogen listening on http://{addr} (data dir {}, {} worker(s))",
-        args.data_dir.display(),
-        args.workers
+        "videogen listening on http://{addr} (role {:?}, {} store, data dir {}, {} worker(s))",
+        cfg.role,
+        any_store.backend(),
+        cfg.data_dir.display(),
+        if runs_workers { cfg.workers.count } else { 0 }
     );
     std::io::stdout().flush()?;
 
@@ -271,6 +290,49 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     {
         tracing::warn!("workers did not stop within {SHUTDOWN_GRACE:?}; their leases will expire");
     }
+    Ok(())
+}
+
+/// The per-tenant submission limit, counted in Redis when configured (so it
+/// holds across API nodes), else on this node.
+fn submit_limit(cfg: &Config) -> anyhow::Result<Option<videogen_api::state::SubmitLimit>> {
+    let per_minute = cfg.api.rate_limit_per_minute;
+    if per_minute == 0 {
+        return Ok(None);
+    }
+    let limiter: Arc<dyn videogen_redis::RateLimiter> = match &cfg.redis.url {
+        Some(u) => Arc::new(videogen_redis::RedisRateLimiter::connect(u.expose()).context("--redis-url")?),
+        None => Arc::new(videogen_redis::LocalRateLimiter::new()),
+    };
+    Ok(Some(videogen_api::state::SubmitLimit { limiter, per_minute }))
+}
+
+/// How downloads are handed out (see [`videogen_api::state::Downloads`]).
+fn downloads(cfg: &Config) -> videogen_api::state::Downloads {
+    videogen_api::state::Downloads {
+        redirect: cfg.downloads.redirect,
+        ttl: cfg.downloads.signed_url_ttl,
+        signing_key: cfg
+            .downloads
+            .url_signing_key
+            .as_ref()
+            .map(|k| Arc::from(k.expose().as_bytes())),
+        public_base_url: cfg.public_url.clone(),
+    }
+}
+
+/// `videogen migrate`: opens the configured database, which applies any
+/// missing migration (under a lock, so it is safe beside running nodes).
+pub async fn migrate(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = Config::load(&args)?;
+    let store = videogen_store::AnyStore::open(cfg.database.url.expose(), videogen_store::PgOptions::default())
+        .await
+        .with_context(|| format!("migrating {}", cfg.database.url.masked()))?;
+    println!(
+        "{} database {} is up to date",
+        store.backend(),
+        cfg.database.url.masked()
+    );
     Ok(())
 }
 

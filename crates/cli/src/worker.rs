@@ -22,7 +22,8 @@ use videogen_worker::checkpoint_policy::CheckpointPolicy;
 use videogen_worker::remote::RemoteControl;
 use videogen_worker::{ControlPlane, Engine, Worker, WorkerConfig, WorkerInfo};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PolicyKind {
     /// Every `--checkpoint-every-steps` steps or `--checkpoint-every-secs` seconds.
     Fixed,

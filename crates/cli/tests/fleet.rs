@@ -2,6 +2,9 @@
 //! `videogen worker` processes over the internal worker API.
 
 mod common;
+#[allow(dead_code)] // each test binary uses part of it
+#[path = "../../store/tests/support/pg.rs"]
+mod pg;
 
 use common::{ADMIN_KEY, BIN, Server, body};
 use nix::sys::signal::{Signal, kill};
@@ -388,19 +391,24 @@ async fn the_worker_api_takes_only_worker_tokens_and_fences_every_write() {
 /// bounded time. `videogen chaos` exits non-zero if any check fails.
 #[test]
 fn chaos_200_jobs_4_workers_lose_and_double_nothing() {
+    run_chaos(200, 40, &[]);
+}
+
+/// The same run on PostgreSQL (a fresh database), smaller to bound CI time.
+#[test]
+fn chaos_on_postgres_loses_and_doubles_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(pg::TestDb::create());
+    run_chaos(100, 25, &["--database-url", &db.url()]);
+    drop(db);
+}
+
+fn run_chaos(jobs: u64, chaos_secs: u64, extra: &[&str]) {
     let out = Command::new(BIN)
-        .args([
-            "chaos",
-            "--jobs",
-            "200",
-            "--workers",
-            "4",
-            "--seeds",
-            "4",
-            "--chaos-secs",
-            "40",
-        ])
+        .args(["chaos", "--jobs", &jobs.to_string(), "--workers", "4", "--seeds", "4"])
+        .args(["--chaos-secs", &chaos_secs.to_string()])
         .args(["--steps", "8", "--step-ms", "40", "--json"])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
@@ -414,8 +422,8 @@ fn chaos_200_jobs_4_workers_lose_and_double_nothing() {
         .unwrap_or_else(|| panic!("no JSON report in {stdout}"));
     eprintln!("{report}");
     assert!(out.status.success(), "chaos failed: {report}");
-    assert_eq!(report["completed"], 200);
-    assert_eq!(report["byte_identical"], 200);
+    assert_eq!(report["completed"], jobs);
+    assert_eq!(report["byte_identical"], jobs);
     assert_eq!(report["failures"].as_array().map(Vec::len), Some(0));
     let faults: u64 = report["faults"]
         .as_object()

@@ -10,6 +10,7 @@ use crate::ids::VideoId;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -18,6 +19,9 @@ pub enum BlobError {
     NotFound(String),
     #[error("blob store: {0}")]
     Backend(String),
+    /// A blob store URL or its settings are wrong; the message says what.
+    #[error("blob store configuration: {0}")]
+    Config(String),
 }
 
 #[async_trait]
@@ -32,6 +36,15 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), BlobError>;
     /// Deletes every object under `prefix` (which should end in `/`).
     async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError>;
+    /// A URL anyone may `GET` the object from until `ttl` passes, so clients
+    /// download straight from storage instead of through the API.
+    ///
+    /// `None` when the backend cannot sign URLs itself (a local directory):
+    /// the API then signs its own URLs to its `/files` route. The URL is
+    /// minted offline; it does not prove the object exists.
+    async fn signed_url(&self, _key: &str, _ttl: Duration) -> Result<Option<String>, BlobError> {
+        Ok(None)
+    }
 }
 
 /// First two hex digits of the id's random tail: spreads keys across prefixes,

@@ -129,6 +129,9 @@ pub trait Store: Send + Sync + 'static {
     async fn events(&self, id: &VideoId, after_seq: i64, limit: u32) -> Result<Vec<JobEvent>, StoreError>;
     /// Every queued job, oldest first: seeds the scheduler on start-up.
     async fn queued_jobs(&self) -> Result<Vec<QueuedJob>, StoreError>;
+    /// The job if it is queued: how the scheduler leader picks up a job
+    /// another node made runnable.
+    async fn queued_job(&self, id: &VideoId) -> Result<Option<QueuedJob>, StoreError>;
 
     // ---- user actions
     /// Cancels a queued or running job (a running job's worker finds its lease stale).
@@ -207,6 +210,40 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         max_attempts: u32,
     ) -> Result<Reclaimed, StoreError>;
+
+    // ---- coordination between nodes
+    /// Takes the leader lease `name` for `holder` until `now_ms + ttl_ms` if
+    /// it is free, expired or already `holder`'s (a renewal). Returns the
+    /// lease's term while `holder` holds it (it grows with every change of
+    /// holder), `None` while another node does.
+    async fn try_lead(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<Option<i64>, StoreError>;
+    /// Gives the lease up if `holder` holds it, so a clean shutdown hands
+    /// over at once instead of after the lease runs out.
+    async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+}
+
+/// The upsert behind [`Store::try_lead`], in the SQL both backends accept
+/// (`$n` placeholders; SQLite reads them as numbered parameters): $1 name,
+/// $2 holder, $3 new expiry, $4 now.
+pub const TRY_LEAD_SQL: &str = "INSERT INTO leader_leases (name, holder, expires_at_ms, term) VALUES ($1, $2, $3, 1) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms, \
+     term = leader_leases.term + CASE WHEN leader_leases.holder = excluded.holder THEN 0 ELSE 1 END \
+     WHERE leader_leases.holder = excluded.holder OR leader_leases.expires_at_ms <= $4 \
+     RETURNING term";
+
+/// The statement behind [`Store::resign`]: $1 name, $2 holder.
+pub const RESIGN_SQL: &str = "DELETE FROM leader_leases WHERE name = $1 AND holder = $2";
+
+/// A wake-up from another node: something changed in the store. It carries
+/// no data; the receiver re-reads the store, which stays the source of truth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wakeup {
+    /// The job became runnable (submitted, re-queued, re-driven).
+    Runnable(VideoId),
+    /// The job has a new event.
+    Changed(VideoId),
+    /// Wake-ups may have been missed (a reconnect): re-read everything watched.
+    Resync,
 }
 
 /// Why [`Reclaimed::Requeued`] happened, for the event log.

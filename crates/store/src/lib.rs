@@ -58,6 +58,9 @@
 //!   decoding and event payloads.
 
 mod migrate;
+mod open;
+mod pg_batch;
+pub mod pg_listen;
 pub mod postgres;
 mod readers;
 mod rows;
@@ -65,5 +68,8 @@ pub mod sqlite;
 mod wal;
 mod writer;
 
-pub use postgres::PgStore;
+pub use open::AnyStore;
+pub use pg_batch::GroupCommitStats;
+pub use pg_listen::Wakeup;
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;

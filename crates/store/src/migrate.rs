@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "worker_tokens_dead_letter",
         include_str!("../migrations/sqlite/0002_worker_tokens_dead_letter.sql"),
     ),
+    (
+        3,
+        "leader_leases",
+        include_str!("../migrations/sqlite/0003_leader_leases.sql"),
+    ),
 ];
 
 /// Applies the missing migrations, each in its own transaction.

@@ -19,7 +19,22 @@
 //! Methods that read before they decide (cancel, redrive, keyed submit,
 //! reclaim, requeue-or-dead-letter) run in one transaction; the rest are one
 //! statement, which PostgreSQL runs as its own transaction.
+//!
+//! # Group commit
+//!
+//! The hot path — submit without an idempotency key, lease, heartbeat,
+//! checkpoint, complete — does not run a statement per call: calls are
+//! queued to a collector task (`pg_batch`), which runs what is waiting (up to
+//! 128 writes, at most one per job) as one statement of multi-row
+//! compare-and-sets over `unnest` arrays, hence one transaction and one WAL
+//! flush, and answers each call after that commit. A call alone runs at
+//! once, as a batch of one. Durability is unchanged (every answered write was
+//! committed with the server's `synchronous_commit`); what is shared is the
+//! flush, which is what bounds a transaction per write on PostgreSQL.
 
+use crate::pg_batch::{
+    Batcher, CheckpointOp, CompleteOp, GroupCommitStats, HeartbeatOp, LeaseOp, SubmitOp, created_job,
+};
 use crate::rows::{
     Columns, api_key_columns, corrupt, decode_api_key, decode_job, decode_queued_job, decode_worker_token, event_data,
     job_columns, queued_columns, to_json, worker_token_columns,
@@ -31,7 +46,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Postgres, Row};
 use std::time::Duration;
 use videogen_core::store::{
-    ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted, WorkerToken,
+    ApiKey, Idempotency, ListQuery, NewJob, Order, RESIGN_SQL, Reclaimed, Store, StoreError, Submitted, TRY_LEAD_SQL,
+    WorkerToken,
 };
 use videogen_core::{
     CheckpointRef, IllegalTransition, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, QueuedJob,
@@ -200,11 +216,27 @@ const REDRIVE: &str = concat!(
     queued_columns!()
 );
 
+/// How a [`PgStore`] behaves beyond the database it talks to.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Whether every job event also sends a `videogen_changed` notification
+    /// (SSE wake-ups on other nodes). Turn off when Redis fans changes out.
+    pub notify_changes: bool,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self { notify_changes: true }
+    }
+}
+
 /// The PostgreSQL job store: a connection pool; all state is in the database,
 /// so any number of server processes may share one.
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
+    /// The group-commit collector of the hot path (clones share it).
+    batch: Batcher,
 }
 
 /// Which running jobs a reclaim statement selects.
@@ -231,9 +263,25 @@ impl PgStore {
     /// applies the migrations (under an advisory lock, so processes starting
     /// together do not race).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, PgOptions::default()).await
+    }
+
+    /// [`PgStore::connect`] with options.
+    pub async fn connect_with(url: &str, options: PgOptions) -> Result<Self, StoreError> {
+        let set_notify: &'static str = if options.notify_changes {
+            "SET videogen.notify_changes = 'on'"
+        } else {
+            "SET videogen.notify_changes = 'off'"
+        };
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    // Read by the event trigger (migration 0003).
+                    sqlx::query(set_notify).execute(conn).await.map(|_| ())
+                })
+            })
             .connect(url)
             .await
             .map_err(|e| StoreError::Backend(format!("connecting to PostgreSQL: {e}")))?;
@@ -241,7 +289,16 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(PgError::from)?;
-        Ok(Self { pool })
+        Ok(Self {
+            batch: Batcher::spawn(pool.clone()),
+            pool,
+        })
+    }
+
+    /// Counters of the group commit (statements run, writes they answered),
+    /// for benchmarks and tests.
+    pub fn group_commit_stats(&self) -> GroupCommitStats {
+        self.batch.stats()
     }
 
     /// Closes every connection, waiting for the ones in use to be returned.
@@ -376,27 +433,7 @@ async fn submit_on(
     .map_err(db)?
     .rows_affected();
     if inserted == 1 {
-        return Ok(Submitted::Created(Job {
-            state: JobState::Queued,
-            phase: Phase::Queued,
-            progress: 0,
-            step: 0,
-            attempt: 0,
-            created_at_ms: job.now_ms,
-            enqueued_at_ms: job.now_ms,
-            started_at_ms: None,
-            completed_at_ms: None,
-            expires_at_ms: None,
-            error: None,
-            checkpoint: None,
-            prev_checkpoint: None,
-            outputs: None,
-            lease: None,
-            id: job.id,
-            tenant: job.tenant,
-            tier: job.tier,
-            spec: job.spec,
-        }));
+        return Ok(Submitted::Created(created_job(job)));
     }
     let Some(idem) = idem else {
         return Err(StoreError::Backend(format!("job {} was not inserted", job.id)));
@@ -487,6 +524,10 @@ impl Store for PgStore {
 
     async fn submit(&self, job: NewJob, idem: Option<Idempotency>) -> Result<Submitted, StoreError> {
         let created = event_data(JobState::Queued, Some(Phase::Queued), Some(0), Some(0), json!({}))?;
+        if idem.is_none() {
+            // Nothing to read first: the insert alone, group-committed.
+            return self.batch.submit(SubmitOp { job, event: created }).await;
+        }
         let mut tx = self.pool.begin().await.map_err(db)?;
         let submitted = submit_on(&mut tx, job, idem, created).await?;
         tx.commit().await.map_err(db)?;
@@ -580,6 +621,21 @@ impl Store for PgStore {
         .collect()
     }
 
+    async fn queued_job(&self, id: &VideoId) -> Result<Option<QueuedJob>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            queued_columns!(),
+            " FROM jobs WHERE id = $1 AND state = 'queued'"
+        ))
+        .bind(id.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(decode_queued_job)
+        .transpose()
+    }
+
     // ---- user actions
 
     async fn cancel(&self, id: &VideoId, now_ms: i64) -> Result<Job, StoreError> {
@@ -641,36 +697,15 @@ impl Store for PgStore {
         let to = next(from, Transition::Lease)?;
         let expires_at_ms = now_ms.saturating_add(ttl_ms);
         let data = event_data(to, None, None, None, json!({ "worker": worker.as_str() }))?;
-        let attempt: Option<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET state = $1, attempt = attempt + 1, \
-             phase = CASE WHEN checkpoint_json IS NULL THEN $2 ELSE $3 END, \
-             lease_worker = $4, lease_expires_at_ms = $5, started_at_ms = COALESCE(started_at_ms, $6), \
-             last_event_seq = last_event_seq + 1, event_kind = 'leased', event_at_ms = $6, \
-             event_data_json = ($7::jsonb || jsonb_build_object(\
-                 'phase', CASE WHEN checkpoint_json IS NULL THEN $2 ELSE $3 END, \
-                 'progress', progress, 'attempt', attempt + 1))::text \
-             WHERE id = $8 AND state = $9 RETURNING attempt",
-        )
-        .bind(to.as_str())
-        .bind(Phase::LoadingModel.as_str())
-        .bind(Phase::ResumingFromCheckpoint.as_str())
-        .bind(worker.as_str())
-        .bind(expires_at_ms)
-        .bind(now_ms)
-        .bind(data)
-        .bind(id.as_str())
-        .bind(from.as_str())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
-        let Some(attempt) = attempt else { return Ok(None) };
-        let attempt = u32::try_from(attempt).map_err(|_| corrupt("attempt", format!("{attempt} of job {id}")))?;
-        Ok(Some(Lease {
-            job_id: id.clone(),
-            attempt,
-            worker: worker.clone(),
-            expires_at_ms,
-        }))
+        self.batch
+            .lease(LeaseOp {
+                id: id.clone(),
+                worker: worker.clone(),
+                now_ms,
+                expires_at_ms,
+                event: data,
+            })
+            .await
     }
 
     async fn heartbeat(&self, lease: &Lease, progress: &Progress, now_ms: i64, ttl_ms: i64) -> Result<i64, StoreError> {
@@ -684,32 +719,19 @@ impl Store for PgStore {
             json!({ "step": progress.step, "total_steps": progress.total_steps }),
         )?;
         // A `progress` event only when the phase or percent changes (see the
-        // SQLite store). SET expressions all see the row as it was.
-        let done = sqlx::query(
-            "UPDATE jobs SET \
-             last_event_seq = last_event_seq + (phase <> $1 OR progress <> $2)::int, \
-             event_kind = CASE WHEN phase <> $1 OR progress <> $2 THEN 'progress' ELSE event_kind END, \
-             event_at_ms = CASE WHEN phase <> $1 OR progress <> $2 THEN $3 ELSE event_at_ms END, \
-             event_data_json = CASE WHEN phase <> $1 OR progress <> $2 THEN $4 ELSE event_data_json END, \
-             phase = $1, progress = $2, step = $5, total_steps = $6, lease_expires_at_ms = $7 \
-             WHERE id = $8 AND state = $9 AND attempt = $10",
-        )
-        .bind(progress.phase.as_str())
-        .bind(i64::from(percent))
-        .bind(now_ms)
-        .bind(data)
-        .bind(big(progress.step))
-        .bind(big(progress.total_steps))
-        .bind(expires_at_ms)
-        .bind(lease.job_id.as_str())
-        .bind(JobState::Running.as_str())
-        .bind(big(lease.attempt))
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(stale(lease));
-        }
+        // SQLite store).
+        self.batch
+            .heartbeat(HeartbeatOp {
+                lease: lease.clone(),
+                phase: progress.phase,
+                percent,
+                step: progress.step,
+                total_steps: progress.total_steps,
+                now_ms,
+                expires_at_ms,
+                event: data,
+            })
+            .await?;
         Ok(expires_at_ms)
     }
 
@@ -721,25 +743,14 @@ impl Store for PgStore {
             Some(lease.attempt),
             json!({ "step": ck.step, "key": ck.key }),
         )?;
-        let done = sqlx::query(
-            "UPDATE jobs SET prev_checkpoint_json = checkpoint_json, checkpoint_json = $1, \
-             last_event_seq = last_event_seq + 1, event_kind = 'checkpoint', event_at_ms = $2, \
-             event_data_json = ($3::jsonb || jsonb_build_object('phase', phase, 'progress', progress))::text \
-             WHERE id = $4 AND state = $5 AND attempt = $6",
-        )
-        .bind(to_json(ck)?)
-        .bind(now_ms)
-        .bind(data)
-        .bind(lease.job_id.as_str())
-        .bind(JobState::Running.as_str())
-        .bind(big(lease.attempt))
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        if done.rows_affected() == 0 {
-            return Err(stale(lease));
-        }
-        Ok(())
+        self.batch
+            .checkpoint(CheckpointOp {
+                lease: lease.clone(),
+                checkpoint: to_json(ck)?,
+                now_ms,
+                event: data,
+            })
+            .await
     }
 
     async fn complete(
@@ -758,26 +769,15 @@ impl Store for PgStore {
             Some(lease.attempt),
             json!({ "expires_at_ms": expires_at_ms }),
         )?;
-        let row = sqlx::query(concat!(
-            "UPDATE jobs SET state = $1, phase = $2, progress = 100, outputs_json = $3, ",
-            "completed_at_ms = $4, expires_at_ms = $5, lease_worker = NULL, lease_expires_at_ms = NULL, ",
-            "last_event_seq = last_event_seq + 1, event_kind = 'completed', event_at_ms = $4, ",
-            "event_data_json = $6 WHERE id = $7 AND state = $8 AND attempt = $9 RETURNING ",
-            job_columns!()
-        ))
-        .bind(to.as_str())
-        .bind(Phase::Completed.as_str())
-        .bind(to_json(outputs)?)
-        .bind(now_ms)
-        .bind(expires_at_ms)
-        .bind(data)
-        .bind(lease.job_id.as_str())
-        .bind(from.as_str())
-        .bind(big(lease.attempt))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
-        row.as_ref().map(decode_job).transpose()?.ok_or_else(|| stale(lease))
+        self.batch
+            .complete(CompleteOp {
+                lease: lease.clone(),
+                outputs: to_json(outputs)?,
+                now_ms,
+                expires_at_ms,
+                event: data,
+            })
+            .await
     }
 
     async fn fail(&self, lease: &Lease, error: &JobError, now_ms: i64) -> Result<(), StoreError> {
@@ -972,6 +972,27 @@ impl Store for PgStore {
     }
 
     // ---- dead letters
+
+    async fn try_lead(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(TRY_LEAD_SQL)
+            .bind(name)
+            .bind(holder)
+            .bind(now_ms.saturating_add(ttl_ms))
+            .bind(now_ms)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(RESIGN_SQL)
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(db)
+    }
 
     async fn dead_letters(&self, limit: u32, after: Option<VideoId>) -> Result<Vec<Job>, StoreError> {
         // Every id sorts after ''.

@@ -24,13 +24,14 @@ use crate::rows::{
 use crate::wal::Checkpointer;
 use crate::writer::Writer;
 use async_trait::async_trait;
-use rusqlite::{Connection, OpenFlags, Params, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Params, Row, params};
 use serde_json::{Value, json};
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use videogen_core::store::{
-    ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted, WorkerToken,
+    ApiKey, Idempotency, ListQuery, NewJob, Order, RESIGN_SQL, Reclaimed, Store, StoreError, Submitted, TRY_LEAD_SQL,
+    WorkerToken,
 };
 use videogen_core::{
     CheckpointRef, IllegalTransition, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, QueuedJob,
@@ -700,6 +701,23 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn queued_job(&self, id: &VideoId) -> Result<Option<QueuedJob>, StoreError> {
+        let id = id.clone();
+        self.read(move |c| {
+            one(
+                c,
+                concat!(
+                    "SELECT ",
+                    queued_columns!(),
+                    " FROM jobs WHERE id = ?1 AND state = 'queued'"
+                ),
+                [id.as_str()],
+                rows::queued_job,
+            )
+        })
+        .await
+    }
+
     // ---- user actions
 
     async fn cancel(&self, id: &VideoId, now_ms: i64) -> Result<Job, StoreError> {
@@ -1169,6 +1187,25 @@ impl Store for SqliteStore {
     }
 
     // ---- dead letters
+
+    async fn try_lead(&self, name: &str, holder: &str, now_ms: i64, ttl_ms: i64) -> Result<Option<i64>, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let expires_at_ms = now_ms.saturating_add(ttl_ms);
+        self.writer
+            .call(move |c| {
+                c.query_row(TRY_LEAD_SQL, params![name, holder, expires_at_ms, now_ms], |r| r.get(0))
+                    .optional()
+                    .map_err(db)
+            })
+            .await
+    }
+
+    async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.writer
+            .call(move |c| exec(c, RESIGN_SQL, params![name, holder]).map(|_| ()))
+            .await
+    }
 
     async fn dead_letters(&self, limit: u32, after: Option<VideoId>) -> Result<Vec<Job>, StoreError> {
         // Every id sorts after '' (see list_jobs).

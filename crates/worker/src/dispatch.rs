@@ -7,6 +7,7 @@
 //! store's compare-and-set lease then returns `None` and the worker asks again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +16,13 @@ use videogen_sched::{Scheduler, SchedulerConfig, TierMap, WorkerView};
 
 pub struct Dispatcher {
     sched: Mutex<Scheduler>,
+    cfg: SchedulerConfig,
+    /// Whether this node dispatches. Only the scheduler leader does: a
+    /// passive dispatcher ignores enqueues (the leader hears of the job
+    /// through the store's wake-ups), holds nothing and hands out nothing.
+    /// Read and written under the `sched` lock so it flips atomically with
+    /// the queue's contents.
+    active: AtomicBool,
     wake: Notify,
     /// Idle workers waiting right now, per model they have loaded (warm).
     warm_waiting: Mutex<HashMap<String, usize>>,
@@ -22,9 +30,20 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// An active dispatcher: a node that is the scheduler by itself.
     pub fn new(cfg: SchedulerConfig, clock: Arc<dyn Clock>) -> Self {
+        let d = Self::passive(cfg, clock);
+        d.active.store(true, Ordering::Relaxed);
+        d
+    }
+
+    /// A dispatcher that waits to be [activated](Self::activate) (a node that
+    /// must win the leader lease first, or never dispatches).
+    pub fn passive(cfg: SchedulerConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
-            sched: Mutex::new(Scheduler::new(cfg)),
+            sched: Mutex::new(Scheduler::new(cfg.clone())),
+            cfg,
+            active: AtomicBool::new(false),
             wake: Notify::new(),
             warm_waiting: Mutex::new(HashMap::new()),
             clock,
@@ -37,9 +56,37 @@ impl Dispatcher {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Loads every queued job (start-up).
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Starts dispatching from exactly `jobs` (this node became the leader:
+    /// whatever an earlier term held may be stale).
+    pub fn activate(&self, jobs: impl IntoIterator<Item = QueuedJob>) {
+        {
+            let mut s = self.sched();
+            *s = Scheduler::new(self.cfg.clone());
+            self.active.store(true, Ordering::Relaxed);
+        }
+        self.seed(jobs);
+    }
+
+    /// Stops dispatching and forgets the queue (another node leads now).
+    pub fn deactivate(&self) {
+        let mut s = self.sched();
+        self.active.store(false, Ordering::Relaxed);
+        *s = Scheduler::new(self.cfg.clone());
+        drop(s);
+        self.publish_depth();
+    }
+
+    /// Loads queued jobs (start-up, or a re-sync with the store); jobs
+    /// already queued here are left as they are.
     pub fn seed(&self, jobs: impl IntoIterator<Item = QueuedJob>) {
         let mut s = self.sched();
+        if !self.is_active() {
+            return;
+        }
         for j in jobs {
             s.enqueue(j);
         }
@@ -49,7 +96,13 @@ impl Dispatcher {
     }
 
     pub fn enqueue(&self, job: QueuedJob) {
-        self.sched().enqueue(job);
+        {
+            let mut s = self.sched();
+            if !self.is_active() {
+                return;
+            }
+            s.enqueue(job);
+        }
         self.publish_depth();
         self.wake.notify_one();
     }

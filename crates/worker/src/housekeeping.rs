@@ -26,6 +26,10 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Only the scheduler leader reaps and sweeps (see `leader`).
+        if !rt.dispatcher.is_active() {
+            continue;
+        }
         if let Err(e) = reap(&rt).await {
             tracing::warn!(error = %e, "reaper pass failed");
         }

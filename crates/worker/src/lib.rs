@@ -11,6 +11,8 @@
 //! - [`runner`]: a [`Worker`] slot runs one attempt at a time: resume or
 //!   start, step, checkpoint (uploads overlap the next steps), moderate,
 //!   encode, commit; stops gracefully on notice.
+//! - [`leader`]: the scheduler singleton (a leader lease in the store) and
+//!   wake-ups from other nodes.
 //! - [`lease_keeper`]: one task per running job that heart-beats the lease
 //!   with the latest progress and relays the control plane's directives.
 //! - [`checkpoint_policy`]: when to checkpoint (fixed, or Young–Daly from
@@ -27,6 +29,7 @@ pub mod control;
 pub mod dispatch;
 pub mod fleet;
 pub mod housekeeping;
+pub mod leader;
 pub mod lease_keeper;
 pub mod remote;
 pub mod runner;

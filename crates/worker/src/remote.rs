@@ -12,6 +12,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use videogen_core::{CheckpointRef, JobError, Lease, Progress};
 
@@ -90,13 +91,26 @@ struct ErrorDetail {
 
 pub struct RemoteControl {
     http: reqwest::Client,
-    base: String,
+    /// Every server this worker may talk to; `current` indexes the one in use.
+    bases: Vec<String>,
+    current: AtomicUsize,
     token: String,
 }
 
 impl RemoteControl {
-    /// `base`: the server's URL, e.g. `http://10.0.0.5:8080`.
+    /// `base`: the server's URL, e.g. `http://10.0.0.5:8080`, or several,
+    /// comma-separated: the worker moves on to the next when one is down or
+    /// is not the scheduler leader (any node serves every other call, so a
+    /// running job's calls follow the same server).
     pub fn new(base: &str, token: &str) -> Result<Self, ControlError> {
+        let bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(ControlError::Rejected("no server URL given".into()));
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
@@ -104,14 +118,34 @@ impl RemoteControl {
             .map_err(|e| ControlError::Unavailable(format!("building the HTTP client: {e}")))?;
         Ok(Self {
             http,
-            base: base.trim_end_matches('/').to_owned(),
+            bases,
+            current: AtomicUsize::new(0),
             token: token.to_owned(),
         })
     }
 
+    fn base(&self) -> &str {
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// After `failed` (an index read before the call) proved unusable, moves
+    /// on to the next server, unless another call already did.
+    fn rotate(&self, failed: usize) {
+        if self.bases.len() > 1 {
+            let next = (failed + 1) % self.bases.len();
+            if self
+                .current
+                .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                tracing::info!(server = %self.bases[next], "switching server");
+            }
+        }
+    }
+
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
-            .request(method, format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base()))
             .bearer_auth(&self.token)
             .timeout(CALL_TIMEOUT)
     }
@@ -123,6 +157,7 @@ impl RemoteControl {
             if i > 0 {
                 tokio::time::sleep(Duration::from_millis(200 << i)).await;
             }
+            let server = self.current.load(Ordering::Relaxed) % self.bases.len();
             match build().send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => match error_of(lease, resp).await {
@@ -131,6 +166,7 @@ impl RemoteControl {
                 },
                 Err(e) => last = Some(ControlError::Unavailable(e.to_string())),
             }
+            self.rotate(server);
         }
         Err(last.unwrap_or_else(|| ControlError::Unavailable("no attempt made".into())))
     }
@@ -190,18 +226,33 @@ impl ControlPlane for RemoteControl {
             worker: worker.clone(),
             wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         };
-        // One try: the caller loops anyway, and a long poll is not retried blindly.
-        let resp = self
+        // One try: the caller loops anyway, and a long poll is not retried
+        // blindly. A server that is down, or is not the scheduler leader,
+        // sends the next try to the next server.
+        let server = self.current.load(Ordering::Relaxed) % self.bases.len();
+        let resp = match self
             .request(Method::POST, paths::ACQUIRE)
             .timeout(wait + Duration::from_secs(10))
             .json(&body)
             .send()
             .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.rotate(server);
+                return Err(ControlError::Unavailable(e.to_string()));
+            }
+        };
         match resp.status() {
             StatusCode::NO_CONTENT => Ok(None),
             s if s.is_success() => Self::json(resp).await.map(Some),
-            _ => Err(error_of(None, resp).await),
+            _ => {
+                let e = error_of(None, resp).await;
+                if matches!(e, ControlError::Unavailable(_)) {
+                    self.rotate(server);
+                }
+                Err(e)
+            }
         }
     }
 
@@ -210,7 +261,7 @@ impl ControlPlane for RemoteControl {
     }
 
     async fn read_blob(&self, lease: &Lease, key: &str) -> Result<Bytes, ControlError> {
-        let mut url = reqwest::Url::parse(&format!("{}{}", self.base, paths::attempt(lease, "blob")))
+        let mut url = reqwest::Url::parse(&format!("{}{}", self.base(), paths::attempt(lease, "blob")))
             .map_err(|e| ControlError::Rejected(format!("bad server URL: {e}")))?;
         url.query_pairs_mut().append_pair("key", key);
         let resp = self

@@ -14,13 +14,18 @@
 //!   single task, without the dispatcher: the store's own cost per job.
 //!
 //! The baseline runs before and after the pipelines; ratios use their mean.
+//!
+//! With `--database-url`, the same pipeline also runs on PostgreSQL (`pg`):
+//! a fresh database per run, several submits in flight (each one waits for a
+//! durable commit), and `pgbench` running a bare `SKIP LOCKED` claim loop as
+//! that backend's baseline.
 
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use videogen_core::spec::{REFERENCE_MODEL, Seconds, VideoSize, VideoSpec};
@@ -31,6 +36,8 @@ use videogen_store::SqliteStore;
 use videogen_worker::Dispatcher;
 
 use super::{Machine, Percentiles, print_json};
+
+mod pg;
 
 /// The issue's target for the full pipeline on a 2-core machine.
 const TARGET_JOBS_PER_SEC: f64 = 5_000.0;
@@ -52,6 +59,23 @@ pub struct DispatchArgs {
     /// Parent directory for the per-run database files (default: system temp dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Also run the pipeline on PostgreSQL, on fresh databases created (and
+    /// dropped) on this server, e.g. `postgres://postgres@127.0.0.1:5432/postgres`,
+    /// with a pgbench claim-loop baseline.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Jobs of a PostgreSQL run with the most workers (runs with fewer
+    /// workers get proportionally fewer, at least 1,000).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pg_jobs: u64,
+    /// Submits in flight at once in a PostgreSQL run (concurrent API
+    /// requests). One at a time, a durable commit each, would bound
+    /// submission at one per WAL flush.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pg_submitters: u64,
+    /// Duration of each pgbench baseline run, in seconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pgbench_seconds: u64,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -87,6 +111,8 @@ struct Report {
     pipelines: Vec<Run>,
     #[serde(skip_serializing_if = "Option::is_none")]
     baseline_grouped: Option<Run>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<pg::PgReport>,
 }
 
 pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
@@ -127,6 +153,18 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
         baseline_grouped = Some(baseline(&fresh()?.path().join("baseline.db"), n, args.group).await?);
     }
 
+    let mut postgres = None;
+    if let Some(url) = &args.database_url {
+        let plan = pg::PgPlan {
+            url,
+            jobs: args.pg_jobs,
+            workers: &args.workers,
+            submitters: usize::try_from(args.pg_submitters)?,
+            pgbench_seconds: args.pgbench_seconds,
+        };
+        postgres = Some(pg::run(&plan).await?);
+    }
+
     let base = (baseline_before.jobs_per_sec + baseline_after.jobs_per_sec) / 2.0;
     for r in [&mut baseline_before, &mut baseline_after, &mut store_serial]
         .into_iter()
@@ -134,6 +172,9 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
         .chain(baseline_grouped.as_mut())
     {
         r.ratio_to_baseline = r.jobs_per_sec / base;
+    }
+    for p in postgres.iter_mut().flat_map(|p| p.pipelines.iter_mut()) {
+        p.run.ratio_to_baseline = p.run.jobs_per_sec / base;
     }
     let report = Report {
         bench: "dispatch",
@@ -146,6 +187,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
         store_serial,
         pipelines,
         baseline_grouped,
+        postgres,
     };
     if args.json {
         print_json(&report)
@@ -195,7 +237,8 @@ fn print_report(r: &Report) {
             );
         }
     }
-    for p in &r.pipelines {
+    let pg_runs = r.postgres.iter().flat_map(|p| p.pipelines.iter().map(|p| &p.run));
+    for p in r.pipelines.iter().chain(pg_runs) {
         let verdict = if p.jobs_per_sec >= r.target_jobs_per_sec {
             "meets"
         } else {
@@ -205,6 +248,65 @@ fn print_report(r: &Report) {
             "\n{}: {:.0} jobs/s {verdict} the {:.0} jobs/s target",
             p.name, p.jobs_per_sec, r.target_jobs_per_sec
         );
+    }
+    if let Some(p) = &r.postgres {
+        print_postgres(p);
+    }
+}
+
+fn print_postgres(r: &pg::PgReport) {
+    println!(
+        "\nPostgreSQL {} (synchronous_commit={}, fsync={}); a fresh database per run",
+        r.server, r.synchronous_commit, r.fsync
+    );
+    match &r.pgbench_skipped {
+        Some(why) => println!("pgbench baseline skipped: {why}"),
+        None => {
+            println!("{:<38} {:>8} {:>11} {:>11}", "baseline", "s", "claims/s", "latency ms");
+            for b in &r.pgbench {
+                let latency = b.latency_ms.map_or_else(|| "-".to_owned(), |l| format!("{l:.3}"));
+                println!(
+                    "{:<38} {:>8} {:>11.0} {:>11}",
+                    format!("pgbench SKIP LOCKED claim, {} client(s)", b.clients),
+                    b.seconds,
+                    b.claims_per_sec,
+                    latency
+                );
+            }
+        }
+    }
+    println!(
+        "{:<38} {:>8} {:>11} {:>10} {:>10} {:>8} {:>14}",
+        "run", "wall s", "jobs/s", "x pgbench", "writes/tx", "x base", "submits done s"
+    );
+    for p in &r.pipelines {
+        let ratio = p.ratio_to_pgbench.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"));
+        let submits = p
+            .run
+            .submits_done_s
+            .map_or_else(|| "-".to_owned(), |s| format!("{s:.2}"));
+        println!(
+            "{:<38} {:>8.2} {:>11.0} {:>10} {:>10.1} {:>8.2} {:>14}",
+            p.run.name, p.run.wall_s, p.run.jobs_per_sec, ratio, p.writes_per_commit, p.run.ratio_to_baseline, submits
+        );
+    }
+    println!(
+        "({} submits in flight; x pgbench: jobs/s over pgbench claims/s with as many clients as workers; \
+         writes/tx: store writes per group commit; x base: over the SQLite baseline above)",
+        r.submitters
+    );
+    println!("\nper-operation latency, ms (PostgreSQL store calls include waiting for their group commit):");
+    println!(
+        "{:<38} {:<10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "run", "op", "mean", "p50", "p99", "p99.9", "max"
+    );
+    for p in &r.pipelines {
+        for (op, q) in &p.run.ops {
+            println!(
+                "{:<38} {:<10} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+                p.run.name, op, q.mean_ms, q.p50_ms, q.p99_ms, q.p999_ms, q.max_ms
+            );
+        }
     }
 }
 
@@ -379,42 +481,86 @@ async fn store_serial(dir: &Path, jobs: u64) -> anyhow::Result<Run> {
     ))
 }
 
-/// Producer and `workers` worker tasks running concurrently.
+/// Producer and `workers` worker tasks running concurrently on a fresh
+/// SQLite store (one submit in flight at a time: the single writer's group
+/// commit makes each one cheap).
 async fn pipeline(dir: &Path, jobs: u64, workers: usize) -> anyhow::Result<Run> {
     let store = Arc::new(SqliteStore::open(&dir.join("videogen.db")).await?);
+    let run = pipeline_on(
+        store.clone(),
+        jobs,
+        workers,
+        1,
+        format!("pipeline: {workers} worker(s)"),
+    )
+    .await?;
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close().await?;
+    }
+    Ok(run)
+}
+
+/// `submitters` producer tasks (each: `store.submit` then
+/// `dispatcher.enqueue`, one job at a time) and `workers` worker tasks
+/// (`dispatcher.next` → `store.lease` → `store.complete`) on `store`.
+async fn pipeline_on(
+    store: Arc<dyn Store>,
+    jobs: u64,
+    workers: usize,
+    submitters: usize,
+    name: String,
+) -> anyhow::Result<Run> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let dispatcher = Arc::new(Dispatcher::new(SchedulerConfig::default(), clock.clone()));
     let shutdown = CancellationToken::new();
     let done = Arc::new(AtomicUsize::new(0));
     let target = usize::try_from(jobs)?;
+    let next_job = Arc::new(AtomicU64::new(0));
 
     let start = Instant::now();
-    let producer = {
-        let (store, clock, dispatcher, shutdown) = (store.clone(), clock.clone(), dispatcher.clone(), shutdown.clone());
-        tokio::spawn(async move {
+    let mut producers = tokio::task::JoinSet::new();
+    for _ in 0..submitters.max(1) {
+        let (store, clock, dispatcher, shutdown, next_job) = (
+            store.clone(),
+            clock.clone(),
+            dispatcher.clone(),
+            shutdown.clone(),
+            next_job.clone(),
+        );
+        producers.spawn(async move {
             let (tenant, spec) = (tenant(), spec());
-            let mut lat = Vec::with_capacity(target);
-            for i in 0..jobs {
-                if shutdown.is_cancelled() {
-                    break;
+            let mut lat = Vec::with_capacity(target / submitters.max(1) + 1);
+            let result = async {
+                loop {
+                    let i = next_job.fetch_add(1, Ordering::Relaxed);
+                    if i >= jobs || shutdown.is_cancelled() {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    let Submitted::Created(job) =
+                        store.submit(new_job(i, &tenant, &spec, clock.now_ms()), None).await?
+                    else {
+                        bail!("submit without idempotency key replayed a job");
+                    };
+                    dispatcher.enqueue(QueuedJob {
+                        id: job.id,
+                        tenant: job.tenant,
+                        tier: job.tier,
+                        model: job.spec.model,
+                        enqueued_at_ms: job.enqueued_at_ms,
+                    });
+                    lat.push(t0.elapsed());
                 }
-                let t0 = Instant::now();
-                let Submitted::Created(job) = store.submit(new_job(i, &tenant, &spec, clock.now_ms()), None).await?
-                else {
-                    bail!("submit without idempotency key replayed a job");
-                };
-                dispatcher.enqueue(QueuedJob {
-                    id: job.id,
-                    tenant: job.tenant,
-                    tier: job.tier,
-                    model: job.spec.model,
-                    enqueued_at_ms: job.enqueued_at_ms,
-                });
-                lat.push(t0.elapsed());
+                anyhow::Ok(())
             }
-            anyhow::Ok((lat, start.elapsed()))
-        })
-    };
+            .await;
+            if result.is_err() {
+                // The workers would wait forever for the jobs not submitted.
+                shutdown.cancel();
+            }
+            result.map(|()| (lat, start.elapsed()))
+        });
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..workers {
         let (store, clock, dispatcher, shutdown, done) = (
@@ -468,19 +614,20 @@ async fn pipeline(dir: &Path, jobs: u64, workers: usize) -> anyhow::Result<Run> 
         }
     }
     let wall = start.elapsed();
-    let (sub, submit_wall) = producer.await??;
+    let (mut sub, mut submit_wall) = (Vec::with_capacity(target), Duration::ZERO);
+    while let Some(r) = producers.join_next().await {
+        let (lat, at) = r??;
+        sub.extend(lat);
+        submit_wall = submit_wall.max(at);
+    }
     if let Some(e) = first_err {
         return Err(e.context("worker failed"));
     }
     let completed = done.load(Ordering::Relaxed);
     anyhow::ensure!(completed == target, "only {completed} of {target} jobs completed");
     anyhow::ensure!(store.queued_jobs().await?.is_empty(), "jobs left queued in the store");
-    drop(dispatcher);
-    if let Ok(store) = Arc::try_unwrap(store) {
-        store.close().await?;
-    }
     let mut run = finish_run(
-        format!("pipeline: {workers} worker(s)"),
+        name,
         workers,
         jobs,
         wall,

@@ -366,6 +366,8 @@ async fn start_server(
         metrics: Some(metrics),
         poll_after_ms: 1000,
         control: None,
+        downloads: videogen_api::state::Downloads::default(),
+        submit_limit: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

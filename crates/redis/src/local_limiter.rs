@@ -1,0 +1,221 @@
+//! In-memory fixed-window rate limiting for a single node, and the fallback
+//! of [`crate::RedisRateLimiter`] while Redis is unreachable.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::rate_limit::{Decision, RateLimiter, window_ms};
+
+/// Fewest tracked keys before a sweep of expired windows; below it sweeping
+/// costs more than the memory it frees.
+const MIN_SWEEP_AT: usize = 1024;
+
+/// Per-key fixed windows that start at the key's first hit.
+///
+/// Memory is bounded: expired windows are swept whenever the map doubles
+/// (amortised O(1) per check), and at `max_keys` live windows the one closest
+/// to expiry is evicted, which lets that key start over early rather than
+/// letting a flood of distinct keys grow memory without bound.
+#[derive(Debug)]
+pub struct LocalRateLimiter {
+    max_keys: usize,
+    state: Mutex<Windows>,
+}
+
+#[derive(Debug)]
+struct Windows {
+    /// Keyed by key and window length, so two limits on one key do not share a count.
+    map: HashMap<(String, u64), Window>,
+    sweep_at: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    ends: Instant,
+    hits: u64,
+}
+
+impl Default for LocalRateLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalRateLimiter {
+    pub const DEFAULT_MAX_KEYS: usize = 100_000;
+
+    pub fn new() -> Self {
+        Self::with_max_keys(Self::DEFAULT_MAX_KEYS)
+    }
+
+    pub fn with_max_keys(max_keys: usize) -> Self {
+        let max_keys = max_keys.max(1);
+        Self {
+            max_keys,
+            state: Mutex::new(Windows {
+                map: HashMap::new(),
+                sweep_at: MIN_SWEEP_AT.min(max_keys),
+            }),
+        }
+    }
+
+    /// The synchronous core of [`RateLimiter::check`]; it never waits.
+    pub fn check_now(&self, key: &str, limit: u32, window: Duration) -> Decision {
+        self.check_at(key, limit, window, Instant::now())
+    }
+
+    /// Windows currently tracked, expired ones not yet swept included.
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn check_at(&self, key: &str, limit: u32, window: Duration, now: Instant) -> Decision {
+        let window_ms = window_ms(window);
+        let window = Duration::from_millis(window_ms);
+        let id = (key.to_owned(), window_ms);
+        let mut state = self.lock();
+        if !state.map.contains_key(&id) {
+            state.make_room(now, self.max_keys);
+        }
+        let entry = state.map.entry(id).or_insert(Window { ends: now, hits: 0 });
+        if now >= entry.ends {
+            *entry = Window {
+                ends: now + window,
+                hits: 0,
+            };
+        }
+        entry.hits = entry.hits.saturating_add(1);
+        Decision::from_hits(entry.hits, limit, entry.ends - now)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
+        // Every update leaves the map consistent, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Windows {
+    /// Called before inserting a new key.
+    fn make_room(&mut self, now: Instant, max_keys: usize) {
+        if self.map.len() >= self.sweep_at {
+            self.map.retain(|_, w| now < w.ends);
+            self.sweep_at = (self.map.len() * 2).clamp(MIN_SWEEP_AT.min(max_keys), max_keys);
+        }
+        if self.map.len() >= max_keys {
+            let soonest = self.map.iter().min_by_key(|(_, w)| w.ends).map(|(id, _)| id.clone());
+            if let Some(id) = soonest {
+                self.map.remove(&id);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for LocalRateLimiter {
+    async fn check(&self, key: &str, limit: u32, window: Duration) -> Decision {
+        self.check_now(key, limit, window)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn allows_up_to_the_limit_then_denies_until_the_window_ends() {
+        let limiter = LocalRateLimiter::new();
+        let t0 = Instant::now();
+        for i in 0..3 {
+            let d = limiter.check_at("k", 3, MIN, t0);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, 2 - i);
+            assert_eq!(d.reset_after, MIN);
+        }
+        let later = t0 + Duration::from_secs(59);
+        let d = limiter.check_at("k", 3, MIN, later);
+        assert!(!d.allowed);
+        assert_eq!(d.remaining, 0);
+        assert_eq!(d.reset_after, Duration::from_secs(1));
+
+        let d = limiter.check_at("k", 3, MIN, t0 + MIN);
+        assert!(d.allowed, "a new window starts over");
+        assert_eq!(d.remaining, 2);
+    }
+
+    #[test]
+    fn keys_and_window_lengths_count_separately() {
+        let limiter = LocalRateLimiter::new();
+        let t0 = Instant::now();
+        assert!(limiter.check_at("a", 1, MIN, t0).allowed);
+        assert!(!limiter.check_at("a", 1, MIN, t0).allowed);
+        assert!(limiter.check_at("b", 1, MIN, t0).allowed);
+        assert!(limiter.check_at("a", 1, Duration::from_secs(3600), t0).allowed);
+    }
+
+    #[test]
+    fn zero_limit_and_zero_window_do_not_panic() {
+        let limiter = LocalRateLimiter::new();
+        let d = limiter.check_now("k", 0, Duration::ZERO);
+        assert!(!d.allowed);
+        assert!(d.reset_after <= Duration::from_millis(1));
+    }
+
+    #[test]
+    fn expired_windows_are_evicted() {
+        let limiter = LocalRateLimiter::with_max_keys(10);
+        let t0 = Instant::now();
+        for i in 0..10 {
+            limiter.check_at(&format!("k{i}"), 1, MIN, t0);
+        }
+        assert_eq!(limiter.len(), 10);
+        // All ten windows have ended; the next new key sweeps them away.
+        limiter.check_at("fresh", 1, MIN, t0 + MIN);
+        assert_eq!(limiter.len(), 1);
+    }
+
+    #[test]
+    fn memory_stays_bounded_when_every_window_is_live() {
+        let limiter = LocalRateLimiter::with_max_keys(10);
+        let t0 = Instant::now();
+        for i in 0..10u64 {
+            // k0 ends soonest.
+            limiter.check_at(&format!("k{i}"), 1, MIN, t0 + Duration::from_millis(i));
+        }
+        let now = t0 + Duration::from_millis(20);
+        for i in 10..1000 {
+            limiter.check_at(&format!("k{i}"), 1, MIN, now);
+            assert!(limiter.len() <= 10);
+        }
+        // A key inserted last is still counted; the evicted k0 starts over.
+        assert!(!limiter.check_at("k999", 1, MIN, now).allowed);
+        assert!(limiter.check_at("k0", 1, MIN, now).allowed);
+    }
+
+    #[test]
+    fn sweeps_only_when_the_map_has_grown() {
+        let limiter = LocalRateLimiter::with_max_keys(100_000);
+        let t0 = Instant::now();
+        for i in 0..2000 {
+            limiter.check_at(&format!("k{i}"), 1, Duration::from_millis(10), t0);
+        }
+        // The sweep at 1024 keys found nothing expired; the next sweep comes at 2048.
+        assert_eq!(limiter.len(), 2000);
+        for i in 2000..2049 {
+            limiter.check_at(&format!("k{i}"), 1, MIN, t0 + Duration::from_secs(1));
+        }
+        assert_eq!(
+            limiter.len(),
+            49,
+            "the sweep at 2048 dropped every expired 10 ms window"
+        );
+    }
+}
