@@ -3,18 +3,23 @@
 //! - [`dispatch`]: no-op jobs through submit → scheduler → lease → complete on
 //!   the embedded SQLite store, against a bare-SQLite baseline.
 //! - [`submit`]: open-loop `POST /v1/videos` load against an in-process (or
-//!   remote) server, with latency measured from the scheduled send time.
+//!   remote) server, or several `serve` processes on one PostgreSQL database,
+//!   with latency measured from the scheduled send time.
 //! - [`model`]: reference-model generation and H.264 encoding time per size.
 //! - [`fleet`]: worker fleet latencies with real processes (pickup, graceful
 //!   and ungraceful preemption, checkpoint overhead).
+//! - [`checkpoint_storm`]: workers writing checkpoints at once to an
+//!   S3-compatible server (`s3s-fs`) on loopback, and to a `file://` store.
 //!
 //! Every subcommand prints a human-readable report, or one JSON object on
 //! stdout with `--json` (progress goes to stderr either way). Nothing here
 //! asserts on timings.
 
+mod checkpoint_storm;
 mod dispatch;
 mod fleet;
 mod model;
+mod pgdb;
 mod submit;
 
 use clap::Subcommand;
@@ -31,6 +36,8 @@ pub enum BenchCommand {
     Model(model::ModelArgs),
     /// Worker fleet: pickup latency, graceful and ungraceful preemption, checkpoint overhead.
     Fleet(fleet::FleetArgs),
+    /// Concurrent checkpoint writes to an S3-compatible server (s3s-fs on loopback).
+    CheckpointStorm(checkpoint_storm::CheckpointStormArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -39,6 +46,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Submit(args) => submit::run(args).await,
         BenchCommand::Model(args) => model::run(args).await,
         BenchCommand::Fleet(args) => fleet::run(args).await,
+        BenchCommand::CheckpointStorm(args) => checkpoint_storm::run(args).await,
     }
 }
 
@@ -127,6 +135,38 @@ fn utc_now() -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// Machine-wide CPU time so far (`/proc/stat`, all CPUs), to tell how busy
+/// the whole machine was during a run: client, servers and anyone else.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSnapshot {
+    busy_ticks: u64,
+    total_ticks: u64,
+}
+
+impl CpuSnapshot {
+    pub fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let t: Vec<u64> = line.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let field = |i: usize| t.get(i).copied().unwrap_or(0);
+        let idle = field(3) + field(4);
+        let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+        Some(Self {
+            busy_ticks: busy,
+            total_ticks: busy + idle,
+        })
+    }
+
+    /// CPUs' worth of busy time since `earlier` (0 to `nproc`).
+    pub fn busy_cpus_since(&self, earlier: &Self) -> Option<f64> {
+        let total = self.total_ticks.checked_sub(earlier.total_ticks)?;
+        let busy = self.busy_ticks.checked_sub(earlier.busy_ticks)?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        (total > 0).then(|| busy as f64 / total as f64 * cpus)
+    }
 }
 
 /// Latency percentiles in milliseconds.

@@ -86,6 +86,33 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / TICKS_PER_SEC)
 }
 
+/// CPU seconds so far of every process named `comm` (e.g. `postgres`: the
+/// server and all its backends), by process id.
+pub fn cpu_seconds_by_name(comm: &str) -> std::collections::HashMap<u32, f64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Default::default();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm))
+        .filter_map(|pid| Some((pid, cpu_seconds(pid)?)))
+        .collect()
+}
+
+/// CPU seconds used between two [`cpu_seconds_by_name`] snapshots (a
+/// process that started in between counts whole, one that ended not at all).
+pub fn cpu_seconds_between(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    after
+        .iter()
+        .map(|(pid, a)| a - before.get(pid).copied().unwrap_or(0.0))
+        .filter(|d| *d > 0.0)
+        .sum()
+}
+
 /// Sum of a metric's samples over all label sets in a Prometheus text page
 /// (0 when absent).
 pub fn metric_sum(text: &str, name: &str) -> f64 {
@@ -93,4 +120,20 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .fold(0.0, |a, b| a + b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_reads_this_process() {
+        let before = cpu_seconds(std::process::id()).expect("/proc/self/stat");
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = std::hint::black_box(x.wrapping_add(i));
+        }
+        assert!(cpu_seconds(std::process::id()).unwrap() >= before);
+        assert_eq!(cpu_seconds(u32::MAX), None);
+    }
 }

@@ -62,12 +62,14 @@ async fn bootstrap_admin_key(store: &dyn Store) -> anyhow::Result<()> {
             "VIDEOGEN_API_KEY is a worker token ({}…); set it as VIDEOGEN_WORKER_TOKEN",
             videogen_api::auth::WORKER_TOKEN_PREFIX
         );
-        if store
-            .api_key_by_hash(&videogen_api::auth::hash_key(&secret))
-            .await?
-            .is_none()
+        let hash = videogen_api::auth::hash_key(&secret);
+        if store.api_key_by_hash(&hash).await?.is_none()
+            && let Err(e) = insert(secret).await
         {
-            insert(secret).await?;
+            // Another node starting at the same moment may have inserted it.
+            if store.api_key_by_hash(&hash).await?.is_none() {
+                return Err(e.into());
+            }
         }
     } else if store.list_api_keys().await?.is_empty() {
         let secret = videogen_api::auth::generate_secret();
@@ -98,8 +100,12 @@ async fn bootstrap_worker_token(store: &dyn Store) -> anyhow::Result<()> {
     {
         None => {
             let rec = videogen_api::auth::worker_token_record(secret, "bootstrap", SystemClock.now_ms());
-            store.insert_worker_token(&rec).await?;
-            tracing::info!(id = %rec.id, "installed the bootstrap worker token");
+            match store.insert_worker_token(&rec).await {
+                Ok(()) => tracing::info!(id = %rec.id, "installed the bootstrap worker token"),
+                // Another node starting at the same moment may have inserted it.
+                Err(_) if store.worker_token_by_hash(&rec.hash).await?.is_some() => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Some(t) if t.revoked_at_ms.is_some() => {
             tracing::warn!(id = %t.id, "VIDEOGEN_WORKER_TOKEN was revoked; workers using it are refused");

@@ -39,6 +39,19 @@
 //! owns) rather than an async driver: an async driver's hop to its own thread
 //! per statement cost several times SQLite's own work for these statements
 //! (see docs/PERFORMANCE.md).
+//!
+//! [`PgStore`] group-commits its hot path too, for a different reason: on
+//! PostgreSQL with `synchronous_commit = on` every transaction waits for a
+//! WAL flush, so a transaction per write bounds throughput far below what
+//! the statements cost. Submits without idempotency key, leases, heartbeats,
+//! checkpoints and completions are queued to one collector task (`pg_batch`)
+//! that runs the writes waiting (up to 128, at most one per job) as **one
+//! statement** — a multi-row compare-and-set per kind of write, over `unnest`
+//! of per-write arrays, so each row keeps its own `WHERE state = … AND
+//! attempt = …` and its trigger-appended event — and answers each caller
+//! after that statement's commit. A batch that fails with a database error
+//! runs again write by write, so one bad write fails alone. The other
+//! methods are a statement or a short transaction each, on a `sqlx` pool.
 
 //! # Layout
 //!
@@ -51,7 +64,8 @@
 //! - [`sqlite`]: [`SqliteStore`], its constructors and the trait implementation.
 //! - `migrations/postgres/` and [`postgres`]: the same schema and statements
 //!   on PostgreSQL ([`PgStore`], a `sqlx` connection pool); the event outbox
-//!   is copied into `job_events` by a plpgsql trigger.
+//!   is copied into `job_events` by a plpgsql trigger. `pg_batch` (private):
+//!   its group commit, with [`GroupCommitStats`] for benchmarks and tests.
 //! - `writer`, `readers`, `wal` (private): the writer thread with group
 //!   commit, the reader pool, the WAL checkpointer.
 //! - `migrate` (private): the migration runner; `rows` (private): row

@@ -3,9 +3,9 @@
 //! runs on `SqliteStore` (whose writer thread group-commits too).
 //!
 //! On PostgreSQL, a scenario can make its writes share one statement for
-//! sure: a side transaction locks the `jobs` table, the first writes block on
-//! it inside their batches (every batch slot taken), and the writes sent
-//! meanwhile queue up; once the lock goes, they run together. The group
+//! sure: a side transaction locks the `jobs` table, a first write blocks on
+//! it inside its batch (the store runs one batch at a time), and the writes
+//! sent meanwhile queue up; once the lock goes, they run together. The group
 //! commit counters then show that they did.
 
 use std::sync::Arc;
@@ -119,7 +119,7 @@ fn is_stale(r: &Result<impl std::fmt::Debug, StoreError>) -> bool {
 /// does nothing (SQLite).
 #[async_trait::async_trait]
 trait Gate: Send + Sync {
-    /// Blocks the store's writers; `store` is used to fill every batch slot.
+    /// Blocks the store's writes; `store` is used to send the blocked one.
     async fn close(&mut self, store: &Arc<dyn Store>);
     /// Lets them go.
     async fn open(&mut self);
@@ -137,13 +137,13 @@ impl Gate for NoGate {
 struct TableLock {
     url: String,
     conn: Option<sqlx::PgConnection>,
-    /// Writes that took the batch slots, to check once the lock is gone.
+    /// Writes sent to block the store, to check once the lock is gone.
     fillers: Vec<tokio::task::JoinHandle<Option<Lease>>>,
 }
 
-/// More writes than batches can be in flight: each blocks a slot, the
-/// rest queue with the scenario's writes.
-const FILLERS: usize = 12;
+/// The first blocks the batch in flight; the others queue with the
+/// scenario's writes.
+const FILLERS: usize = 3;
 
 #[async_trait::async_trait]
 impl Gate for TableLock {
@@ -162,7 +162,7 @@ impl Gate for TableLock {
             self.fillers.push(tokio::spawn(async move {
                 store.lease(&id, &WorkerId::new("n", "filler"), T0, TTL).await.unwrap()
             }));
-            // One at a time, so that each of the first ones takes a slot alone.
+            // One at a time, so that the first one is alone in its batch.
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

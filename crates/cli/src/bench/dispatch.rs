@@ -73,6 +73,10 @@ pub struct DispatchArgs {
     /// submission at one per WAL flush.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pg_submitters: u64,
+    /// Whether the PostgreSQL store sends a change notification per job
+    /// event (`PgOptions::notify_changes`; off where Redis fans changes out).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pg_notify_changes: bool,
     /// Duration of each pgbench baseline run, in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     pgbench_seconds: u64,
@@ -160,6 +164,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
             jobs: args.pg_jobs,
             workers: &args.workers,
             submitters: usize::try_from(args.pg_submitters)?,
+            notify_changes: args.pg_notify_changes,
             pgbench_seconds: args.pgbench_seconds,
         };
         postgres = Some(pg::run(&plan).await?);
@@ -256,8 +261,13 @@ fn print_report(r: &Report) {
 
 fn print_postgres(r: &pg::PgReport) {
     println!(
-        "\nPostgreSQL {} (synchronous_commit={}, fsync={}); a fresh database per run",
-        r.server, r.synchronous_commit, r.fsync
+        "\nPostgreSQL {} at {} (synchronous_commit={}, fsync={}); a fresh database per run; \
+         change notifications {}",
+        r.settings.server_version,
+        r.server,
+        r.settings.synchronous_commit,
+        r.settings.fsync,
+        if r.notify_changes { "on" } else { "off" }
     );
     match &r.pgbench_skipped {
         Some(why) => println!("pgbench baseline skipped: {why}"),

@@ -22,6 +22,29 @@ pub struct TempDb {
     pub url: String,
 }
 
+/// The values `synchronous_commit` takes.
+pub const SYNCHRONOUS_COMMIT: &[&str] = &["on", "off", "local", "remote_write", "remote_apply"];
+
+/// Server-wide WAL counters, or their growth over a run.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct WalStats {
+    pub bytes: f64,
+    /// WAL buffer writes to disk.
+    pub writes: f64,
+    /// WAL flushes (`fdatasync` and the like).
+    pub syncs: f64,
+}
+
+impl WalStats {
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            bytes: self.bytes - earlier.bytes,
+            writes: self.writes - earlier.writes,
+            syncs: self.syncs - earlier.syncs,
+        }
+    }
+}
+
 /// What the server says about itself, recorded with the figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct PgSettings {
@@ -61,13 +84,30 @@ impl PgServer {
     }
 
     async fn admin(&self) -> anyhow::Result<PgConnection> {
-        PgConnection::connect(&self.url(&self.admin_db))
-            .await
-            .with_context(|| format!("connecting to PostgreSQL at {} (database {})", self.describe(), self.admin_db))
+        PgConnection::connect(&self.url(&self.admin_db)).await.with_context(|| {
+            format!(
+                "connecting to PostgreSQL at {} (database {})",
+                self.describe(),
+                self.admin_db
+            )
+        })
     }
 
+    /// The server's settings (as a session on the URL's database sees them).
     pub async fn settings(&self) -> anyhow::Result<PgSettings> {
-        let mut c = self.admin().await?;
+        Self::settings_of(self.admin().await?).await
+    }
+
+    /// The settings a session on `db` gets: the server's, or what `ALTER
+    /// DATABASE … SET` changed there.
+    pub async fn settings_in(&self, db: &TempDb) -> anyhow::Result<PgSettings> {
+        let c = PgConnection::connect(&db.url)
+            .await
+            .with_context(|| format!("connecting to database {} on {}", db.name, self.describe()))?;
+        Self::settings_of(c).await
+    }
+
+    async fn settings_of(mut c: PgConnection) -> anyhow::Result<PgSettings> {
         let mut show = async |what: &'static str| -> anyhow::Result<String> {
             let (v,): (String,) = sqlx::query_as(what).fetch_one(&mut c).await?;
             Ok(v)
@@ -79,6 +119,38 @@ impl PgServer {
         };
         drop(c.close().await);
         Ok(settings)
+    }
+
+    /// Server-wide WAL counters (`pg_stat_wal`, PostgreSQL 14+): everything
+    /// on the server counts, not just one database.
+    pub async fn wal_stats(&self) -> anyhow::Result<WalStats> {
+        let mut c = self.admin().await?;
+        let (bytes, writes, syncs): (f64, f64, f64) =
+            sqlx::query_as("SELECT wal_bytes::float8, wal_write::float8, wal_sync::float8 FROM pg_stat_wal")
+                .fetch_one(&mut c)
+                .await
+                .context("reading pg_stat_wal")?;
+        drop(c.close().await);
+        Ok(WalStats { bytes, writes, syncs })
+    }
+
+    /// Sets `synchronous_commit` for new sessions on `db` (one of
+    /// [`SYNCHRONOUS_COMMIT`]).
+    pub async fn set_synchronous_commit(&self, db: &TempDb, value: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            SYNCHRONOUS_COMMIT.contains(&value),
+            "synchronous_commit {value:?} is not one of {SYNCHRONOUS_COMMIT:?}"
+        );
+        let mut admin = self.admin().await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE \"{}\" SET synchronous_commit = '{value}'",
+                db.name
+            )))
+            .await
+            .with_context(|| format!("setting synchronous_commit on {}", db.name))?;
+        drop(admin.close().await);
+        Ok(())
     }
 
     /// A new, empty database with a name no other run uses.

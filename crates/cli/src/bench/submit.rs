@@ -9,15 +9,22 @@
 //! By default the server runs in this process, wired like `videogen serve
 //! --workers 0` on a temporary data dir (jobs queue up, nothing runs them);
 //! `--server` targets an existing server instead.
+//!
+//! With `--database-url`, the bench creates a fresh PostgreSQL database and
+//! starts `--nodes` `videogen serve` child processes on loopback over it:
+//! node 0 with `--role all --workers 0` (API and the scheduler leader), the
+//! others with `--role api`. Request `i` goes to node `i % nodes`, and the
+//! report has latency per node and overall. The database is dropped after.
 
 use anyhow::Context;
 use clap::Args;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::process::Child;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,11 +35,16 @@ use videogen_model::{Model, REFERENCE_DEFAULT_STEPS, ReferenceModel};
 use videogen_sched::SchedulerConfig;
 use videogen_worker::{Dispatcher, JobBus};
 
-use super::{Machine, Percentiles, print_json};
+use super::pgdb::{PgServer, PgSettings, SYNCHRONOUS_COMMIT, WalStats};
+use super::{CpuSnapshot, Machine, Percentiles, print_json};
+use crate::procs;
 
 /// The issue's target at 500 req/s.
 const TARGET_P99_MS: f64 = 10.0;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bootstrap secrets of the `--database-url` nodes (they live and die with the bench's database).
+const NODE_ADMIN_KEY: &str = "vg_bench_submit_admin_key_0123456789abcdef";
+const NODE_WORKER_TOKEN: &str = "vgw_bench_submit_worker_token_0123456789abcdef";
 
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
@@ -55,9 +67,25 @@ pub struct SubmitArgs {
     /// API key for `--server`.
     #[arg(long, env = "VIDEOGEN_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Parent directory for the in-process server's data dir (default: system temp dir).
+    /// Parent directory for the in-process server's data dir, or the nodes'
+    /// data dirs and logs (default: system temp dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// PostgreSQL server to run the API on, e.g.
+    /// `postgres://postgres@127.0.0.1:5432/`: the bench creates a fresh
+    /// database there (dropped afterwards) and starts `--nodes` `videogen
+    /// serve` processes on it instead of the in-process server.
+    #[arg(long, conflicts_with = "server")]
+    database_url: Option<String>,
+    /// `videogen serve` processes with `--database-url`: node 0 runs `--role
+    /// all --workers 0`, the others `--role api`; requests alternate between them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    nodes: u32,
+    /// `synchronous_commit` for the bench's database (default: the
+    /// server's). `off` answers before the WAL flush: a diagnostic that
+    /// shows what the flush costs, not a setting to run videogen with.
+    #[arg(long, requires = "database_url", value_parser = clap::builder::PossibleValuesParser::new(SYNCHRONOUS_COMMIT))]
+    pg_synchronous_commit: Option<String>,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -91,14 +119,95 @@ struct Report {
     target_p99_ms: f64,
     jobs_queued_after: Option<usize>,
     loadavg_1m_after: Option<f64>,
+    /// CPUs' worth of busy time, machine-wide, during the measured part.
+    busy_cpus: Option<f64>,
+    /// With `--database-url`: the server, its durability settings, the jobs
+    /// found in the database afterwards and what each node used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postgres: Option<PgRun>,
+    /// Per node, when there are several targets.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<NodeReport>,
+    /// The measured seconds with the most requests over the target (at most
+    /// 5), by scheduled send time: tells periodic stalls from a spread tail.
+    slow_seconds: Vec<SlowSecond>,
+}
+
+#[derive(Debug, Serialize)]
+struct SlowSecond {
+    /// Seconds into the measured part.
+    second: u64,
+    /// Requests due in that second slower than the target (errors included).
+    over_target: usize,
+    max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct PgRun {
+    server: String,
+    settings: PgSettings,
+    /// Rows in `jobs` after the run.
+    jobs_in_database_after: i64,
+    /// Successful submissions, warm-up included (should equal the rows).
+    ok_total: usize,
+    /// CPU seconds of this bench process (the load generator) during the measured part.
+    client_cpu_s: Option<f64>,
+    /// CPU seconds of all `postgres` processes on this machine during the measured part.
+    postgres_cpu_s: Option<f64>,
+    /// Server-wide WAL written and flushed during the measured part.
+    wal: Option<WalStats>,
+}
+
+#[derive(Debug, Serialize)]
+struct NodeReport {
+    node: usize,
+    url: String,
+    role: &'static str,
+    sent: usize,
+    ok: usize,
+    errors: usize,
+    achieved_rate: f64,
+    latency: Percentiles,
+    service: Percentiles,
+    /// CPU seconds the node's process used during the measured part.
+    cpu_s: Option<f64>,
 }
 
 /// Outcome of one request.
 struct Sample {
+    /// Index of the target it went to.
+    node: usize,
+    /// Scheduled send time, from the first request's.
+    due: Duration,
     latency: Duration,
     service: Duration,
     lag: Duration,
     error: Option<String>,
+}
+
+/// What the load goes to.
+struct Targets {
+    /// Base URLs; request `i` goes to `bases[i % len]`.
+    bases: Vec<String>,
+    key: String,
+    /// Role of each base, for the report.
+    roles: Vec<&'static str>,
+    /// Process ids of the nodes, when the bench started them.
+    pids: Vec<u32>,
+    label: String,
+}
+
+/// Figures of the measured part.
+struct Measured {
+    samples: Vec<Sample>,
+    wall: Duration,
+    warmup_ok: usize,
+    busy_cpus: Option<f64>,
+    /// CPU seconds per target process, and of this process.
+    node_cpu_s: Vec<Option<f64>>,
+    client_cpu_s: Option<f64>,
+    postgres_cpu_s: f64,
+    wal: Option<WalStats>,
 }
 
 pub async fn run(args: SubmitArgs) -> anyhow::Result<()> {
@@ -109,53 +218,128 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<()> {
         "--warmup-secs must be >= 0"
     );
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be positive");
+    anyhow::ensure!(
+        args.nodes == 1 || args.database_url.is_some(),
+        "--nodes {} needs --database-url (the nodes share a PostgreSQL database)",
+        args.nodes
+    );
     let machine = Machine::detect();
 
-    let shutdown = CancellationToken::new();
-    let (base, key, local, _dir) = match &args.server {
-        Some(url) => {
+    let report = match (&args.server, &args.database_url) {
+        (Some(url), _) => {
             let key = args.api_key.clone().context("--server needs --api-key")?;
-            (url.trim_end_matches('/').to_owned(), key, None, None)
+            let targets = Targets {
+                bases: vec![url.trim_end_matches('/').to_owned()],
+                key,
+                roles: vec!["remote"],
+                pids: Vec::new(),
+                label: format!("remote {url}"),
+            };
+            let m = measure(&args, &targets, None).await?;
+            report(&args, machine, &targets, m, None, None)
         }
-        None => {
+        (None, Some(url)) => run_nodes(&args, machine, url).await?,
+        (None, None) => {
             let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
             std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
             let dir = tempfile::Builder::new()
                 .prefix("videogen-bench-submit-")
                 .tempdir_in(&parent)?;
-            let (url, key, dispatcher) = start_server(dir.path(), &shutdown).await?;
-            (url, key, Some(dispatcher), Some(dir))
+            let shutdown = CancellationToken::new();
+            let (base, key, dispatcher) = start_server(dir.path(), &shutdown).await?;
+            let targets = Targets {
+                label: format!("in-process server at {base} (--workers 0 semantics)"),
+                bases: vec![base],
+                key,
+                roles: vec!["in-process"],
+                pids: Vec::new(),
+            };
+            let m = measure(&args, &targets, None).await;
+            let queued = dispatcher.queued();
+            shutdown.cancel();
+            report(&args, machine, &targets, m?, Some(queued), None)
         }
     };
-    let target = match &args.server {
-        Some(url) => format!("remote {url}"),
-        None => format!("in-process server at {base} (--workers 0 semantics)"),
-    };
+    if args.json {
+        print_json(&report)
+    } else {
+        print_report(&report);
+        Ok(())
+    }
+}
+
+/// Warm-up, then the measured part, against `t`.
+async fn measure(args: &SubmitArgs, t: &Targets, pg: Option<&PgServer>) -> anyhow::Result<Measured> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT)
         .build()?;
-    let url = format!("{base}/v1/videos");
+    let urls: Vec<String> = t.bases.iter().map(|b| format!("{b}/v1/videos")).collect();
     let limit = Arc::new(Semaphore::new(args.concurrency));
 
+    let mut warmup_ok = 0;
     if args.warmup_secs > 0.0 {
         eprintln!(
-            "[bench submit] warm-up: {:.0} req/s for {}s against {target}",
-            args.rate, args.warmup_secs
+            "[bench submit] warm-up: {:.0} req/s for {}s against {}",
+            args.rate, args.warmup_secs, t.label
         );
-        let _ = fire(&client, &url, &key, args.rate, args.warmup_secs, &limit, 0).await;
+        let (warm, _) = fire(&client, &urls, &t.key, args.rate, args.warmup_secs, &limit, 0).await;
+        warmup_ok = warm.iter().filter(|s| s.error.is_none()).count();
     }
     eprintln!("[bench submit] measuring: {:.0} req/s for {}s", args.rate, args.secs);
-    let (samples, wall) = fire(&client, &url, &key, args.rate, args.secs, &limit, 1 << 32).await;
-    let jobs_queued_after = local.as_ref().map(|d| d.queued());
-    shutdown.cancel();
+    let cpu_before = CpuSnapshot::now();
+    let nodes_before: Vec<Option<f64>> = t.pids.iter().map(|&p| procs::cpu_seconds(p)).collect();
+    let client_before = procs::cpu_seconds(std::process::id());
+    let pg_before = procs::cpu_seconds_by_name("postgres");
+    let wal_before = match pg {
+        Some(pg) => Some(pg.wal_stats().await?),
+        None => None,
+    };
+    let (samples, wall) = fire(&client, &urls, &t.key, args.rate, args.secs, &limit, 1 << 32).await;
+    let busy_cpus = CpuSnapshot::now()
+        .zip(cpu_before)
+        .and_then(|(after, before)| after.busy_cpus_since(&before));
+    let delta = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
+    let node_cpu_s = t
+        .pids
+        .iter()
+        .zip(nodes_before)
+        .map(|(&p, before)| delta(before, procs::cpu_seconds(p)))
+        .collect();
+    let client_cpu_s = delta(client_before, procs::cpu_seconds(std::process::id()));
+    let postgres_cpu_s = procs::cpu_seconds_between(&pg_before, &procs::cpu_seconds_by_name("postgres"));
+    let wal = match (pg, wal_before) {
+        (Some(pg), Some(before)) => Some(pg.wal_stats().await?.since(&before)),
+        _ => None,
+    };
+    Ok(Measured {
+        samples,
+        wall,
+        warmup_ok,
+        busy_cpus,
+        node_cpu_s,
+        client_cpu_s,
+        postgres_cpu_s,
+        wal,
+    })
+}
 
-    let mut latencies = Vec::with_capacity(samples.len());
-    let mut services = Vec::with_capacity(samples.len());
-    let mut lags = Vec::with_capacity(samples.len());
+/// Latency, service and lag percentiles and error kinds of `samples`.
+struct Summary {
+    latency: Percentiles,
+    service: Percentiles,
+    send_lag: Percentiles,
+    ok: usize,
+    error_kinds: BTreeMap<String, usize>,
+}
+
+fn summarize<'a>(samples: impl Iterator<Item = &'a Sample>) -> Summary {
+    let mut latencies = Vec::new();
+    let mut services = Vec::new();
+    let mut lags = Vec::new();
     let mut error_kinds = BTreeMap::new();
-    for s in &samples {
+    for s in samples {
         lags.push(s.lag);
         match &s.error {
             None => {
@@ -165,35 +349,233 @@ pub async fn run(args: SubmitArgs) -> anyhow::Result<()> {
             Some(kind) => *error_kinds.entry(kind.clone()).or_insert(0) += 1,
         }
     }
-    let ok = latencies.len();
-    let report = Report {
+    Summary {
+        ok: latencies.len(),
+        latency: Percentiles::of(&mut latencies),
+        service: Percentiles::of(&mut services),
+        send_lag: Percentiles::of(&mut lags),
+        error_kinds,
+    }
+}
+
+fn report(
+    args: &SubmitArgs,
+    machine: Machine,
+    t: &Targets,
+    m: Measured,
+    jobs_queued_after: Option<usize>,
+    postgres: Option<PgRun>,
+) -> Report {
+    let wall_s = m.wall.as_secs_f64();
+    let all = summarize(m.samples.iter());
+    let nodes = if t.bases.len() > 1 {
+        (0..t.bases.len())
+            .map(|i| {
+                let of_node: Vec<&Sample> = m.samples.iter().filter(|s| s.node == i).collect();
+                let s = summarize(of_node.iter().copied());
+                NodeReport {
+                    node: i,
+                    url: t.bases[i].clone(),
+                    role: t.roles[i],
+                    sent: of_node.len(),
+                    ok: s.ok,
+                    errors: of_node.len() - s.ok,
+                    achieved_rate: s.ok as f64 / wall_s,
+                    latency: s.latency,
+                    service: s.service,
+                    cpu_s: m.node_cpu_s.get(i).copied().flatten(),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let slow_seconds = slow_seconds(&m.samples, Duration::from_secs_f64(TARGET_P99_MS / 1e3));
+    let postgres = postgres.map(|p| PgRun {
+        ok_total: m.warmup_ok + all.ok,
+        client_cpu_s: m.client_cpu_s,
+        postgres_cpu_s: Some(m.postgres_cpu_s),
+        wal: m.wal,
+        ..p
+    });
+    Report {
         bench: "submit",
         machine,
         build: if cfg!(debug_assertions) { "debug" } else { "release" },
-        target,
+        target: t.label.clone(),
         offered_rate: args.rate,
         secs: args.secs,
         concurrency: args.concurrency,
         warmup_secs: args.warmup_secs,
-        sent: samples.len(),
-        ok,
-        errors: samples.len() - ok,
-        error_kinds,
-        achieved_rate: ok as f64 / wall.as_secs_f64(),
-        wall_s: wall.as_secs_f64(),
-        latency: Percentiles::of(&mut latencies),
-        service: Percentiles::of(&mut services),
-        send_lag: Percentiles::of(&mut lags),
+        sent: m.samples.len(),
+        ok: all.ok,
+        errors: m.samples.len() - all.ok,
+        error_kinds: all.error_kinds,
+        achieved_rate: all.ok as f64 / wall_s,
+        wall_s,
+        latency: all.latency,
+        service: all.service,
+        send_lag: all.send_lag,
         target_p99_ms: TARGET_P99_MS,
         jobs_queued_after,
         loadavg_1m_after: super::loadavg_1m(),
-    };
-    if args.json {
-        print_json(&report)
-    } else {
-        print_report(&report);
-        Ok(())
+        busy_cpus: m.busy_cpus,
+        postgres,
+        nodes,
+        slow_seconds,
     }
+}
+
+/// The (at most 5) seconds of scheduled send time with the most requests
+/// slower than `target` or failed, worst first.
+fn slow_seconds(samples: &[Sample], target: Duration) -> Vec<SlowSecond> {
+    let mut by_second: BTreeMap<u64, SlowSecond> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.error.is_some() || s.latency > target) {
+        let second = s.due.as_secs();
+        let e = by_second.entry(second).or_insert(SlowSecond {
+            second,
+            over_target: 0,
+            max_ms: 0.0,
+        });
+        e.over_target += 1;
+        e.max_ms = e.max_ms.max(s.latency.as_secs_f64() * 1e3);
+    }
+    let mut worst: Vec<SlowSecond> = by_second.into_values().collect();
+    worst.sort_by(|a, b| b.over_target.cmp(&a.over_target).then(a.second.cmp(&b.second)));
+    worst.truncate(5);
+    worst
+}
+
+/// `--database-url`: a fresh database, `--nodes` `serve` processes on it,
+/// the load, then everything torn down (the database dropped) whatever happened.
+async fn run_nodes(args: &SubmitArgs, machine: Machine, url: &str) -> anyhow::Result<Report> {
+    let server = PgServer::new(url);
+    let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("videogen-bench-submit-pg-")
+        .tempdir_in(&parent)?;
+    let db = server.create("submit").await?;
+    let settings = async {
+        if let Some(v) = &args.pg_synchronous_commit {
+            server.set_synchronous_commit(&db, v).await?;
+        }
+        server.settings_in(&db).await
+    }
+    .await;
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            server.drop_db(&db).await;
+            return Err(e);
+        }
+    };
+    eprintln!(
+        "[bench submit] database {} on {}; {} node(s), logs in {}",
+        db.name,
+        server.describe(),
+        args.nodes,
+        dir.path().display()
+    );
+    let mut children = Vec::new();
+    let key = videogen_api::auth::generate_secret();
+    let result = async {
+        let mut bases = Vec::new();
+        let mut roles = Vec::new();
+        for i in 0..args.nodes as usize {
+            let role = if i == 0 { "all" } else { "api" };
+            let (child, base) = start_node(dir.path(), i, role, &db.url).await?;
+            eprintln!("[bench submit] node {i} (--role {role}) at {base}");
+            children.push(child);
+            bases.push(base);
+            roles.push(role);
+            if i == 0 {
+                // The first node has migrated the database: add the bench's key.
+                insert_bench_key(&db.url, &key).await?;
+            }
+        }
+        let targets = Targets {
+            label: format!(
+                "{} `videogen serve` process(es) on PostgreSQL {} (node 0 --role all --workers 0, others --role api)",
+                args.nodes,
+                server.describe()
+            ),
+            pids: children.iter().filter_map(Child::id).collect(),
+            bases,
+            key: key.clone(),
+            roles,
+        };
+        let m = measure(args, &targets, Some(&server)).await?;
+        let jobs = count_jobs(&db.url).await?;
+        let pg = PgRun {
+            server: server.describe(),
+            settings,
+            jobs_in_database_after: jobs,
+            ok_total: 0,
+            client_cpu_s: None,
+            postgres_cpu_s: None,
+            wal: None,
+        };
+        Ok(report(args, machine, &targets, m, None, Some(pg)))
+    }
+    .await;
+    for c in &mut children {
+        let _ = c.kill().await;
+    }
+    server.drop_db(&db).await;
+    if result.is_err() {
+        // Keep the logs of a failed run.
+        let kept = dir.keep();
+        eprintln!("[bench submit] node logs kept in {}", kept.display());
+    }
+    result
+}
+
+/// Starts node `i` of the `--database-url` run with its own data dir and log.
+async fn start_node(dir: &Path, i: usize, role: &str, db_url: &str) -> anyhow::Result<(Child, String)> {
+    let exe = std::env::current_exe().context("locating the videogen binary")?;
+    let data = dir.join(format!("node{i}"));
+    let blobs = dir.join("blobs");
+    std::fs::create_dir_all(&blobs)?;
+    let extra: Vec<String> = [
+        "--role",
+        role,
+        "--database-url",
+        db_url,
+        "--blob-url",
+        &format!("file://{}", blobs.display()),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let log = dir.join(format!("node{i}.log"));
+    procs::start_server(&exe, &data, &log, &extra, NODE_ADMIN_KEY, NODE_WORKER_TOKEN)
+        .await
+        .with_context(|| format!("starting node {i} (log: {})", log.display()))
+}
+
+/// A paid-tier key for tenant `bench`, as the in-process mode makes.
+async fn insert_bench_key(db_url: &str, secret: &str) -> anyhow::Result<()> {
+    let store = videogen_store::PgStore::connect(db_url).await?;
+    let tenant = TenantId::parse("bench").context("bench tenant")?;
+    store
+        .insert_api_key(&videogen_api::auth::key_record(
+            secret,
+            tenant,
+            Tier::Paid,
+            false,
+            SystemClock.now_ms(),
+        ))
+        .await?;
+    store.close().await?;
+    Ok(())
+}
+
+async fn count_jobs(db_url: &str) -> anyhow::Result<i64> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(db_url).await?;
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs").fetch_one(&mut c).await?;
+    drop(c.close().await);
+    Ok(n)
 }
 
 fn print_report(r: &Report) {
@@ -229,6 +611,83 @@ fn print_report(r: &Report) {
     if let Some(q) = r.jobs_queued_after {
         println!("jobs queued in the server afterwards: {q}");
     }
+    if !r.nodes.is_empty() {
+        println!("per node (latency from scheduled send; service = actual send to response), ms:");
+        for n in &r.nodes {
+            let (l, v) = (&n.latency, &n.service);
+            let cpu = n.cpu_s.map_or_else(|| "?".to_owned(), |c| format!("{c:.1}"));
+            println!(
+                "  node {} ({:<3} {}): sent {} ok {} errors {}, {:.1} ok/s; latency p50 {:.2} p99 {:.2} \
+                 p99.9 {:.2} max {:.2}; service p50 {:.2} p99 {:.2}; {cpu} CPU s",
+                n.node,
+                n.role,
+                n.url,
+                n.sent,
+                n.ok,
+                n.errors,
+                n.achieved_rate,
+                l.p50_ms,
+                l.p99_ms,
+                l.p999_ms,
+                l.max_ms,
+                v.p50_ms,
+                v.p99_ms
+            );
+        }
+    }
+    if let Some(p) = &r.postgres {
+        let st = &p.settings;
+        println!(
+            "PostgreSQL {} at {} (synchronous_commit={}, fsync={}): {} job rows afterwards for {} ok submissions \
+             (warm-up included){}",
+            st.server_version,
+            p.server,
+            st.synchronous_commit,
+            st.fsync,
+            p.jobs_in_database_after,
+            p.ok_total,
+            if p.jobs_in_database_after == p.ok_total as i64 {
+                ""
+            } else {
+                " MISMATCH"
+            }
+        );
+        let cpu = |c: Option<f64>| c.map_or_else(|| "?".to_owned(), |c| format!("{c:.1}"));
+        println!(
+            "CPU s during the measured part: load generator (this process) {}, all postgres processes {}",
+            cpu(p.client_cpu_s),
+            cpu(p.postgres_cpu_s)
+        );
+        if let Some(w) = &p.wal {
+            println!(
+                "WAL during the measured part (server-wide): {:.1} MB, {:.0} bytes per ok request; {:.0} flushes \
+                 ({:.0}/s, {:.1} requests per flush)",
+                w.bytes / 1e6,
+                w.bytes / r.ok.max(1) as f64,
+                w.syncs,
+                w.syncs / r.wall_s,
+                r.ok as f64 / w.syncs.max(1.0)
+            );
+        }
+    }
+    if !r.slow_seconds.is_empty() {
+        let worst: Vec<String> = r
+            .slow_seconds
+            .iter()
+            .map(|w| format!("s{}: {} (max {:.1} ms)", w.second, w.over_target, w.max_ms))
+            .collect();
+        println!(
+            "seconds with the most requests over {:.0} ms: {}",
+            r.target_p99_ms,
+            worst.join(", ")
+        );
+    }
+    if let Some(b) = r.busy_cpus {
+        println!(
+            "machine busy during the measured part: {b:.2} of {} CPUs (everything, not just this bench)",
+            r.machine.nproc
+        );
+    }
     let verdict = if r.latency.p99_ms < r.target_p99_ms && r.errors == 0 {
         "meets"
     } else {
@@ -240,11 +699,12 @@ fn print_report(r: &Report) {
     );
 }
 
-/// Sends `rate * secs` requests on schedule; returns their samples and the
-/// wall time from the first scheduled send to the last response.
+/// Sends `rate * secs` requests on schedule, request `i` to `urls[i % len]`;
+/// returns their samples and the wall time from the first scheduled send to
+/// the last response.
 async fn fire(
     client: &reqwest::Client,
-    url: &str,
+    urls: &[String],
     key: &str,
     rate: f64,
     secs: f64,
@@ -257,7 +717,8 @@ async fn fire(
     for i in 0..total {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due).await;
-        let (client, url, key, limit) = (client.clone(), url.to_owned(), key.to_owned(), limit.clone());
+        let node = (i % urls.len() as u64) as usize;
+        let (client, url, key, limit) = (client.clone(), urls[node].clone(), key.to_owned(), limit.clone());
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await.expect("semaphore never closed");
             let lag = due.elapsed();
@@ -283,6 +744,8 @@ async fn fire(
             (
                 end,
                 Sample {
+                    node,
+                    due: due - start,
                     latency: end - due,
                     service: end - due - lag,
                     lag,
@@ -300,6 +763,8 @@ async fn fire(
                 samples.push(s);
             }
             Err(e) => samples.push(Sample {
+                node: 0,
+                due: Duration::ZERO,
                 latency: Duration::ZERO,
                 service: Duration::ZERO,
                 lag: Duration::ZERO,
@@ -380,4 +845,36 @@ async fn start_server(
         }
     });
     Ok((format!("http://{addr}"), secret, dispatcher))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(due_ms: u64, latency_ms: u64, error: bool) -> Sample {
+        Sample {
+            node: 0,
+            due: Duration::from_millis(due_ms),
+            latency: Duration::from_millis(latency_ms),
+            service: Duration::ZERO,
+            lag: Duration::ZERO,
+            error: error.then(|| "http 500".to_owned()),
+        }
+    }
+
+    #[test]
+    fn slow_seconds_count_requests_over_the_target_per_scheduled_second() {
+        let samples = [
+            sample(100, 1, false),
+            sample(2_100, 30, false),
+            sample(2_900, 12, false),
+            sample(5_000, 2, true),
+            sample(5_500, 3, false),
+        ];
+        let worst = slow_seconds(&samples, Duration::from_millis(10));
+        let got: Vec<(u64, usize)> = worst.iter().map(|w| (w.second, w.over_target)).collect();
+        assert_eq!(got, [(2, 2), (5, 1)]);
+        assert_eq!(worst[0].max_ms, 30.0);
+        assert!(slow_seconds(&samples[..1], Duration::from_millis(10)).is_empty());
+    }
 }

@@ -1,11 +1,15 @@
 //! `videogen bench dispatch --database-url`: the same pipeline on
 //! PostgreSQL, against a bare `SKIP LOCKED` claim loop run by `pgbench`.
 //!
-//! Every pipeline run gets a fresh database (created with a unique name on
-//! the server of `--database-url`, dropped afterwards), so no run sees
-//! another's rows or dead tuples. The store is `PgStore` as `serve` uses it:
-//! durable commits (`synchronous_commit` as the server has it), the
-//! group-committed hot path, the event trigger with its notifications.
+//! Every pipeline run gets a fresh database (`pgdb`: created with a unique
+//! name on the server of `--database-url`, dropped afterwards), so no run
+//! sees another's rows or dead tuples. The store is `PgStore` as `serve`
+//! uses it: durable commits (`synchronous_commit` as the server has it), the
+//! group-committed hot path, the event trigger with its notifications
+//! (`--pg-notify-changes false`: without the per-event ones, as a node that
+//! fans changes out through Redis runs). Several submits are in flight at
+//! once, as from concurrent API requests: one at a time, each waiting for
+//! its own durable commit, would bound submission at one per WAL flush.
 //!
 //! The baseline is what PostgreSQL itself does for a queue on this machine:
 //! `pgbench` running one claim per transaction,
@@ -16,15 +20,15 @@
 //! where a claim is one, so a ratio of 1 means the store moves a job for the
 //! price PostgreSQL charges for a claim.
 
+use super::super::pgdb::{PgServer, PgSettings, TempDb};
 use super::{Run, pipeline_on, progress};
 use anyhow::Context;
 use serde::Serialize;
 use sqlx::{Connection, Executor, PgConnection};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use videogen_core::store::Store;
-use videogen_store::PgStore;
+use videogen_store::{PgOptions, PgStore};
 
 /// The pgbench script: one claim per transaction.
 const CLAIM_SQL: &str = "UPDATE q SET state = 'running' WHERE id = \
@@ -40,6 +44,8 @@ pub(super) struct PgPlan<'a> {
     pub workers: &'a [usize],
     /// Submits in flight at once (concurrent API requests).
     pub submitters: usize,
+    /// `PgOptions::notify_changes` of the store.
+    pub notify_changes: bool,
     pub pgbench_seconds: u64,
 }
 
@@ -48,11 +54,11 @@ const MIN_JOBS: u64 = 1_000;
 
 #[derive(Debug, Serialize)]
 pub(super) struct PgReport {
-    /// `server_version` of the server.
+    /// `user@host:port` (no password).
     pub server: String,
-    pub synchronous_commit: String,
-    pub fsync: String,
+    pub settings: PgSettings,
     pub submitters: usize,
+    pub notify_changes: bool,
     pub pipelines: Vec<PgRun>,
     pub pgbench: Vec<PgbenchRun>,
     /// Why the pgbench baseline did not run, if it did not.
@@ -81,12 +87,8 @@ pub(super) struct PgbenchRun {
 }
 
 pub(super) async fn run(plan: &PgPlan<'_>) -> anyhow::Result<PgReport> {
-    let server = Server::new(plan.url);
-    let mut admin = server.admin().await?;
-    let version = show(&mut admin, "SHOW server_version").await?;
-    let synchronous_commit = show(&mut admin, "SHOW synchronous_commit").await?;
-    let fsync = show(&mut admin, "SHOW fsync").await?;
-    drop(admin.close().await);
+    let server = PgServer::new(plan.url);
+    let settings = server.settings().await?;
 
     let most = plan.workers.iter().copied().max().unwrap_or(1).max(1);
     let mut pipelines = Vec::new();
@@ -97,7 +99,7 @@ pub(super) async fn run(plan: &PgPlan<'_>) -> anyhow::Result<PgReport> {
             plan.submitters
         ));
         let db = server.create("pipe").await?;
-        let result = pipeline(&db, jobs, w, plan.submitters).await;
+        let result = pipeline(&db, jobs, w, plan.submitters, plan.notify_changes).await;
         server.drop_db(&db).await;
         pipelines.push(result?);
     }
@@ -133,22 +135,25 @@ pub(super) async fn run(plan: &PgPlan<'_>) -> anyhow::Result<PgReport> {
             .map(|b| p.run.jobs_per_sec / b.claims_per_sec);
     }
     Ok(PgReport {
-        server: version,
-        synchronous_commit,
-        fsync,
+        server: server.describe(),
+        settings,
         submitters: plan.submitters,
+        notify_changes: plan.notify_changes,
         pipelines,
         pgbench,
         pgbench_skipped,
     })
 }
 
-async fn show(admin: &mut PgConnection, sql: &'static str) -> anyhow::Result<String> {
-    Ok(sqlx::query_scalar(sql).fetch_one(admin).await?)
-}
-
-async fn pipeline(db: &Database, jobs: u64, workers: usize, submitters: usize) -> anyhow::Result<PgRun> {
-    let store = PgStore::connect(&db.url).await?;
+async fn pipeline(
+    db: &TempDb,
+    jobs: u64,
+    workers: usize,
+    submitters: usize,
+    notify_changes: bool,
+) -> anyhow::Result<PgRun> {
+    let options = PgOptions { notify_changes };
+    let store = PgStore::connect_with(&db.url, options).await?;
     let before = store.group_commit_stats();
     let shared: Arc<dyn Store> = Arc::new(store.clone());
     let name = format!("pg pipeline: {workers} worker(s)");
@@ -181,7 +186,7 @@ fn pgbench_version() -> Result<String, String> {
 
 /// A fresh queue of queued rows, then `clients` pgbench clients
 /// claiming from it for `seconds`.
-async fn claim_loop(db: &Database, clients: usize, seconds: u64) -> anyhow::Result<PgbenchRun> {
+async fn claim_loop(db: &TempDb, clients: usize, seconds: u64) -> anyhow::Result<PgbenchRun> {
     // More rows than the fastest claim rate seen here (~25k/s) can take.
     let rows = 30_000 * seconds.max(1);
     let mut conn = PgConnection::connect(&db.url).await?;
@@ -234,100 +239,9 @@ fn figure(out: &str, label: &str) -> Option<f64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-/// The server of `--database-url`.
-struct Server {
-    /// `postgres://user@host:port` (no database).
-    base: String,
-    /// `?…` of the URL, possibly empty.
-    query: String,
-    /// The database of the URL, to connect to for CREATE / DROP DATABASE.
-    admin_db: String,
-}
-
-/// A database created for one run.
-struct Database {
-    name: String,
-    url: String,
-}
-
-impl Server {
-    fn new(url: &str) -> Self {
-        let (head, query) = url.find('?').map_or((url, ""), |i| url.split_at(i));
-        let authority = head.find("://").map_or(0, |i| i + 3);
-        let (base, db) = match head[authority..].find('/') {
-            Some(i) => (&head[..authority + i], &head[authority + i + 1..]),
-            None => (head, ""),
-        };
-        Self {
-            base: base.to_owned(),
-            query: query.to_owned(),
-            admin_db: if db.is_empty() { "postgres".into() } else { db.into() },
-        }
-    }
-
-    fn url(&self, db: &str) -> String {
-        format!("{}/{db}{}", self.base, self.query)
-    }
-
-    async fn admin(&self) -> anyhow::Result<PgConnection> {
-        let url = self.url(&self.admin_db);
-        PgConnection::connect(&url)
-            .await
-            .with_context(|| format!("connecting to {}", self.url(&self.admin_db)))
-    }
-
-    /// A new, empty database with a name no other run uses.
-    async fn create(&self, what: &str) -> anyhow::Result<Database> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let name = format!("videogen_bench_{what}_{}_{nanos}", std::process::id());
-        let mut admin = self.admin().await?;
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"
-            )))
-            .await
-            .with_context(|| format!("creating database {name}"))?;
-        drop(admin.close().await);
-        Ok(Database {
-            url: self.url(&name),
-            name,
-        })
-    }
-
-    /// Drops `db`, ending connections left open; a failure is reported, not
-    /// returned (the measurement stands).
-    async fn drop_db(&self, db: &Database) {
-        let dropped = async {
-            let mut admin = self.admin().await?;
-            admin
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    db.name
-                )))
-                .await?;
-            drop(admin.close().await);
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(e) = dropped {
-            progress(&format!("could not drop database {}: {e:#}", db.name));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn server_urls_keep_credentials_and_options() {
-        let s = Server::new("postgres://u:p@h:5433/app?sslmode=disable");
-        assert_eq!(s.url("x"), "postgres://u:p@h:5433/x?sslmode=disable");
-        assert_eq!(s.admin_db, "app");
-        let s = Server::new("postgres://postgres@127.0.0.1:5432");
-        assert_eq!(s.url("x"), "postgres://postgres@127.0.0.1:5432/x");
-        assert_eq!(s.admin_db, "postgres");
-    }
 
     #[test]
     fn pgbench_figures_are_parsed() {
