@@ -299,27 +299,39 @@ impl LocalBlobStore {
     }
 }
 
-#[async_trait]
-impl BlobStore for LocalBlobStore {
-    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
-        self.store.put(key, bytes).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
-        self.store.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
-        self.store.get_range(key, range).await
-    }
-    async fn size(&self, key: &str) -> Result<u64, BlobError> {
-        self.store.size(key).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), BlobError> {
-        self.store.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
-        self.store.delete_prefix(prefix).await
-    }
+/// Implements [`BlobStore`] for a wrapper whose field `store` is an
+/// [`ObjectBlobStore`], delegating the byte operations and adding `extra`
+/// methods (a backend's own, e.g. `signed_url`). A macro, not a default
+/// method, because `#[async_trait]` must see the methods it rewrites.
+macro_rules! delegate_blob_store {
+    ($ty:ty { $($extra:item)* }) => {
+        #[async_trait]
+        impl BlobStore for $ty {
+            async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
+                self.store.put(key, bytes).await
+            }
+            async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
+                self.store.get(key).await
+            }
+            async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
+                self.store.get_range(key, range).await
+            }
+            async fn size(&self, key: &str) -> Result<u64, BlobError> {
+                self.store.size(key).await
+            }
+            async fn delete(&self, key: &str) -> Result<(), BlobError> {
+                self.store.delete(key).await
+            }
+            async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
+                self.store.delete_prefix(prefix).await
+            }
+            $($extra)*
+        }
+    };
 }
+pub(crate) use delegate_blob_store;
+
+delegate_blob_store!(LocalBlobStore {});
 
 #[cfg(test)]
 mod tests {

@@ -71,27 +71,7 @@ impl S3BlobStore {
     }
 }
 
-#[async_trait]
-impl BlobStore for S3BlobStore {
-    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
-        self.store.put(key, bytes).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
-        self.store.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError> {
-        self.store.get_range(key, range).await
-    }
-    async fn size(&self, key: &str) -> Result<u64, BlobError> {
-        self.store.size(key).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), BlobError> {
-        self.store.delete(key).await
-    }
-    async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
-        self.store.delete_prefix(prefix).await
-    }
-
+crate::delegate_blob_store!(S3BlobStore {
     /// A SigV4 pre-signed `GET` URL: the bucket checks signature and expiry,
     /// so the API never sees the download's bytes.
     async fn signed_url(&self, key: &str, ttl: Duration) -> Result<Option<String>, BlobError> {
@@ -110,4 +90,4 @@ impl BlobStore for S3BlobStore {
             .map_err(|e| BlobError::Backend(format!("{key}: signing URL: {e}")))?;
         Ok(Some(url.to_string()))
     }
-}
+});
