@@ -125,6 +125,10 @@ struct StoreRun {
     client_cpu_s: Option<f64>,
     /// CPU seconds of the S3 server during the measured part.
     server_cpu_s: Option<f64>,
+    /// Busy CPU time on the machine not spent by this process or the S3
+    /// server: other people's work (and the kernel's). Much more than a
+    /// second or two means a disturbed run.
+    other_cpu_s: Option<f64>,
 }
 
 pub async fn run(args: CheckpointStormArgs) -> anyhow::Result<()> {
@@ -277,6 +281,7 @@ async fn storm(
     let delta = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
     let client_cpu_s = delta(client_before, procs::cpu_seconds(std::process::id()));
     let server_cpu_s = delta(server_before, server_pid.and_then(procs::cpu_seconds));
+    let busy_s = busy_cpus.map(|b| b * measure_from.elapsed().as_secs_f64());
 
     // Afterwards: what is left, and is the latest checkpoint intact?
     let objects_left = count_checkpoint_files(root);
@@ -295,6 +300,7 @@ async fn storm(
 
     let last_end = outs.iter().filter_map(|o| o.last_end).max().unwrap_or(stop_at);
     let wall_s = last_end.saturating_duration_since(measure_from).as_secs_f64();
+
     let bytes: u64 = outs.iter().map(|o| o.bytes).sum();
     let per_worker: Vec<usize> = outs.iter().map(|o| o.puts.len()).collect();
     let checkpoints: usize = per_worker.iter().sum();
@@ -322,6 +328,7 @@ async fn storm(
         busy_cpus,
         client_cpu_s,
         server_cpu_s,
+        other_cpu_s: busy_s.map(|b| b - client_cpu_s.unwrap_or(0.0) - server_cpu_s.unwrap_or(0.0)),
     })
 }
 
@@ -520,11 +527,12 @@ fn print_report(r: &Report) {
         );
         let cpu = |c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
         println!(
-            "  CPU during the measured part: machine {} of {} CPUs busy; client {} s, server {} s",
+            "  CPU during the measured part: machine {} of {} CPUs busy; client {} s, server {} s, anything else {} s",
             run.busy_cpus.map_or_else(|| "?".to_owned(), |b| format!("{b:.2}")),
             r.machine.nproc,
             cpu(run.client_cpu_s),
-            cpu(run.server_cpu_s)
+            cpu(run.server_cpu_s),
+            cpu(run.other_cpu_s)
         );
         println!(
             "  afterwards: {} checkpoint objects left (expected {}), latest read back intact: {}",

@@ -121,6 +121,13 @@ struct Report {
     loadavg_1m_after: Option<f64>,
     /// CPUs' worth of busy time, machine-wide, during the measured part.
     busy_cpus: Option<f64>,
+    /// CPU seconds of this process (the load generator, and the server in
+    /// the in-process mode) during the measured part.
+    client_cpu_s: Option<f64>,
+    /// Busy CPU time on the machine not spent by this process, the nodes or
+    /// (with `--database-url`) PostgreSQL: other people's work and the
+    /// kernel's. Much more than a second or two means a disturbed run.
+    other_cpu_s: Option<f64>,
     /// With `--database-url`: the server, its durability settings, the jobs
     /// found in the database afterwards and what each node used.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,8 +157,6 @@ struct PgRun {
     jobs_in_database_after: i64,
     /// Successful submissions, warm-up included (should equal the rows).
     ok_total: usize,
-    /// CPU seconds of this bench process (the load generator) during the measured part.
-    client_cpu_s: Option<f64>,
     /// CPU seconds of all `postgres` processes on this machine during the measured part.
     postgres_cpu_s: Option<f64>,
     /// Server-wide WAL written and flushed during the measured part.
@@ -368,7 +373,7 @@ fn report(
 ) -> Report {
     let wall_s = m.wall.as_secs_f64();
     let all = summarize(m.samples.iter());
-    let nodes = if t.bases.len() > 1 {
+    let nodes = if t.bases.len() > 1 || !t.pids.is_empty() {
         (0..t.bases.len())
             .map(|i| {
                 let of_node: Vec<&Sample> = m.samples.iter().filter(|s| s.node == i).collect();
@@ -391,9 +396,13 @@ fn report(
         Vec::new()
     };
     let slow_seconds = slow_seconds(&m.samples, Duration::from_secs_f64(TARGET_P99_MS / 1e3));
+    let pg_cpu_s = if postgres.is_some() { m.postgres_cpu_s } else { 0.0 };
+    let other_cpu_s = m.busy_cpus.map(|b| {
+        let ours: f64 = m.node_cpu_s.iter().flatten().sum::<f64>() + m.client_cpu_s.unwrap_or(0.0);
+        b * wall_s - ours - pg_cpu_s
+    });
     let postgres = postgres.map(|p| PgRun {
         ok_total: m.warmup_ok + all.ok,
-        client_cpu_s: m.client_cpu_s,
         postgres_cpu_s: Some(m.postgres_cpu_s),
         wal: m.wal,
         ..p
@@ -420,6 +429,8 @@ fn report(
         jobs_queued_after,
         loadavg_1m_after: super::loadavg_1m(),
         busy_cpus: m.busy_cpus,
+        client_cpu_s: m.client_cpu_s,
+        other_cpu_s,
         postgres,
         nodes,
         slow_seconds,
@@ -512,7 +523,6 @@ async fn run_nodes(args: &SubmitArgs, machine: Machine, url: &str) -> anyhow::Re
             settings,
             jobs_in_database_after: jobs,
             ok_total: 0,
-            client_cpu_s: None,
             postgres_cpu_s: None,
             wal: None,
         };
@@ -652,11 +662,9 @@ fn print_report(r: &Report) {
                 " MISMATCH"
             }
         );
-        let cpu = |c: Option<f64>| c.map_or_else(|| "?".to_owned(), |c| format!("{c:.1}"));
         println!(
-            "CPU s during the measured part: load generator (this process) {}, all postgres processes {}",
-            cpu(p.client_cpu_s),
-            cpu(p.postgres_cpu_s)
+            "CPU s of all postgres processes during the measured part: {}",
+            p.postgres_cpu_s.map_or_else(|| "?".to_owned(), |c| format!("{c:.1}"))
         );
         if let Some(w) = &p.wal {
             println!(
@@ -683,9 +691,13 @@ fn print_report(r: &Report) {
         );
     }
     if let Some(b) = r.busy_cpus {
+        let cpu = |c: Option<f64>| c.map_or_else(|| "?".to_owned(), |c| format!("{c:.1}"));
         println!(
-            "machine busy during the measured part: {b:.2} of {} CPUs (everything, not just this bench)",
-            r.machine.nproc
+            "machine busy during the measured part: {b:.2} of {} CPUs; CPU s: this process {}, \
+             anything else on the machine {} (more than a second or two: a disturbed run)",
+            r.machine.nproc,
+            cpu(r.client_cpu_s),
+            cpu(r.other_cpu_s)
         );
     }
     let verdict = if r.latency.p99_ms < r.target_p99_ms && r.errors == 0 {
