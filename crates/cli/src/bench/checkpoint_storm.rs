@@ -6,8 +6,10 @@
 //! and opens it as the `s3://` blob store `videogen serve --blob-url` would.
 //! `--workers` tasks each play one job's attempt: write a checkpoint of
 //! `--checkpoint-mib` under `keys::checkpoint(job, attempt, step)`, then
-//! delete the one before the previous, so that, like the runner's job record,
-//! only "latest and previous" stay, and start the next one at once. Each
+//! delete the one before the previous, so that only the two checkpoints a job
+//! record points at (latest and previous) stay, and start the next one at
+//! once. (The control plane itself leaves older checkpoint blobs in place
+//! until the job ends; see docs/PERFORMANCE.md §6.) Each
 //! worker has one upload in flight, as a runner does, and nothing waits
 //! between checkpoints: this is the storm, not a realistic interval.
 //!
