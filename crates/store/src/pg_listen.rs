@@ -1,9 +1,10 @@
 //! Wake-ups across nodes over PostgreSQL `LISTEN/NOTIFY`.
 //!
-//! The job-event trigger (migration 0003) notifies `videogen_runnable` when a
-//! job becomes runnable and `videogen_changed` on every event. Notifications
-//! are delivered only after their transaction commits, and carry only the job
-//! id: a listener re-reads the store, so a lost notification (for instance
+//! The job-event trigger (migrations 0003, 0004) notifies `videogen_runnable`
+//! when jobs become runnable and `videogen_changed` when they have new
+//! events, once per statement. Notifications are delivered only after their
+//! transaction commits, and carry only job ids (comma-separated, up to 100):
+//! a listener re-reads the store, so a lost notification (for instance
 //! while the listening connection reconnects) costs latency, never data. After
 //! each reconnect the listener says [`Wakeup::Resync`] so its consumer can
 //! re-read what it may have missed.
@@ -54,21 +55,17 @@ async fn pump(mut listener: PgListener, tx: mpsc::Sender<Wakeup>) {
             _ = tx.closed() => return,
             r = listener.try_recv() => r,
         };
-        let wakeup = match received {
+        let wakeups = match received {
             Ok(Some(n)) => {
                 backoff = Duration::from_millis(50);
                 if !healthy {
                     tracing::info!("LISTEN connection re-established");
                     healthy = true;
                 }
-                match VideoId::parse(n.payload()) {
-                    Some(id) if n.channel() == RUNNABLE_CHANNEL => Wakeup::Runnable(id),
-                    Some(id) => Wakeup::Changed(id),
-                    None => continue,
-                }
+                wakeups(n.channel(), n.payload())
             }
             // The connection dropped; the next call reconnects and listens again.
-            Ok(None) => Wakeup::Resync,
+            Ok(None) => vec![Wakeup::Resync],
             Err(e) => {
                 if healthy {
                     tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
@@ -76,11 +73,48 @@ async fn pump(mut listener: PgListener, tx: mpsc::Sender<Wakeup>) {
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                Wakeup::Resync
+                vec![Wakeup::Resync]
             }
         };
-        if tx.send(wakeup).await.is_err() {
-            return;
+        for wakeup in wakeups {
+            if tx.send(wakeup).await.is_err() {
+                return;
+            }
         }
+    }
+}
+
+/// The wake-ups of one notification: its payload is the comma-separated ids
+/// of the jobs one statement changed (migration 0004). Anything that is not
+/// an id is skipped.
+fn wakeups(channel: &str, payload: &str) -> Vec<Wakeup> {
+    payload
+        .split(',')
+        .filter_map(VideoId::parse)
+        .map(|id| {
+            if channel == RUNNABLE_CHANNEL {
+                Wakeup::Runnable(id)
+            } else {
+                Wakeup::Changed(id)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_of_several_ids_wakes_each_and_skips_what_is_not_an_id() {
+        let a = VideoId::parse("video_0195e6a2b3c47d8e9f0a1b2c3d4e5f60").unwrap();
+        let b = VideoId::parse("video_0195e6a2b3c47d8e9f0a1b2c3d4e5f61").unwrap();
+        let payload = format!("{a},nonsense,{b},");
+        assert_eq!(
+            wakeups(RUNNABLE_CHANNEL, &payload),
+            vec![Wakeup::Runnable(a.clone()), Wakeup::Runnable(b.clone())]
+        );
+        assert_eq!(wakeups(CHANGED_CHANNEL, a.as_str()), vec![Wakeup::Changed(a)]);
+        assert!(wakeups(CHANGED_CHANNEL, "").is_empty());
     }
 }

@@ -6,9 +6,9 @@
 //! As on SQLite: each state change is one compare-and-set
 //! `UPDATE … WHERE id = $n AND state = $m [AND attempt = $k]` whose target
 //! state was computed with [`JobState::apply`]; the same statement fills the
-//! job's event outbox and bumps `last_event_seq`, and an `AFTER UPDATE` row
-//! trigger (plpgsql) copies the event into `job_events` before the statement
-//! ends. Under `READ COMMITTED`, an `UPDATE` that meets a row changed by a
+//! job's event outbox and bumps `last_event_seq`, and an `AFTER UPDATE`
+//! statement trigger (plpgsql, migration 0004) copies the events of every row
+//! it changed into `job_events` before the statement ends. Under `READ COMMITTED`, an `UPDATE` that meets a row changed by a
 //! concurrent transaction waits for it and re-checks its `WHERE` clause on
 //! the new version, so two racing compare-and-sets never both succeed.
 //!
@@ -57,6 +57,10 @@ use videogen_core::{
 /// Connections the pool opens at most. Every method holds one connection for
 /// one statement or one short transaction, so a few serve many callers.
 const MAX_CONNECTIONS: u32 = 16;
+
+/// Connections of the group-commit collector: it uses one at a time, and
+/// one more lets it replace a broken one while the pool closes it.
+const BATCH_CONNECTIONS: u32 = crate::pg_batch::DEPTH as u32 + 1;
 
 /// How long a caller waits for a free connection before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -235,6 +239,8 @@ impl Default for PgOptions {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pub(crate) pool: PgPool,
+    /// Connections of the group commit only (see [`PgStore::connect_with`]).
+    batch_pool: PgPool,
     /// The group-commit collector of the hot path (clones share it).
     batch: Batcher,
 }
@@ -289,8 +295,22 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(PgError::from)?;
+        // The group commit's own connections, with planner settings that
+        // keep its cached plan on primary-key lookups (see `pg_batch::PLANNER`).
+        let batch_pool = PgPoolOptions::new()
+            .max_connections(BATCH_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    sqlx::query(set_notify).execute(&mut *conn).await?;
+                    sqlx::raw_sql(crate::pg_batch::PLANNER).execute(conn).await.map(|_| ())
+                })
+            })
+            .connect_lazy(url)
+            .map_err(|e| StoreError::Backend(format!("connecting to PostgreSQL: {e}")))?;
         Ok(Self {
-            batch: Batcher::spawn(pool.clone()),
+            batch: Batcher::spawn(batch_pool.clone()),
+            batch_pool,
             pool,
         })
     }
@@ -304,6 +324,7 @@ impl PgStore {
     /// Closes every connection, waiting for the ones in use to be returned.
     pub async fn close(self) -> Result<(), StoreError> {
         self.pool.close().await;
+        self.batch_pool.close().await;
         Ok(())
     }
 
@@ -672,16 +693,27 @@ impl Store for PgStore {
     }
 
     async fn delete(&self, id: &VideoId) -> Result<Option<Job>, StoreError> {
-        // One statement: `ON DELETE CASCADE` removes the events with the job
-        // (PostgreSQL always enforces foreign keys).
-        sqlx::query(concat!("DELETE FROM jobs WHERE id = $1 RETURNING ", job_columns!()))
+        // The job, then its events, in one transaction (what `ON DELETE
+        // CASCADE` did before migration 0004). The second statement takes a
+        // new snapshot, so it also sees an event committed by an update the
+        // first one waited for.
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let row = sqlx::query(concat!("DELETE FROM jobs WHERE id = $1 RETURNING ", job_columns!()))
             .bind(id.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(db)?
-            .as_ref()
-            .map(decode_job)
-            .transpose()
+            .map_err(db)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        sqlx::query("DELETE FROM job_events WHERE job_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let job = decode_job(&row)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(job))
     }
 
     // ---- worker protocol (fenced)

@@ -146,3 +146,43 @@ async fn postgres_without_change_notifications_still_announces_runnable_jobs() {
     writer.close().await.unwrap();
     listening.close().await.unwrap();
 }
+
+/// A statement that makes many jobs runnable announces them in a few
+/// notifications of comma-separated ids (migration 0004): the listener
+/// still wakes for every job, on both channels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_announces_every_job_of_a_batch() {
+    const JOBS: usize = 250;
+    let db = support::pg::TestDb::create().await;
+    let listening = db.store().await;
+    let writer = std::sync::Arc::new(db.store().await);
+    let mut rx = listening.listen().await.unwrap();
+    // Concurrent submits share group-committed statements (up to 128 jobs).
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..JOBS {
+        let writer = writer.clone();
+        tasks.spawn(async move { submit(&*writer).await });
+    }
+    let mut submitted = std::collections::BTreeSet::new();
+    while let Some(id) = tasks.join_next().await {
+        submitted.insert(id.unwrap());
+    }
+    let stats = writer.group_commit_stats();
+    assert!(
+        stats.writes > stats.batches,
+        "no statement held several submits: {stats:?}"
+    );
+    let (mut runnable, mut changed) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    while runnable.len() < JOBS || changed.len() < JOBS {
+        match next_wakeup(&mut rx).await {
+            Wakeup::Runnable(id) => assert!(runnable.insert(id), "a job announced twice"),
+            Wakeup::Changed(id) => assert!(changed.insert(id), "a change announced twice"),
+            Wakeup::Resync => panic!("the listener reconnected"),
+        }
+    }
+    assert_eq!(runnable, submitted);
+    assert_eq!(changed, submitted);
+    drop(rx);
+    std::sync::Arc::into_inner(writer).unwrap().close().await.unwrap();
+    listening.close().await.unwrap();
+}

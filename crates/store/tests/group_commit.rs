@@ -3,9 +3,9 @@
 //! runs on `SqliteStore` (whose writer thread group-commits too).
 //!
 //! On PostgreSQL, a scenario can make its writes share one statement for
-//! sure: a side transaction locks the `jobs` table, a first write blocks on
-//! it inside its batch (the store runs one batch at a time), and the writes
-//! sent meanwhile queue up; once the lock goes, they run together. The group
+//! sure: a side transaction locks the `jobs` table, the first writes block
+//! on it inside their batches (the store runs two batches at a time), and
+//! the writes sent meanwhile queue up; once the lock goes, they run together. The group
 //! commit counters then show that they did.
 
 use std::sync::Arc;
@@ -141,8 +141,8 @@ struct TableLock {
     fillers: Vec<tokio::task::JoinHandle<Option<Lease>>>,
 }
 
-/// The first blocks the batch in flight; the others queue with the
-/// scenario's writes.
+/// The first two block the two batches in flight; the third queues with
+/// the scenario's writes.
 const FILLERS: usize = 3;
 
 #[async_trait::async_trait]
@@ -454,3 +454,50 @@ async fn writes_of_one_job_keep_their_order(store: Arc<dyn Store>, gate: &mut dy
     assert_eq!(kinds(s, &j.id).await, ["created", "leased", "progress", "completed"]);
 }
 on_every_backend_gated!(writes_of_one_job_keep_their_order, |_, _| ());
+
+/// Two batches run at once: while a batch waits on one job's row, a write of
+/// another job runs beside it, and the blocked job's next write waits for the
+/// first to commit, then runs in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_blocked_job_holds_back_only_its_own_writes() {
+    use sqlx::{Connection, Executor};
+    let db = support::pg::TestDb::create().await;
+    let store: Arc<dyn Store> = Arc::new(db.store().await);
+    let s = &*store;
+    let blocked = submit(s).await;
+    let l = lease(s, &blocked.id).await;
+    let other = submit(s).await;
+
+    // A side transaction holds the blocked job's row.
+    let mut side = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+    side.execute("BEGIN").await.unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(blocked.id.as_str())
+        .execute(&mut side)
+        .await
+        .unwrap();
+    let beat = tokio::spawn({
+        let (s, l) = (Arc::clone(&store), l.clone());
+        async move { s.heartbeat(&l, &progress(60), T0 + 1, TTL).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let done = tokio::spawn({
+        let (s, l) = (Arc::clone(&store), l.clone());
+        async move { s.complete(&l, &outputs(&l.job_id, 1), T0 + 2, T0 + 9).await }
+    });
+    // The other job's lease does not wait for the blocked batch.
+    let leased = tokio::time::timeout(Duration::from_secs(10), lease(s, &other.id))
+        .await
+        .expect("a write of another job runs while a batch is blocked");
+    assert_eq!(leased.attempt, 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!beat.is_finished() && !done.is_finished(), "the row is still locked");
+
+    side.execute("COMMIT").await.unwrap();
+    beat.await.unwrap().unwrap();
+    assert_eq!(done.await.unwrap().unwrap().state, JobState::Completed);
+    assert_eq!(
+        kinds(s, &blocked.id).await,
+        ["created", "leased", "progress", "completed"]
+    );
+}
