@@ -74,6 +74,27 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// Longest accepted key segment, in bytes (the usual file-name limit).
 pub const MAX_SEGMENT_LEN: usize = 255;
 
+/// Where `s3s-fs`, the S3-compatible server the tests and `videogen bench
+/// checkpoint-storm` start on loopback, is installed: `$VIDEOGEN_S3_SERVER`,
+/// else `s3s-fs` on `PATH` or in `$CARGO_HOME/bin` (`~/.cargo/bin`), where
+/// `scripts/s3-server.sh` puts it. `None` when it is nowhere.
+pub fn s3s_fs_binary() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(p) = std::env::var_os("VIDEOGEN_S3_SERVER") {
+        return Some(p.into());
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("s3s-fs")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    on_path
+        .into_iter()
+        .chain(cargo_home.map(|c| c.join("bin/s3s-fs")))
+        .find(|p| p.is_file())
+}
+
 /// Checks `key` names a single object: 1..=[`MAX_KEY_LEN`] bytes of
 /// `[A-Za-z0-9._-]` segments joined by `/`, no leading or trailing `/`, no
 /// empty, `.` or `..` segments, each segment at most [`MAX_SEGMENT_LEN`] bytes.

@@ -97,8 +97,6 @@ pub const MAX_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=100;
 pub const SIGNED_URL_TTL_MAX_SECS: f64 = 7.0 * 24.0 * 3600.0;
 /// Shortest `url_signing_key`, in characters.
 pub const SIGNING_KEY_MIN_CHARS: usize = 32;
-/// Query parameters an `s3://` blob URL may carry.
-const S3_PARAMS: &[&str] = &["endpoint", "region"];
 
 /// The environment variable of a flag: `data-dir` → `VIDEOGEN_DATA_DIR`.
 pub fn env_var(flag: &str) -> String {
@@ -320,7 +318,7 @@ pub struct RedisSection {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BlobSection {
-    /// `file://DIR` or `s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION`.
+    /// `file://DIR` or `s3://BUCKET?endpoint=URL&region=REGION`.
     pub url: ServiceUrl,
 }
 
@@ -401,13 +399,7 @@ pub struct ApiSection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobLocation {
     Dir(PathBuf),
-    S3 {
-        bucket: String,
-        /// Key prefix inside the bucket (no leading or trailing `/`; may be empty).
-        prefix: String,
-        endpoint: Option<String>,
-        region: Option<String>,
-    },
+    S3(videogen_blob::S3Location),
 }
 
 impl DatabaseSection {
@@ -427,8 +419,9 @@ impl BlobSection {
             return BlobLocation::Dir(PathBuf::from(dir));
         }
         // Validated at load: anything else is a parsable s3:// URL.
-        match parse_s3(url) {
-            Ok(loc) => loc,
+        match videogen_blob::BlobUrl::parse(url) {
+            Ok(videogen_blob::BlobUrl::S3(loc)) => BlobLocation::S3(loc),
+            Ok(videogen_blob::BlobUrl::Local(dir)) => BlobLocation::Dir(dir),
             Err(_) => BlobLocation::Dir(PathBuf::from(url)),
         }
     }
@@ -1146,49 +1139,14 @@ fn check_blob_url(s: &str) -> Result<(), String> {
         return Ok(());
     }
     if s.starts_with("s3://") {
-        return parse_s3(s).map(drop).map_err(|e| format!("{shown:?}: {e}"));
+        // The parser `serve` opens the store with, so what passes here opens.
+        return videogen_blob::BlobUrl::parse(s)
+            .map(drop)
+            .map_err(|e| format!("{shown:?}: {e}"));
     }
     Err(format!(
-        "{shown:?} is not a supported blob store: use file://DIR or s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION"
+        "{shown:?} is not a supported blob store: use file://DIR or s3://BUCKET?endpoint=URL&region=REGION"
     ))
-}
-
-fn parse_s3(s: &str) -> Result<BlobLocation, String> {
-    let url = reqwest::Url::parse(s).map_err(|e| format!("not a valid URL ({e})"))?;
-    if url.password().is_some() || !url.username().is_empty() {
-        return Err("credentials do not belong in the URL: use the AWS_* environment variables".to_owned());
-    }
-    let bucket = url.host_str().unwrap_or_default().to_owned();
-    let bucket_ok = (3..=63).contains(&bucket.len())
-        && bucket
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'));
-    if !bucket_ok {
-        return Err(format!("bucket {bucket:?} must be 3 to 63 of a-z 0-9 - ."));
-    }
-    let (mut endpoint, mut region) = (None, None);
-    for (name, value) in url.query_pairs() {
-        match name.as_ref() {
-            "endpoint" => {
-                let ok = reqwest::Url::parse(&value).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
-                if !ok {
-                    return Err(format!("endpoint {value:?} must be an http:// or https:// URL"));
-                }
-                endpoint = Some(value.into_owned());
-            }
-            "region" if !value.is_empty() => region = Some(value.into_owned()),
-            "region" => return Err("region must not be empty".to_owned()),
-            other => {
-                return Err(format!("unknown parameter {other:?} (known: {})", S3_PARAMS.join(", ")));
-            }
-        }
-    }
-    Ok(BlobLocation::S3 {
-        bucket,
-        prefix: url.path().trim_matches('/').to_owned(),
-        endpoint,
-        region,
-    })
 }
 
 /// `videogen config`.
@@ -1297,7 +1255,7 @@ pub struct Flags {
     /// none).
     #[arg(long, value_name = "URL")]
     pub redis_url: Option<ServiceUrl>,
-    /// Blob store: file://DIR or s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION, credentials from AWS_*
+    /// Blob store: file://DIR or s3://BUCKET?endpoint=URL&region=REGION, credentials from AWS_*
     /// variables (default: file://DATA_DIR/blobs).
     #[arg(long, value_name = "URL")]
     pub blob_url: Option<String>,
@@ -1608,7 +1566,7 @@ mod tests {
                 "--redis-url",
                 "rediss://:pw@cache:6380/0",
                 "--blob-url",
-                "s3://videos/prod?endpoint=http://minio:9000&region=us-east-1",
+                "s3://videos?endpoint=http://minio:9000&region=us-east-1",
             ],
             &[],
         )
@@ -1616,12 +1574,17 @@ mod tests {
         assert_eq!(c.database.sqlite_path(), None);
         assert_eq!(
             c.blob.location(),
-            BlobLocation::S3 {
+            BlobLocation::S3(videogen_blob::S3Location {
                 bucket: "videos".into(),
-                prefix: "prod".into(),
                 endpoint: Some("http://minio:9000".into()),
-                region: Some("us-east-1".into()),
-            }
+                region: "us-east-1".into(),
+            })
+        );
+        // What `serve` could not open fails at load, naming the option.
+        let e = err(load(&["--blob-url", "s3://videos/prod?region=us-east-1"], &[]));
+        assert!(
+            e.contains("--blob-url") && e.contains("prefixes are not supported"),
+            "{e}"
         );
         load(&["--database-url", "postgres://localhost/vg"], &[]).unwrap();
         load(&["--database-url", "sqlite:///var/lib/vg.db?mode=rwc"], &[]).unwrap();

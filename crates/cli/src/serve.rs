@@ -158,7 +158,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let blob: Arc<dyn videogen_core::blob::BlobStore> = match cfg.blob.location() {
         // A relative directory (the default under `--data-dir`) is fine here.
         BlobLocation::Dir(dir) => Arc::new(videogen_blob::LocalBlobStore::new(&dir)?),
-        BlobLocation::S3 { .. } => videogen_blob::open_url(cfg.blob.url.expose()).context("--blob-url")?,
+        BlobLocation::S3(_) => videogen_blob::open_url(cfg.blob.url.expose()).context("--blob-url")?,
     };
     bootstrap_admin_key(store.as_ref()).await?;
     bootstrap_worker_token(store.as_ref()).await?;

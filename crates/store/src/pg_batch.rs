@@ -21,8 +21,8 @@
 //! unnest(…)` for submits, `UPDATE jobs … FROM unnest(…) AS b WHERE jobs.id =
 //! b_id AND jobs.state = … [AND jobs.attempt = b_attempt]` for the others.
 //! Every row keeps its own compare-and-set, with the SET lists of the
-//! single-job statements in `postgres.rs`, and the row trigger appends each
-//! write's event. `RETURNING b_ord` says which writes matched: a write
+//! single-job statements in `postgres.rs`, and the statement trigger
+//! appends each write's event. `RETURNING b_ord` says which writes matched: a write
 //! without a row lost its compare-and-set and gets exactly the answer a lone
 //! statement would give (`None`, `StaleLease`).
 //!

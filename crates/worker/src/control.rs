@@ -249,6 +249,27 @@ impl LocalControl {
         }
     }
 
+    /// Deletes the checkpoint that `committed` pushed out of the job's two
+    /// (its latest and the one before, read as `job` before the commit):
+    /// nothing references it any more. Without this, a job checkpointing
+    /// 11 MiB every 10 s left ~66 MiB per minute in the bucket until it
+    /// ended. Only the lease holder commits checkpoints, so no later commit
+    /// can have made it current again. A failed delete only leaves garbage,
+    /// which the job's end removes with the rest of its checkpoints.
+    async fn drop_superseded(&self, job: &Job, committed: &CheckpointRef) {
+        let Some(old) = &job.prev_checkpoint else { return };
+        let still_referenced = [Some(committed), job.checkpoint.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|ck| ck.key == old.key);
+        if still_referenced {
+            return;
+        }
+        if let Err(e) = self.rt.blob.delete(&old.key).await {
+            tracing::warn!(job = %job.id, key = %old.key, error = %e, "could not delete a superseded checkpoint");
+        }
+    }
+
     fn retention_ms(&self, job: &Job) -> i64 {
         i64::try_from(self.rt.config.retention(job.tier).as_millis()).unwrap_or(i64::MAX)
     }
@@ -387,7 +408,7 @@ impl ControlPlane for LocalControl {
         check_crc(&bytes, crc32)?;
         // A zombie's bytes would land under its own attempt's key and never be
         // referenced; checking first just spares the bucket the write.
-        self.owned_job(lease).await?;
+        let job = self.owned_job(lease).await?;
         let key = keys::checkpoint(&lease.job_id, lease.attempt, step);
         let ck = CheckpointRef {
             key: key.clone(),
@@ -407,6 +428,7 @@ impl ControlPlane for LocalControl {
             return Err(e.into());
         }
         self.rt.bus.notify(&lease.job_id);
+        self.drop_superseded(&job, &ck).await;
         Ok(ck)
     }
 
@@ -521,5 +543,99 @@ pub fn status_of(e: &ControlError) -> u16 {
         ControlError::Stale { .. } => 409,
         ControlError::Rejected(_) => 400,
         ControlError::Unavailable(_) => 503,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use videogen_core::store::{NewJob, Submitted};
+    use videogen_core::{ManualClock, Seconds, TenantId, Tier, VideoSize, VideoSpec};
+
+    const T0: i64 = 1_700_000_000_000;
+
+    async fn runtime(dir: &std::path::Path) -> Arc<Runtime> {
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+        Arc::new(Runtime {
+            store: Arc::new(videogen_store::SqliteStore::open_in_memory().await.unwrap()),
+            blob: Arc::new(videogen_blob::LocalBlobStore::new(dir).unwrap()),
+            dispatcher: Arc::new(Dispatcher::new(Default::default(), clock.clone())),
+            bus: JobBus::default(),
+            clock,
+            config: RuntimeConfig::default(),
+            fleet: Arc::new(FleetStats::default()),
+        })
+    }
+
+    async fn leased_job(rt: &Runtime) -> Lease {
+        let new = NewJob {
+            id: VideoId::generate(),
+            tenant: TenantId::parse("acme").unwrap(),
+            tier: Tier::Paid,
+            spec: VideoSpec {
+                model: "videogen-ref".into(),
+                prompt: "waves on a breakwater".into(),
+                seconds: Seconds::S4,
+                size: VideoSize::Portrait720,
+                seed: 1,
+                style: None,
+                steps: 30,
+                input_reference: None,
+            },
+            now_ms: T0,
+        };
+        let Submitted::Created(job) = rt.store.submit(new, None).await.unwrap() else {
+            panic!("replayed without a key")
+        };
+        rt.store
+            .lease(&job.id, &WorkerId::new("n", "w0"), T0, 30_000)
+            .await
+            .unwrap()
+            .expect("queued job leases")
+    }
+
+    async fn checkpoint(control: &LocalControl, lease: &Lease, step: u32) -> CheckpointRef {
+        let bytes = Bytes::from(vec![step as u8; 1024]);
+        let crc = crc32fast::hash(&bytes);
+        control.write_checkpoint(lease, step, crc, bytes).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_pushed_out_of_the_latest_two_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path()).await;
+        let control = LocalControl::new(rt.clone());
+        let lease = leased_job(&rt).await;
+        let first = checkpoint(&control, &lease, 2).await;
+        let second = checkpoint(&control, &lease, 4).await;
+        // Two so far: both kept.
+        rt.blob.get(&first.key).await.expect("the previous checkpoint stays");
+        let third = checkpoint(&control, &lease, 6).await;
+        assert!(
+            matches!(rt.blob.get(&first.key).await, Err(BlobError::NotFound(_))),
+            "the checkpoint before the previous one is gone"
+        );
+        for kept in [&second, &third] {
+            rt.blob.get(&kept.key).await.expect("latest and previous stay");
+        }
+        let job = rt.store.job(&lease.job_id).await.unwrap().unwrap();
+        assert_eq!(job.checkpoint.as_ref(), Some(&third));
+        assert_eq!(job.prev_checkpoint.as_ref(), Some(&second));
+    }
+
+    #[tokio::test]
+    async fn a_rewritten_checkpoint_key_is_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path()).await;
+        let control = LocalControl::new(rt.clone());
+        let lease = leased_job(&rt).await;
+        checkpoint(&control, &lease, 2).await;
+        let again = checkpoint(&control, &lease, 2).await;
+        let last = checkpoint(&control, &lease, 2).await;
+        assert_eq!(again.key, last.key);
+        rt.blob
+            .get(&last.key)
+            .await
+            .expect("the current checkpoint's bytes stay");
     }
 }

@@ -16,21 +16,8 @@ pub const SECRET_KEY: &str = "videogen-test-secret-0123456789abcdef";
 pub const BUCKET: &str = "videogen-test";
 pub const INSTALL_HINT: &str = "run scripts/s3-server.sh to install it (CI's .ci/run does)";
 
-/// `$VIDEOGEN_S3_SERVER`, else `s3s-fs` on `PATH` or in `~/.cargo/bin`.
 fn server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("VIDEOGEN_S3_SERVER") {
-        return p.into();
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("s3s-fs")).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    on_path
-        .into_iter()
-        .chain(cargo_home.map(|c| c.join("bin/s3s-fs")))
-        .find(|p| p.is_file())
+    videogen_blob::s3s_fs_binary()
         .unwrap_or_else(|| panic!("s3s-fs, the S3 test server, is not installed: {INSTALL_HINT}"))
 }
 

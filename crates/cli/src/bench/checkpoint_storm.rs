@@ -400,21 +400,8 @@ fn count_checkpoint_files(root: &Path) -> usize {
     n
 }
 
-/// `$VIDEOGEN_S3_SERVER`, else `s3s-fs` on `PATH` or in `~/.cargo/bin`.
 fn s3_server_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("VIDEOGEN_S3_SERVER") {
-        return Ok(p.into());
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("s3s-fs")).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    on_path
-        .into_iter()
-        .chain(cargo_home.map(|c| c.join("bin/s3s-fs")))
-        .find(|p| p.is_file())
+    videogen_blob::s3s_fs_binary()
         .with_context(|| format!("s3s-fs, the S3-compatible server this bench runs, is not installed: {INSTALL_HINT}"))
 }
 
