@@ -360,54 +360,54 @@ struct Collector {
 async fn collect(mut c: Collector) {
     let mut open = true;
     loop {
-        if c.waiting.is_empty() {
-            if c.running.is_empty() {
-                if !open {
-                    return;
-                }
-                c.idle.clear();
-                match c.rx.recv().await {
-                    Some(op) => c.waiting.push_back(op),
-                    None => open = false,
-                }
-                continue;
+        c.gather();
+        while c.running.len() < DEPTH {
+            let batch = take_batch(&mut c.waiting, &c.busy);
+            if batch.is_empty() {
+                break;
             }
+            c.start(batch).await;
+        }
+        if c.running.is_empty() {
+            // With nothing in flight the first waiting write always starts,
+            // so nothing is waiting either.
             if !open {
-                c.join_one().await;
-                continue;
+                return;
             }
-            tokio::select! {
-                op = c.rx.recv() => match op {
-                    Some(op) => c.waiting.push_back(op),
-                    None => open = false,
-                },
-                done = c.running.join_next_with_id() => {
-                    c.finished(done);
-                    settle(&c.rx).await;
-                }
+            c.idle.clear();
+            match c.rx.recv().await {
+                Some(op) => c.waiting.push_back(op),
+                None => open = false,
             }
             continue;
         }
-        while c.waiting.len() < WAITING_MAX {
-            match c.rx.try_recv() {
-                Ok(op) => c.waiting.push_back(op),
-                Err(_) => break,
+        // A batch in flight: take new writes (they may start beside it,
+        // unless their job is in it) or its end, whichever comes first.
+        let room = open && c.waiting.len() < WAITING_MAX;
+        tokio::select! {
+            op = c.rx.recv(), if room => match op {
+                Some(op) => c.waiting.push_back(op),
+                None => open = false,
+            },
+            done = c.running.join_next_with_id() => {
+                c.finished(done);
+                settle(&c.rx).await;
             }
         }
-        if c.running.len() < DEPTH {
-            let batch = take_batch(&mut c.waiting, &c.busy);
-            if !batch.is_empty() {
-                c.start(batch).await;
-                continue;
-            }
-        }
-        // Every slot is taken, or every waiting write is for a job in flight.
-        c.join_one().await;
-        settle(&c.rx).await;
     }
 }
 
 impl Collector {
+    /// Takes what is queued, up to [`WAITING_MAX`] waiting.
+    fn gather(&mut self) {
+        while self.waiting.len() < WAITING_MAX {
+            match self.rx.try_recv() {
+                Ok(op) => self.waiting.push_back(op),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Runs `batch` on a connection of its own.
     async fn start(&mut self, batch: Vec<Op>) {
         let conn = match self.idle.pop() {
@@ -421,12 +421,6 @@ impl Collector {
         let counters = self.counters.clone();
         let handle = self.running.spawn(async move { run(conn, batch, &counters).await });
         self.busy.insert(handle.id(), jobs);
-    }
-
-    /// Waits for a batch in flight to finish (there is one).
-    async fn join_one(&mut self) {
-        let done = self.running.join_next_with_id().await;
-        self.finished(done);
     }
 
     fn finished(&mut self, done: Option<Result<(task::Id, Kept), task::JoinError>>) {

@@ -485,6 +485,9 @@ async fn postgres_a_blocked_job_holds_back_only_its_own_writes() {
         let (s, l) = (Arc::clone(&store), l.clone());
         async move { s.complete(&l, &outputs(&l.job_id, 1), T0 + 2, T0 + 9).await }
     });
+    // The completion now waits in the collector for the blocked batch; the
+    // collector must still take and run other jobs' writes meanwhile.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     // The other job's lease does not wait for the blocked batch.
     let leased = tokio::time::timeout(Duration::from_secs(10), lease(s, &other.id))
         .await
