@@ -22,9 +22,9 @@
 //! b_id AND jobs.state = … [AND jobs.attempt = b_attempt]` for the others.
 //! Every row keeps its own compare-and-set, with the SET lists of the
 //! single-job statements in `postgres.rs`, and the statement trigger
-//! appends each write's event. `RETURNING b_ord` says which writes matched: a write
-//! without a row lost its compare-and-set and gets exactly the answer a lone
-//! statement would give (`None`, `StaleLease`).
+//! appends each write's event. `RETURNING b_ord` says which writes matched:
+//! a write without a row lost its compare-and-set and gets exactly the
+//! answer a lone statement would give (`None`, `StaleLease`).
 //!
 //! The CTEs of one statement see one snapshot and must not touch a row
 //! twice, so a batch holds **at most one write per job**, and a job with a
@@ -42,7 +42,7 @@
 //! alone. Any other error (the connection broke mid-way: the outcome is
 //! unknown) is every write's answer, as it would be for a lone statement.
 
-use crate::rows::{Columns, decode_job, to_json};
+use crate::rows::{Columns, created_job, decode_job, to_json};
 use crate::sqlite::{next, stale};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
@@ -196,31 +196,6 @@ impl Op {
             Op::Heartbeat(_, r) | Op::Checkpoint(_, r) => drop(r.send(Err(e))),
             Op::Complete(_, r) => drop(r.send(Err(e))),
         }
-    }
-}
-
-/// The job a submit created, as the caller gets it back.
-pub(crate) fn created_job(job: NewJob) -> Job {
-    Job {
-        state: JobState::Queued,
-        phase: Phase::Queued,
-        progress: 0,
-        step: 0,
-        attempt: 0,
-        created_at_ms: job.now_ms,
-        enqueued_at_ms: job.now_ms,
-        started_at_ms: None,
-        completed_at_ms: None,
-        expires_at_ms: None,
-        error: None,
-        checkpoint: None,
-        prev_checkpoint: None,
-        outputs: None,
-        lease: None,
-        id: job.id,
-        tenant: job.tenant,
-        tier: job.tier,
-        spec: job.spec,
     }
 }
 

@@ -8,9 +8,10 @@
 //! state was computed with [`JobState::apply`]; the same statement fills the
 //! job's event outbox and bumps `last_event_seq`, and an `AFTER UPDATE`
 //! statement trigger (plpgsql, migration 0004) copies the events of every row
-//! it changed into `job_events` before the statement ends. Under `READ COMMITTED`, an `UPDATE` that meets a row changed by a
-//! concurrent transaction waits for it and re-checks its `WHERE` clause on
-//! the new version, so two racing compare-and-sets never both succeed.
+//! it changed into `job_events` before the statement ends. Under `READ
+//! COMMITTED`, an `UPDATE` that meets a row changed by a concurrent
+//! transaction waits for it and re-checks its `WHERE` clause on the new
+//! version, so two racing compare-and-sets never both succeed.
 //!
 //! JSON columns are TEXT (the bytes the application wrote, like SQLite);
 //! fields only the database knows are spliced in with `jsonb ||
@@ -32,12 +33,10 @@
 //! committed with the server's `synchronous_commit`); what is shared is the
 //! flush, which is what bounds a transaction per write on PostgreSQL.
 
-use crate::pg_batch::{
-    Batcher, CheckpointOp, CompleteOp, GroupCommitStats, HeartbeatOp, LeaseOp, SubmitOp, created_job,
-};
+use crate::pg_batch::{Batcher, CheckpointOp, CompleteOp, GroupCommitStats, HeartbeatOp, LeaseOp, SubmitOp};
 use crate::rows::{
-    Columns, api_key_columns, corrupt, decode_api_key, decode_job, decode_queued_job, decode_worker_token, event_data,
-    job_columns, queued_columns, to_json, worker_token_columns,
+    Columns, api_key_columns, corrupt, created_job, decode_api_key, decode_job, decode_queued_job, decode_worker_token,
+    event_data, job_columns, queued_columns, to_json, worker_token_columns,
 };
 use crate::sqlite::{CANCELLED, ERROR_MESSAGE_CHARS_MAX, MAX_ATTEMPTS_EXCEEDED, next, parse_id, stale};
 use async_trait::async_trait;
@@ -58,7 +57,7 @@ use videogen_core::{
 /// one statement or one short transaction, so a few serve many callers.
 const MAX_CONNECTIONS: u32 = 16;
 
-/// Connections of the group-commit collector: it uses one at a time, and
+/// Connections of the group-commit collector: one per batch in flight, and
 /// one more lets it replace a broken one while the pool closes it.
 const BATCH_CONNECTIONS: u32 = crate::pg_batch::DEPTH as u32 + 1;
 

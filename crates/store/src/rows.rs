@@ -5,7 +5,7 @@ use rusqlite::types::FromSql;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
-use videogen_core::store::{ApiKey, StoreError, WorkerToken};
+use videogen_core::store::{ApiKey, NewJob, StoreError, WorkerToken};
 use videogen_core::{Job, JobError, JobState, Lease, Phase, QueuedJob, TenantId, Tier, VideoId, WorkerId};
 
 /// The columns [`job`] decodes, in `SELECT` / `RETURNING` lists.
@@ -258,4 +258,29 @@ pub(crate) fn event_data(
 
 pub(crate) fn error_value(e: &JobError) -> Value {
     json!({ "code": e.code, "message": e.message })
+}
+
+/// The job a submit created, as the caller gets it back.
+pub(crate) fn created_job(job: NewJob) -> Job {
+    Job {
+        state: JobState::Queued,
+        phase: Phase::Queued,
+        progress: 0,
+        step: 0,
+        attempt: 0,
+        created_at_ms: job.now_ms,
+        enqueued_at_ms: job.now_ms,
+        started_at_ms: None,
+        completed_at_ms: None,
+        expires_at_ms: None,
+        error: None,
+        checkpoint: None,
+        prev_checkpoint: None,
+        outputs: None,
+        lease: None,
+        id: job.id,
+        tenant: job.tenant,
+        tier: job.tier,
+        spec: job.spec,
+    }
 }

@@ -504,27 +504,7 @@ fn submit_on(
         ],
     )?;
     if inserted == 1 {
-        return Ok(Submitted::Created(Job {
-            state: JobState::Queued,
-            phase: Phase::Queued,
-            progress: 0,
-            step: 0,
-            attempt: 0,
-            created_at_ms: job.now_ms,
-            enqueued_at_ms: job.now_ms,
-            started_at_ms: None,
-            completed_at_ms: None,
-            expires_at_ms: None,
-            error: None,
-            checkpoint: None,
-            prev_checkpoint: None,
-            outputs: None,
-            lease: None,
-            id: job.id,
-            tenant: job.tenant,
-            tier: job.tier,
-            spec: job.spec,
-        }));
+        return Ok(Submitted::Created(crate::rows::created_job(job)));
     }
     let Some(idem) = idem else {
         return Err(StoreError::Backend(format!("job {} was not inserted", job.id)));
