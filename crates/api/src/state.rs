@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use videogen_control::{Dispatcher, JobBus};
 use videogen_core::Clock;
 use videogen_core::blob::BlobStore;
 use videogen_core::moderation::Moderator;
 use videogen_core::store::Store;
-use videogen_worker::{ControlPlane, Dispatcher, JobBus};
+use videogen_protocol::ControlPlane;
 
 /// Bounds on every input. Names carry their unit last.
 #[derive(Debug, Clone)]
@@ -107,6 +108,6 @@ pub struct AppState {
 /// `limiter` (shared by every API node through Redis when configured).
 #[derive(Clone)]
 pub struct SubmitLimit {
-    pub limiter: Arc<dyn videogen_redis::RateLimiter>,
+    pub limiter: Arc<dyn videogen_core::rate_limit::RateLimiter>,
     pub per_minute: u32,
 }

@@ -8,10 +8,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use std::sync::Arc;
 use tempfile::TempDir;
+use videogen_control::{Dispatcher, JobBus};
 use videogen_core::store::WorkerToken;
 use videogen_core::{SystemClock, TenantId, Tier};
 use videogen_sched::SchedulerConfig;
-use videogen_worker::{Dispatcher, JobBus};
 
 use crate::state::{AppState, Limits};
 

@@ -1,6 +1,6 @@
 //! The internal worker API: [`ControlPlane`] over HTTP for `videogen worker`
-//! processes (the client is `videogen_worker::remote::RemoteControl`; the
-//! paths are shared from there).
+//! processes (the client is `videogen_worker::RemoteControl`; paths and
+//! bodies are `videogen_protocol::wire`, shared by both).
 //!
 //! Every route needs a worker token ([`WorkerCaller`]); tenant keys get 401.
 //! Calls about a running attempt name it in the path
@@ -18,11 +18,11 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use std::time::Duration;
 use videogen_core::{JobError, Lease, Progress, VideoId, WorkerId};
-use videogen_worker::control::{AssetKind, ControlError, ControlPlane};
-use videogen_worker::remote::{
+use videogen_protocol::wire::{
     AcquireRequest, CRC32_HEADER, CompleteRequest, EventRequest, MAX_ACQUIRE_WAIT, ReleaseRequest, RetryRequest,
     RetryResponse, paths,
 };
+use videogen_protocol::{AssetKind, ControlError, ControlPlane};
 
 use crate::auth::WorkerCaller;
 use crate::error::ApiError;

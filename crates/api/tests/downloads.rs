@@ -12,11 +12,11 @@ use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use videogen_api::content::{file_url, signed_file_path};
 use videogen_api::state::{AppState, Downloads, Limits};
+use videogen_control::{Dispatcher, JobBus};
 use videogen_core::blob::keys;
 use videogen_core::store::{NewJob, Submitted};
 use videogen_core::{Clock, ManualClock, Outputs, Seconds, TenantId, Tier, VideoId, VideoSize, VideoSpec, WorkerId};
 use videogen_sched::SchedulerConfig;
-use videogen_worker::{Dispatcher, JobBus};
 
 const SIGNING_KEY: &[u8] = b"test-signing-key-0123456789abcdef";
 const START_MS: i64 = 1_700_000_000_000;

@@ -18,9 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use videogen_blob::{BlobError, BlobStore, MULTIPART_PART_SIZE, S3BlobStore, S3Credentials, S3Location};
 
-#[path = "support/s3_server.rs"]
-mod s3_server;
-use s3_server::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+use videogen_testkit::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
 
 /// What these tests need beyond the server itself.
 trait StoreOf {

@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
+use videogen_control::JobBus;
+use videogen_control::bus::RemoteBus;
 use videogen_core::VideoId;
 use videogen_redis::{FanoutMsg, RedisFanout};
-use videogen_worker::JobBus;
-use videogen_worker::bus::RemoteBus;
 
 /// [`RemoteBus`] over Redis pub/sub.
 pub struct RedisBus(pub RedisFanout);

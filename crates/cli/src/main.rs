@@ -12,15 +12,15 @@
 //! - `generate`: submit a prompt to a running server and download the MP4.
 //! - `chaos`: the fleet under SIGKILL/SIGTERM/SIGSTOP, with end-to-end checks.
 //! - `bench`: reproducible benchmarks behind docs/PERFORMANCE.md.
+//!
+//! `chaos` and `bench` live in `videogen-bench`; this binary only dispatches
+//! to them, and leaves them out without the `bench` feature.
 
-mod bench;
-mod chaos;
 mod config;
 mod fanout;
 mod generate;
 mod jobs;
 mod keys;
-mod procs;
 mod serve;
 mod worker;
 
@@ -53,10 +53,12 @@ enum Command {
     /// Generate a video on a running server and save it.
     Generate(generate::GenerateArgs),
     /// Kill, stop and preempt workers while jobs run; check nothing is lost or doubled.
-    Chaos(chaos::ChaosArgs),
+    #[cfg(feature = "bench")]
+    Chaos(videogen_bench::chaos::ChaosArgs),
     /// Run a benchmark.
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(videogen_bench::BenchCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,8 +73,10 @@ fn main() -> anyhow::Result<()> {
             Command::Jobs(cmd) => jobs::run(cmd).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Generate(args) => generate::run(args).await,
-            Command::Bench(cmd) => bench::run(cmd).await,
-            Command::Chaos(args) => chaos::run(args).await,
+            #[cfg(feature = "bench")]
+            Command::Bench(cmd) => videogen_bench::run(cmd).await,
+            #[cfg(feature = "bench")]
+            Command::Chaos(args) => videogen_bench::chaos::run(args).await,
         }
     })
 }

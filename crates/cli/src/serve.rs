@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use videogen_api::{AppState, Limits};
+use videogen_control::fleet::FleetStats;
+use videogen_control::{Dispatcher, LocalControl, Runtime, RuntimeConfig, housekeeping};
 use videogen_core::store::Store;
 use videogen_core::{Clock, SystemClock, TenantId, Tier, WorkerId};
+use videogen_protocol::{ControlPlane, WorkerInfo};
 use videogen_sched::SchedulerConfig;
-use videogen_worker::fleet::FleetStats;
-use videogen_worker::{
-    ControlPlane, Dispatcher, LocalControl, Runtime, RuntimeConfig, Worker, WorkerInfo, housekeeping,
-};
+use videogen_worker::Worker;
 
 use crate::config::{BlobLocation, Config, Role};
-use videogen_worker::leader::{self, LeaderConfig};
+use videogen_control::leader::{self, LeaderConfig};
 
 /// Tenant of the bootstrap admin key.
 const ADMIN_TENANT: &str = "admin";
@@ -306,9 +306,9 @@ fn submit_limit(cfg: &Config) -> anyhow::Result<Option<videogen_api::state::Subm
     if per_minute == 0 {
         return Ok(None);
     }
-    let limiter: Arc<dyn videogen_redis::RateLimiter> = match &cfg.redis.url {
+    let limiter: Arc<dyn videogen_core::rate_limit::RateLimiter> = match &cfg.redis.url {
         Some(u) => Arc::new(videogen_redis::RedisRateLimiter::connect(u.expose()).context("--redis-url")?),
-        None => Arc::new(videogen_redis::LocalRateLimiter::new()),
+        None => Arc::new(videogen_core::rate_limit::LocalRateLimiter::new()),
     };
     Ok(Some(videogen_api::state::SubmitLimit { limiter, per_minute }))
 }

@@ -18,9 +18,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use videogen_core::WorkerId;
 use videogen_model::{ReferenceConfig, ReferenceModel};
-use videogen_worker::checkpoint_policy::CheckpointPolicy;
-use videogen_worker::remote::RemoteControl;
-use videogen_worker::{ControlPlane, Engine, Worker, WorkerConfig, WorkerInfo};
+use videogen_protocol::{ControlPlane, WorkerInfo};
+use videogen_sched::checkpoint::CheckpointPolicy;
+use videogen_worker::{Engine, RemoteControl, Worker, WorkerConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

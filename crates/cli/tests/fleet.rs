@@ -2,9 +2,7 @@
 //! `videogen worker` processes over the internal worker API.
 
 mod common;
-#[allow(dead_code)] // each test binary uses part of it
-#[path = "../../store/tests/support/pg.rs"]
-mod pg;
+use videogen_testkit::pg;
 
 use common::{ADMIN_KEY, BIN, Server, body};
 use nix::sys::signal::{Signal, kill};

@@ -10,9 +10,7 @@
 //! not accept a job see it through; the standby scheduler takes over.
 
 mod common;
-#[allow(dead_code)] // each test binary uses part of it
-#[path = "../../store/tests/support/pg.rs"]
-mod pg;
+use videogen_testkit::pg;
 
 use common::{ADMIN_KEY, BIN, Server, parse_sse};
 use serde_json::Value;

@@ -5,11 +5,8 @@
 //! until it expires and not after, nor when tampered with.
 
 mod common;
-#[allow(dead_code)] // each test binary uses part of it
-#[path = "../../store/tests/support/pg.rs"]
-mod pg;
-#[path = "../../blob/tests/support/s3_server.rs"]
-mod s3_server;
+use videogen_testkit::pg;
+use videogen_testkit::s3 as s3_server;
 
 use common::{ADMIN_KEY, Server, body};
 use std::time::Duration;

@@ -5,11 +5,8 @@
 //! PostgreSQL database, a node with workers and an API node.
 
 mod common;
-#[allow(dead_code)] // each test binary uses part of it
-#[path = "../../store/tests/support/pg.rs"]
-mod pg;
-#[path = "../../redis/tests/common/mod.rs"]
-mod redis;
+use videogen_testkit::pg;
+use videogen_testkit::redis;
 
 use common::{ADMIN_KEY, Server, body, parse_sse};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

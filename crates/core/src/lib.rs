@@ -14,6 +14,7 @@
 //! - [`store`]: the [`store::Store`] trait (SQLite now, PostgreSQL later).
 //! - [`blob`]: the [`blob::BlobStore`] trait (local files now, S3 later) and key layout.
 //! - [`moderation`]: the [`moderation::Moderator`] trait (denylist now, full safety later).
+//! - [`rate_limit`]: the [`rate_limit::RateLimiter`] seam and its in-memory implementation.
 
 pub mod blob;
 pub mod clock;
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod job;
 pub mod lifecycle;
 pub mod moderation;
+pub mod rate_limit;
 pub mod spec;
 pub mod store;
 pub mod tier;

@@ -15,15 +15,11 @@ mod backoff;
 mod error;
 mod fanout;
 mod link;
-mod local_limiter;
 mod publisher;
-mod rate_limit;
 mod redis_limiter;
 mod subscriber;
 mod telemetry;
 
 pub use error::RedisError;
 pub use fanout::{FanoutConfig, FanoutMsg, FanoutStats, RedisFanout};
-pub use local_limiter::LocalRateLimiter;
-pub use rate_limit::{Decision, RateLimiter};
 pub use redis_limiter::{RedisRateLimiter, RedisRateLimiterConfig};

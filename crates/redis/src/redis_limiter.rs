@@ -8,9 +8,8 @@ use redis::Script;
 use crate::backoff::Backoff;
 use crate::error::RedisError;
 use crate::link::Link;
-use crate::local_limiter::LocalRateLimiter;
-use crate::rate_limit::{Decision, RateLimiter, window_ms};
 use crate::telemetry;
+use videogen_core::rate_limit::{Decision, LocalRateLimiter, RateLimiter, window_ms};
 
 /// INCR and the first hit's PEXPIRE in one atomic step, so a crash between
 /// the two can never leave a counter that never expires.

@@ -1,12 +1,10 @@
 //! RedisFanout against a real, private redis-server.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, dead_url, unique_prefix};
 use tokio::sync::broadcast;
 use videogen_redis::{FanoutConfig, FanoutMsg, RedisError, RedisFanout};
+use videogen_testkit::redis::{RedisServer, dead_url, unique_prefix};
 
 /// Short backoffs and health checks so outage tests finish in seconds.
 fn config(prefix: &str) -> FanoutConfig {

@@ -1,12 +1,11 @@
 //! RedisRateLimiter against a real, private redis-server: two limiters stand
 //! for two API nodes.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{RedisServer, dead_url, unique_prefix};
-use videogen_redis::{Decision, RateLimiter, RedisError, RedisRateLimiter, RedisRateLimiterConfig};
+use videogen_core::rate_limit::{Decision, RateLimiter};
+use videogen_redis::{RedisError, RedisRateLimiter, RedisRateLimiterConfig};
+use videogen_testkit::redis::{RedisServer, dead_url, unique_prefix};
 
 const HOUR: Duration = Duration::from_secs(3600);
 

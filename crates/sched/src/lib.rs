@@ -1,4 +1,5 @@
-//! Which queued job runs next: a pure scheduling decision.
+//! The platform's pure decisions: which queued job runs next ([`Scheduler`])
+//! and when a running job checkpoints ([`checkpoint`]).
 //!
 //! No I/O, no threads, no clock: every time-dependent call takes `now_ms`, so
 //! the same code runs in the server, in tests with a virtual clock and in the
@@ -56,6 +57,7 @@
 //! - [`scheduler`]: [`Scheduler`] (queue, `next`, `position`, metrics) and [`WorkerView`].
 //! - `fifo`: one tier's queue, a treap that also answers "how many jobs are ahead".
 
+pub mod checkpoint;
 pub mod config;
 mod fifo;
 pub mod scheduler;

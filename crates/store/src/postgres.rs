@@ -263,7 +263,22 @@ impl Filter {
     }
 }
 
+/// The PostgreSQL migrations, embedded.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
 impl PgStore {
+    /// A digest of every migration (version and checksum): equal digests
+    /// mean equal schemas, e.g. for reusing a migrated template database.
+    pub fn schema_fingerprint() -> String {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for m in MIGRATOR.iter() {
+            digest.update(m.version.to_le_bytes());
+            digest.update(&m.checksum);
+        }
+        hex::encode(digest.finalize())
+    }
+
     /// Connects to the database at `url` (`postgres://user@host:port/db`) and
     /// applies the migrations (under an advisory lock, so processes starting
     /// together do not race).
@@ -290,10 +305,7 @@ impl PgStore {
             .connect(url)
             .await
             .map_err(|e| StoreError::Backend(format!("connecting to PostgreSQL: {e}")))?;
-        sqlx::migrate!("migrations/postgres")
-            .run(&pool)
-            .await
-            .map_err(PgError::from)?;
+        MIGRATOR.run(&pool).await.map_err(PgError::from)?;
         // The group commit's own connections, with planner settings that
         // keep its cached plan on primary-key lookups (see `pg_batch::PLANNER`).
         let batch_pool = PgPoolOptions::new()

@@ -5,9 +5,7 @@ use std::time::Duration;
 use videogen_core::store::{NewJob, Store, Submitted};
 use videogen_core::{Seconds, TenantId, Tier, VideoId, VideoSize, VideoSpec, WorkerId};
 use videogen_store::{PgOptions, PgStore, Wakeup};
-
-#[macro_use]
-mod support;
+use videogen_testkit::on_every_backend;
 
 const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 5_000;
@@ -103,7 +101,7 @@ async fn next_wakeup(rx: &mut tokio::sync::mpsc::Receiver<Wakeup>) -> Wakeup {
 
 #[tokio::test]
 async fn postgres_notifies_other_connections_after_commit() {
-    let db = support::pg::TestDb::create().await;
+    let db = videogen_testkit::pg::TestDb::create().await;
     let listening = db.store().await;
     let writer = db.store().await;
     let mut rx = listening.listen().await.unwrap();
@@ -126,7 +124,7 @@ async fn postgres_notifies_other_connections_after_commit() {
 
 #[tokio::test]
 async fn postgres_without_change_notifications_still_announces_runnable_jobs() {
-    let db = support::pg::TestDb::create().await;
+    let db = videogen_testkit::pg::TestDb::create().await;
     let listening = db.store().await;
     let writer = PgStore::connect_with(&db.url(), PgOptions { notify_changes: false })
         .await
@@ -153,7 +151,7 @@ async fn postgres_without_change_notifications_still_announces_runnable_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_announces_every_job_of_a_batch() {
     const JOBS: usize = 250;
-    let db = support::pg::TestDb::create().await;
+    let db = videogen_testkit::pg::TestDb::create().await;
     let listening = db.store().await;
     let writer = std::sync::Arc::new(db.store().await);
     let mut rx = listening.listen().await.unwrap();

@@ -9,9 +9,7 @@ use videogen_core::{
     TenantId, Tier, Transition, VideoId, VideoSize, VideoSpec, WorkerId,
 };
 use videogen_store::SqliteStore;
-
-#[macro_use]
-mod support;
+use videogen_testkit::on_every_backend;
 
 const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 30_000;

@@ -17,11 +17,6 @@ use videogen_core::{
 };
 use videogen_store::{GroupCommitStats, PgStore};
 
-// This file uses the gated macro below instead of `on_every_backend!`.
-#[allow(unused_macros)]
-#[macro_use]
-mod support;
-
 const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 30_000;
 
@@ -188,7 +183,7 @@ macro_rules! on_every_backend_gated {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn on_file() {
-                let (store, _dir) = crate::support::file_store().await;
+                let (store, _dir) = videogen_testkit::sqlite::file_store().await;
                 super::$name(Arc::new(store), &mut super::NoGate).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +193,7 @@ macro_rules! on_every_backend_gated {
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                let db = crate::support::pg::TestDb::create().await;
+                let db = videogen_testkit::pg::TestDb::create().await;
                 let store: super::PgStore = db.store().await;
                 let mut gate = super::TableLock {
                     url: db.url(),
@@ -461,7 +456,7 @@ on_every_backend_gated!(writes_of_one_job_keep_their_order, |_, _| ());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_blocked_job_holds_back_only_its_own_writes() {
     use sqlx::{Connection, Executor};
-    let db = support::pg::TestDb::create().await;
+    let db = videogen_testkit::pg::TestDb::create().await;
     let store: Arc<dyn Store> = Arc::new(db.store().await);
     let s = &*store;
     let blocked = submit(s).await;

@@ -12,10 +12,8 @@ use videogen_core::{
 };
 use videogen_store::SqliteStore;
 
-#[macro_use]
-mod support;
-
-use support::file_store;
+use videogen_testkit::on_every_backend;
+use videogen_testkit::sqlite::file_store;
 
 const T0: i64 = 1_700_000_000_000;
 const TTL: i64 = 30_000;
@@ -329,7 +327,7 @@ mod concurrent_submits_with_the_same_key_resolve_to_one_job {
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        let db = crate::support::pg::TestDb::create().await;
+        let db = videogen_testkit::pg::TestDb::create().await;
         super::concurrent_submits_with_the_same_key_resolve_to_one_job(Arc::new(db.store().await)).await;
     }
 }
@@ -961,7 +959,7 @@ mod eight_tasks_complete_two_thousand_jobs_exactly_once {
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        let db = crate::support::pg::TestDb::create().await;
+        let db = videogen_testkit::pg::TestDb::create().await;
         super::eight_tasks_complete_two_thousand_jobs_exactly_once(Arc::new(db.store().await)).await;
     }
 }

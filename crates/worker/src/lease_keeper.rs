@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use videogen_core::{Lease, Progress};
 
-use crate::control::{ControlError, ControlPlane, Directive};
+use videogen_protocol::{ControlError, ControlPlane, Directive};
 
 /// Progress writes are coalesced to at most one per this interval.
 pub const PROGRESS_MIN_INTERVAL: Duration = Duration::from_millis(200);

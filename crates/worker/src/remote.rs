@@ -3,80 +3,32 @@
 //! never database or bucket credentials: every byte goes through the server,
 //! which checks the fencing token before it writes anything.
 //!
-//! The paths live here ([`paths`]) so the server's routes and this client
-//! cannot drift apart.
+//! The paths and bodies are `videogen_protocol::wire`, shared with the
+//! server's routes.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use videogen_core::{CheckpointRef, JobError, Lease, Progress};
-
-use crate::control::{
+use videogen_protocol::wire::{
+    AcquireRequest, CRC32_HEADER, CompleteRequest, EventRequest, MAX_ACQUIRE_WAIT, ReleaseRequest, RetryRequest,
+    RetryResponse, paths,
+};
+use videogen_protocol::{
     AssetKind, Assignment, ControlError, ControlPlane, FleetInfo, HeartbeatReply, ReleaseCause, RetryOutcome,
     WorkerInfo,
 };
 
-/// Header carrying the CRC-32 of an uploaded body (checked by the server).
-pub const CRC32_HEADER: &str = "x-videogen-crc32";
-/// Longest long poll the server grants.
-pub const MAX_ACQUIRE_WAIT: Duration = Duration::from_secs(30);
 /// Tries per call when the server cannot be reached or answers 5xx.
 const TRIES: u32 = 3;
 /// Bound on any call other than a long poll (uploads of checkpoints and videos included).
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Paths of the internal worker API, relative to the server's base URL.
-pub mod paths {
-    use videogen_core::Lease;
-
-    pub const ACQUIRE: &str = "/internal/v1/acquire";
-    pub const FLEET: &str = "/internal/v1/fleet";
-    /// Route pattern of one attempt's calls (axum syntax).
-    pub const ATTEMPT: &str = "/internal/v1/jobs/{id}/attempts/{attempt}";
-
-    /// `/internal/v1/jobs/{id}/attempts/{attempt}/{tail}` for `lease`.
-    pub fn attempt(lease: &Lease, tail: &str) -> String {
-        format!("/internal/v1/jobs/{}/attempts/{}/{tail}", lease.job_id, lease.attempt)
-    }
-}
-
-/// Body of an acquire.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AcquireRequest {
-    pub worker: WorkerInfo,
-    pub wait_ms: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventRequest {
-    pub kind: String,
-    pub data: Value,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CompleteRequest {
-    pub video_bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReleaseRequest {
-    pub cause: ReleaseCause,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RetryRequest {
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RetryResponse {
-    pub outcome: RetryOutcome,
-}
 
 /// The error body the server sends (OpenAI's envelope).
 #[derive(Deserialize)]

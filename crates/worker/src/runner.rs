@@ -21,9 +21,9 @@ use videogen_core::moderation::{FrameSample, Moderator, Verdict};
 use videogen_core::{CheckpointRef, Job, JobError, Lease, Phase, Progress};
 use videogen_model::{Generation, GenerationRequest, Model, ModelError, RgbImage};
 
-use crate::checkpoint_policy::{CheckpointClock, CheckpointCostEstimator, CheckpointPolicy};
-use crate::control::{AssetKind, Assignment, ControlError, ControlPlane, ReleaseCause, RetryOutcome, WorkerInfo};
 use crate::lease_keeper::{LeaseKeeper, Signals};
+use videogen_protocol::{AssetKind, Assignment, ControlError, ControlPlane, ReleaseCause, RetryOutcome, WorkerInfo};
+use videogen_sched::checkpoint::{CheckpointClock, CheckpointCostEstimator, CheckpointPolicy};
 
 /// Share of the progress bar given to denoising; decode/encode/upload take the rest.
 const GENERATE_PERCENT_MAX: u32 = 90;

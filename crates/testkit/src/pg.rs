@@ -1,4 +1,12 @@
-//! A fresh PostgreSQL database per test.
+//! A fresh PostgreSQL database per test, cloned from a migrated template.
+//!
+//! The first test of a process that needs a database makes sure a template
+//! database holding the current schema exists on the server
+//! (`videogen_tmpl_<fingerprint of the migrations>`, built once under an
+//! advisory lock and renamed into place only when complete, so concurrent
+//! test processes share it and a crashed build is never used); every test
+//! then gets `CREATE DATABASE … TEMPLATE` of it, which copies files instead of
+//! running the migrations again.
 //!
 //! The server is the one at `VIDEOGEN_TEST_DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/`). If none answers there, the first
@@ -23,6 +31,10 @@ const TEST_OPTIONS: &str = "options=-c%20synchronous_commit%3Doff";
 
 /// The server URL (database part ignored), resolved once per test process.
 static SERVER: OnceCell<String> = OnceCell::const_new();
+/// The name of the migrated template database, ensured once per test process.
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+/// Advisory lock key serialising template builds across test processes.
+const TEMPLATE_LOCK: i64 = 0x7669_6465_6f67_656e; // "videogen"
 
 /// A database created for one test, dropped (best effort) when this is dropped.
 pub struct TestDb {
@@ -31,12 +43,17 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates an empty database with a unique name.
+    /// Creates a migrated database with a unique name.
     pub async fn create() -> Self {
         let server = SERVER
             .get_or_try_init(resolve_server)
             .await
             .unwrap_or_else(|e| panic!("no PostgreSQL server for the tests: {e}"))
+            .clone();
+        let template = TEMPLATE
+            .get_or_try_init(|| ensure_template(&server))
+            .await
+            .unwrap_or_else(|e| panic!("no template database for the tests: {e}"))
             .clone();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
@@ -52,7 +69,7 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("connecting to {server}: {e}"));
         admin
             .execute(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE template0"
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
             )))
             .await
             .unwrap_or_else(|e| panic!("creating database {name}: {e}"));
@@ -101,6 +118,61 @@ impl Drop for TestDb {
             eprintln!("note: could not drop test database {}", self.name);
         }
     }
+}
+
+/// The URL of database `db` on the server at `server`.
+fn db_url(server: &str, db: &str) -> String {
+    let (base, query) = split_url(server);
+    format!("{base}/{db}{query}")
+}
+
+/// Makes sure the template of the current schema exists; its name.
+async fn ensure_template(server: &str) -> Result<String, String> {
+    let name = format!("videogen_tmpl_{}", &videogen_store::PgStore::schema_fingerprint()[..16]);
+    let mut admin = PgConnection::connect(server)
+        .await
+        .map_err(|e| format!("connecting to {server}: {e}"))?;
+    let built = async {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(TEMPLATE_LOCK)
+            .execute(&mut admin)
+            .await
+            .map_err(|e| format!("taking the template lock: {e}"))?;
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+            .bind(&name)
+            .fetch_optional(&mut admin)
+            .await
+            .map_err(|e| format!("looking for {name}: {e}"))?;
+        if exists.is_some() {
+            return Ok(());
+        }
+        // Built under another name and renamed when complete: a build that
+        // died half-way is never taken for the template.
+        let building = format!("{name}_building_{}", std::process::id());
+        for sql in [
+            format!("DROP DATABASE IF EXISTS \"{building}\" WITH (FORCE)"),
+            format!("CREATE DATABASE \"{building}\" ENCODING 'UTF8' TEMPLATE template0"),
+        ] {
+            admin
+                .execute(sqlx::AssertSqlSafe(sql.clone()))
+                .await
+                .map_err(|e| format!("{sql}: {e}"))?;
+        }
+        let store = videogen_store::PgStore::connect(&db_url(server, &building))
+            .await
+            .map_err(|e| format!("migrating {building}: {e}"))?;
+        store.close().await.map_err(|e| format!("closing {building}: {e}"))?;
+        let rename = format!("ALTER DATABASE \"{building}\" RENAME TO \"{name}\"");
+        admin
+            .execute(sqlx::AssertSqlSafe(rename.clone()))
+            .await
+            .map_err(|e| format!("{rename}: {e}"))?;
+        Ok::<(), String>(())
+    }
+    .await;
+    // Closing the session releases the advisory lock either way.
+    drop(admin.close().await);
+    built.map(|()| name)
 }
 
 /// `postgres://user@host:port` and `?query` (possibly empty) of a URL,

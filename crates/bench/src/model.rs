@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use videogen_core::spec::{FPS, Seconds, VideoSize};
 use videogen_model::{GenerationRequest, Model, REFERENCE_DEFAULT_STEPS, ReferenceConfig, ReferenceModel};
 
-use super::{Machine, print_json};
+use crate::{Machine, print_json};
 
 /// The limit for a default 4 s 1280x720 clip.
 const TARGET_SECS: f64 = 30.0;

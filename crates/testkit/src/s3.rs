@@ -2,7 +2,6 @@
 //! installs) on a free loopback port over a temporary directory, killed on
 //! drop. It checks SigV4 signatures, pre-signed URLs and upload checksums.
 //! Tests fail, never skip, when the server is missing.
-#![allow(dead_code)] // each test binary uses part of it
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};

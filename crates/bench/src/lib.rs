@@ -1,4 +1,7 @@
-//! `videogen bench`: the reproducible benchmarks behind docs/PERFORMANCE.md.
+//! `videogen bench` and `videogen chaos`: the reproducible benchmarks behind
+//! docs/PERFORMANCE.md and the fleet's fault-injection run. Not part of the
+//! platform: the `videogen` binary only dispatches to [`run`] and
+//! [`chaos::run`] (cargo feature `bench`, on by default).
 //!
 //! - [`dispatch`]: no-op jobs through submit → scheduler → lease → complete on
 //!   the embedded SQLite store, against a bare-SQLite baseline.
@@ -14,13 +17,19 @@
 //! Every subcommand prints a human-readable report, or one JSON object on
 //! stdout with `--json` (progress goes to stderr either way). Nothing here
 //! asserts on timings.
+//!
+//! - [`chaos`]: a server and workers under SIGKILL/SIGSTOP/preemption, with
+//!   end-to-end checks that nothing is lost or completed twice.
+//! - [`procs`]: starting `videogen` processes and reading their CPU time and metrics.
 
 mod checkpoint_storm;
 mod dispatch;
 mod fleet;
 mod model;
-mod pgdb;
 mod submit;
+
+pub mod chaos;
+pub mod procs;
 
 use clap::Subcommand;
 use serde::Serialize;

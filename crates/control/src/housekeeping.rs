@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use videogen_core::blob::keys;
 use videogen_core::store::Reclaimed;
 
-use crate::control::Runtime;
 use crate::fleet::Loss;
+use crate::local::Runtime;
 
 /// Expired jobs handled per sweep, so one sweep stays short.
 const SWEEP_BATCH: u32 = 256;

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use videogen_core::store::{StoreError, Wakeup};
 
-use crate::control::Runtime;
+use crate::local::Runtime;
 
 /// Name of the scheduler's leader lease in the store.
 pub const SCHEDULER_LEASE: &str = "scheduler";

@@ -1,8 +1,6 @@
 //! Starts a private, throwaway redis-server per test, so tests can kill,
 //! restart and FLUSHALL it without disturbing anything else.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

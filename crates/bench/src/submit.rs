@@ -29,15 +29,15 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use videogen_api::{AppState, Limits};
+use videogen_control::{Dispatcher, JobBus};
 use videogen_core::store::Store;
 use videogen_core::{Clock, SystemClock, TenantId, Tier};
 use videogen_model::{Model, REFERENCE_DEFAULT_STEPS, ReferenceModel};
 use videogen_sched::SchedulerConfig;
-use videogen_worker::{Dispatcher, JobBus};
 
-use super::pgdb::{PgServer, PgSettings, SYNCHRONOUS_COMMIT, WalStats};
-use super::{CpuSnapshot, Machine, Percentiles, print_json};
 use crate::procs;
+use crate::{CpuSnapshot, Machine, Percentiles, print_json};
+use videogen_testkit::pg_server::{PgServer, PgSettings, SYNCHRONOUS_COMMIT, WalStats};
 
 /// The target at 500 req/s.
 const TARGET_P99_MS: f64 = 10.0;
@@ -427,7 +427,7 @@ fn report(
         send_lag: all.send_lag,
         target_p99_ms: TARGET_P99_MS,
         jobs_queued_after,
-        loadavg_1m_after: super::loadavg_1m(),
+        loadavg_1m_after: crate::loadavg_1m(),
         busy_cpus: m.busy_cpus,
         client_cpu_s: m.client_cpu_s,
         other_cpu_s,

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::process::Child;
 
-use super::{Machine, Percentiles, print_json};
 use crate::procs;
+use crate::{Machine, Percentiles, print_json};
 
 const ADMIN_KEY: &str = "vg_bench_fleet_admin_key_0123456789abcdef";
 const WORKER_TOKEN: &str = "vgw_bench_fleet_worker_token_0123456789abcdef";

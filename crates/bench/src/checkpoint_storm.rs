@@ -33,8 +33,8 @@ use videogen_blob::{BlobStore, BlobUrl, S3BlobStore, S3Credentials};
 use videogen_core::VideoId;
 use videogen_core::blob::keys;
 
-use super::{CpuSnapshot, Machine, Percentiles, print_json};
 use crate::procs;
+use crate::{CpuSnapshot, Machine, Percentiles, print_json};
 
 const INSTALL_HINT: &str = "install it with scripts/s3-server.sh (or point VIDEOGEN_S3_SERVER at the binary)";
 const BUCKET: &str = "videogen-bench";
@@ -193,7 +193,7 @@ pub async fn run(args: CheckpointStormArgs) -> anyhow::Result<()> {
         secs: args.secs,
         warmup_secs: args.warmup_secs,
         runs,
-        loadavg_1m_after: super::loadavg_1m(),
+        loadavg_1m_after: crate::loadavg_1m(),
     };
     if args.json {
         print_json(&report)

@@ -28,14 +28,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use videogen_control::Dispatcher;
 use videogen_core::spec::{REFERENCE_MODEL, Seconds, VideoSize, VideoSpec};
 use videogen_core::store::{NewJob, Store, Submitted};
 use videogen_core::{Clock, Outputs, QueuedJob, SystemClock, TenantId, Tier, VideoId, WorkerId};
 use videogen_sched::SchedulerConfig;
 use videogen_store::SqliteStore;
-use videogen_worker::Dispatcher;
 
-use super::{Machine, Percentiles, print_json};
+use crate::{Machine, Percentiles, print_json};
 
 mod pg;
 

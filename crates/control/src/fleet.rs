@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use videogen_core::{VideoId, WorkerId};
 
-use crate::checkpoint_policy::PreemptionRateEstimator;
+use videogen_sched::checkpoint::PreemptionRateEstimator;
 
 /// Jobs remembered between "lost" and "leased again"; beyond this the oldest
 /// are forgotten (a job cancelled while re-queued never leases again).

@@ -20,7 +20,6 @@
 //! where a claim is one, so a ratio of 1 means the store moves a job for the
 //! price PostgreSQL charges for a claim.
 
-use super::super::pgdb::{PgServer, PgSettings, TempDb};
 use super::{Run, pipeline_on, progress};
 use anyhow::Context;
 use serde::Serialize;
@@ -29,6 +28,7 @@ use std::process::Command;
 use std::sync::Arc;
 use videogen_core::store::Store;
 use videogen_store::{PgOptions, PgStore};
+use videogen_testkit::pg_server::{PgServer, PgSettings, TempDb};
 
 /// The pgbench script: one claim per transaction.
 const CLAIM_SQL: &str = "UPDATE q SET state = 'running' WHERE id = \

@@ -1,0 +1,218 @@
+//! The control plane as a worker sees it: the one seam between a worker and
+//! everything it must not touch directly (database, bucket, scheduler).
+//!
+//! [`ControlPlane`] has two implementations with the same semantics:
+//! `LocalControl` in `videogen-control` (in-process workers of `videogen
+//! serve`, and the server's side of the internal worker API) and
+//! `RemoteControl` in `videogen-worker` (the `videogen worker` process, which
+//! calls that API over HTTP, see [`crate::wire`]). The runner is written once
+//! against the trait, so a remote worker behaves exactly like a local one.
+//!
+//! Every call after `acquire` carries the [`Lease`]; its `attempt` is the
+//! fencing token. A call whose attempt no longer owns the job fails with
+//! [`ControlError::Stale`] and changes nothing: assets and checkpoints are
+//! written under attempt-scoped keys and become visible only through a fenced
+//! pointer commit in the store.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+use videogen_core::blob::{BlobError, keys};
+use videogen_core::store::StoreError;
+use videogen_core::{CheckpointRef, Job, JobError, Lease, Progress, VideoId, WorkerId};
+
+/// What a worker advertises when it asks for work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub id: WorkerId,
+    /// Models loaded and ready (warm); the scheduler prefers jobs for these.
+    pub loaded_models: Vec<String>,
+    /// Runs on a preemptible (spot) machine.
+    #[serde(default)]
+    pub spot: bool,
+    /// Accelerator memory class, e.g. `"80g"`; informational for now.
+    #[serde(default)]
+    pub memory_class: Option<String>,
+    /// What loading a model it does not have costs this worker, in ms: a cold
+    /// worker leaves a job to a busy warm one expected free sooner than that.
+    #[serde(default)]
+    pub model_load_ms: u64,
+}
+
+/// A job handed to a worker: the lease (with its fencing token) and the job
+/// record as of the lease (spec, checkpoint pointers, progress).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    pub lease: Lease,
+    pub job: Job,
+    /// Lease time-to-live; heartbeat every third of it.
+    pub ttl_ms: i64,
+}
+
+/// What the control plane wants a running attempt to do, in reply to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Directive {
+    Continue,
+    /// Stop at the next step boundary: cancelled, or the job is not ours any more.
+    Cancel,
+    /// Checkpoint at the next step boundary and give the job back.
+    Release,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub directive: Directive,
+    pub expires_at_ms: i64,
+}
+
+/// The three outputs of an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssetKind {
+    Video,
+    Thumbnail,
+    Spritesheet,
+}
+
+impl AssetKind {
+    pub const ALL: [AssetKind; 3] = [AssetKind::Video, AssetKind::Thumbnail, AssetKind::Spritesheet];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssetKind::Video => "video",
+            AssetKind::Thumbnail => "thumbnail",
+            AssetKind::Spritesheet => "spritesheet",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The attempt-scoped key this asset is written under.
+    pub fn key(self, lease: &Lease) -> String {
+        match self {
+            AssetKind::Video => keys::video(&lease.job_id, lease.attempt),
+            AssetKind::Thumbnail => keys::thumbnail(&lease.job_id, lease.attempt),
+            AssetKind::Spritesheet => keys::spritesheet(&lease.job_id, lease.attempt),
+        }
+    }
+}
+
+/// Why an attempt gives its job back without finishing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseCause {
+    /// The worker is shutting down or was told to (preemption notice, drain).
+    Shutdown,
+}
+
+/// Where a job went after a retryable failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOutcome {
+    Requeued,
+    DeadLettered,
+}
+
+/// Fleet-wide figures the control plane publishes to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FleetInfo {
+    /// Smoothed mean time between preemptions of one busy worker, seconds.
+    pub mtbf_secs: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The lease's attempt no longer owns the job (cancelled, deleted, or
+    /// reclaimed by a newer attempt): abandon the attempt.
+    #[error("lease on {job} attempt {attempt} is no longer valid")]
+    Stale { job: VideoId, attempt: u32 },
+    /// The request cannot succeed as sent (bad key, bad checksum, unknown job).
+    #[error("rejected by the control plane: {0}")]
+    Rejected(String),
+    /// Infrastructure trouble (network, store or bucket): retrying may help.
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ControlError {
+    pub fn stale(lease: &Lease) -> Self {
+        ControlError::Stale {
+            job: lease.job_id.clone(),
+            attempt: lease.attempt,
+        }
+    }
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::StaleLease { job, attempt } => ControlError::Stale { job, attempt },
+            StoreError::IllegalTransition(t) => ControlError::Rejected(t.to_string()),
+            other => ControlError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<BlobError> for ControlError {
+    fn from(e: BlobError) -> Self {
+        match e {
+            BlobError::NotFound(key) => ControlError::Rejected(format!("no blob at {key}")),
+            other => ControlError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The worker's whole view of the platform. See the module docs.
+#[async_trait]
+pub trait ControlPlane: Send + Sync {
+    /// Waits up to `wait` for a job this worker should run and leases it.
+    /// `Ok(None)`: nothing came (ask again).
+    async fn acquire(&self, worker: &WorkerInfo, wait: Duration) -> Result<Option<Assignment>, ControlError>;
+    /// Renews the lease and reports progress.
+    async fn heartbeat(&self, lease: &Lease, progress: &Progress) -> Result<HeartbeatReply, ControlError>;
+    /// Reads a blob of this job (its checkpoints or input reference).
+    async fn read_blob(&self, lease: &Lease, key: &str) -> Result<Bytes, ControlError>;
+    /// Stores a checkpoint under an attempt-scoped key, checks it against
+    /// `crc32`, then commits the pointer (fenced). The previous checkpoint
+    /// stays referenced until this commit lands.
+    async fn write_checkpoint(
+        &self,
+        lease: &Lease,
+        step: u32,
+        crc32: u32,
+        bytes: Bytes,
+    ) -> Result<CheckpointRef, ControlError>;
+    /// Appends an event to the job's log (e.g. `resumed`).
+    async fn event(&self, lease: &Lease, kind: &str, data: Value) -> Result<(), ControlError>;
+    /// Stores one output under its attempt-scoped key; invisible until `complete`.
+    async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, bytes: Bytes) -> Result<(), ControlError>;
+    /// Commits the uploaded assets and completes the job (fenced, exactly once).
+    async fn complete(&self, lease: &Lease, video_bytes: u64) -> Result<(), ControlError>;
+    /// Fails the job for good (a deterministic error: retrying would not help).
+    async fn fail(&self, lease: &Lease, error: &JobError) -> Result<(), ControlError>;
+    /// Gives the job back to the queue at once (it resumes from its last checkpoint).
+    async fn release(&self, lease: &Lease, cause: ReleaseCause) -> Result<(), ControlError>;
+    /// After a retryable failure: requeue, or dead-letter once attempts are used up.
+    async fn retry(&self, lease: &Lease, message: &str) -> Result<RetryOutcome, ControlError>;
+    /// Fleet figures for the adaptive checkpoint interval.
+    async fn fleet(&self) -> Result<FleetInfo, ControlError>;
+}
+
+/// Lets a `ControlError` be told apart from "the lease is gone" cheaply.
+pub fn is_stale(e: &ControlError) -> bool {
+    matches!(e, ControlError::Stale { .. })
+}
+
+/// The HTTP status a [`ControlError`] maps to on the internal worker API (and back).
+pub fn status_of(e: &ControlError) -> u16 {
+    match e {
+        ControlError::Stale { .. } => 409,
+        ControlError::Rejected(_) => 400,
+        ControlError::Unavailable(_) => 503,
+    }
+}

@@ -1,0 +1,20 @@
+//! The contract between a worker and the platform: what a worker may ask
+//! ([`ControlPlane`]) and how that travels over HTTP ([`wire`]).
+//!
+//! # Layout
+//! - [`control`]: the [`ControlPlane`] trait, the one seam between a worker
+//!   and everything it must not touch directly, with the types its calls
+//!   carry and [`ControlError`].
+//! - [`wire`]: the internal worker API's paths, headers and bodies, shared by
+//!   the server's routes (`videogen-api`) and the client (`videogen-worker`).
+//!
+//! The server side (`LocalControl`) lives in `videogen-control`, the worker
+//! runtime and the HTTP client in `videogen-worker`; neither knows the other.
+
+pub mod control;
+pub mod wire;
+
+pub use control::{
+    AssetKind, Assignment, ControlError, ControlPlane, Directive, FleetInfo, HeartbeatReply, ReleaseCause,
+    RetryOutcome, WorkerInfo, is_stale, status_of,
+};
