@@ -142,7 +142,7 @@ impl FromRequestParts<AppState> for Caller {
             .store
             .api_key_by_hash(&hash_key(token))
             .await
-            .map_err(|e| ApiError::unavailable("api key lookup", &e))?
+            .map_err(|e| ApiError::store("api key lookup", e))?
             .filter(|k| k.revoked_at_ms.is_none())
             .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
         Ok(Caller {
@@ -168,7 +168,7 @@ impl FromRequestParts<AppState> for WorkerCaller {
             .store
             .worker_token_by_hash(&hash_key(token))
             .await
-            .map_err(|e| ApiError::unavailable("worker token lookup", &e))?
+            .map_err(|e| ApiError::store("worker token lookup", e))?
             .filter(|t| t.revoked_at_ms.is_none())
             .ok_or_else(|| ApiError::unauthorized("Incorrect worker token provided."))?;
         Ok(WorkerCaller {

@@ -98,7 +98,7 @@ async fn signed_location(state: &AppState, key: &str) -> ApiResult<Option<String
         .blob
         .signed_url(key, ttl)
         .await
-        .map_err(|e| ApiError::unavailable("signing a download URL", &e))?;
+        .map_err(|e| ApiError::blob("signing a download URL", e))?;
     Ok(url.or_else(|| file_url(&state.downloads, key, state.clock.now_ms())))
 }
 
@@ -169,7 +169,7 @@ pub async fn signed_file(
         BlobError::NotFound(_) => {
             ApiError::route_not_found().with_code("file_not_found", "This file is no longer available.")
         }
-        other => ApiError::unavailable("blob read", &other),
+        other => ApiError::blob("blob read", other),
     };
     let size = state.blob.size(&key).await.map_err(on_err)?;
     let blob = Blob {
@@ -277,7 +277,7 @@ fn blob_error(id: &str, e: BlobError) -> ApiError {
         BlobError::NotFound(_) => {
             ApiError::video_not_found(id).with_code("video_expired", "This video's content is no longer available.")
         }
-        other => ApiError::unavailable("blob read", &other),
+        other => ApiError::blob("blob read", other),
     }
 }
 

@@ -6,7 +6,11 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use videogen_core::blob::BlobError;
 use videogen_core::store::StoreError;
+
+/// What a 503 tells a client to wait before trying again.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -126,16 +130,46 @@ impl ApiError {
         )
     }
 
-    /// Infrastructure trouble (database or storage unavailable). Logged; the
-    /// client gets no internals.
+    /// Infrastructure trouble that a retry may get past (database or storage
+    /// unavailable): 503 with `Retry-After`. Logged; the client gets no
+    /// internals.
     pub fn unavailable(context: &str, err: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %err, "{context}");
-        Self::new(
+        tracing::warn!(error = %err, "{context}");
+        let mut e = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
             "service_unavailable",
             "The service is temporarily unavailable; retry later.",
-        )
+        );
+        e.retry_after_secs = Some(UNAVAILABLE_RETRY_AFTER_SECS);
+        e
+    }
+
+    /// A failure no retry fixes (corrupt data, a bug): 500. Logged; the
+    /// client gets no internals.
+    pub fn fault(context: &str, err: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "{context}");
+        Self::internal()
+    }
+
+    /// A store error that is not the request's fault: 503 only when a retry
+    /// can help.
+    pub fn store(context: &str, e: StoreError) -> Self {
+        if e.is_retryable() {
+            Self::unavailable(context, &e)
+        } else {
+            Self::fault(context, &e)
+        }
+    }
+
+    /// A blob store error other than a missing object (which callers answer
+    /// themselves): 503 only when a retry can help.
+    pub fn blob(context: &str, e: BlobError) -> Self {
+        if e.is_retryable() {
+            Self::unavailable(context, &e)
+        } else {
+            Self::fault(context, &e)
+        }
     }
 
     /// The tenant's submission budget for this window is spent.
@@ -195,9 +229,43 @@ impl From<StoreError> for ApiError {
                 "idempotency_key_reused",
                 "This Idempotency-Key was already used with a different request body.",
             ),
-            other => ApiError::unavailable("store error", &other),
+            other => ApiError::store("store error", other),
         }
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_errors_are_503_only_when_a_retry_can_help() {
+        let e = ApiError::from(StoreError::unavailable("pool timed out"));
+        assert_eq!(
+            (e.status, e.code, e.retry_after_secs),
+            (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", Some(1))
+        );
+        let e = ApiError::from(StoreError::corrupt("state", "\"bogus\""));
+        assert_eq!(
+            (e.status, e.code, e.retry_after_secs),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", None)
+        );
+        let e = ApiError::blob("read", BlobError::unavailable("k", "connection reset"));
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let invalid = BlobError::InvalidKey {
+            key: "../x".into(),
+            reason: "'..' segment".into(),
+        };
+        assert_eq!(
+            ApiError::blob("read", invalid).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let e = ApiError::blob("read", BlobError::fault("k", "403 Forbidden"));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        // The envelope carries no internals.
+        let resp = ApiError::from(StoreError::fault("syntax error at or near SELEC")).into_response();
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -23,7 +23,6 @@ use crate::state::AppState;
 const EVENTS_PAGE: u32 = 256;
 /// Upper bound on how stale a stream may get if a wake-up is missed.
 const POLL_FALLBACK: Duration = Duration::from_secs(1);
-const TERMINAL_KINDS: [&str; 4] = ["completed", "failed", "cancelled", "expired"];
 
 pub async fn stream(
     State(state): State<AppState>,
@@ -67,16 +66,17 @@ pub async fn stream(
             let full_page = events.len() == EVENTS_PAGE as usize;
             for ev in events {
                 after = ev.seq;
-                terminal = TERMINAL_KINDS.contains(&ev.kind.as_str());
+                let kind = ev.kind();
+                terminal = kind.is_terminal();
                 let mut data = serde_json::json!({
-                    "video_id": id.as_str(), "seq": ev.seq, "type": ev.kind, "at_ms": ev.at_ms,
+                    "video_id": id.as_str(), "seq": ev.seq, "type": kind.as_str(), "at_ms": ev.at_ms,
                 });
-                if let (Some(obj), serde_json::Value::Object(extra)) = (data.as_object_mut(), ev.data) {
-                    for (k, v) in extra {
+                if let (Some(obj), serde_json::Value::Object(fields)) = (data.as_object_mut(), ev.to_json()) {
+                    for (k, v) in fields {
                         obj.entry(k).or_insert(v);
                     }
                 }
-                yield Ok(Event::default().id(ev.seq.to_string()).event(ev.kind).data(data.to_string()));
+                yield Ok(Event::default().id(ev.seq.to_string()).event(kind.as_str()).data(data.to_string()));
             }
             if full_page {
                 continue;

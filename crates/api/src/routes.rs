@@ -173,7 +173,7 @@ pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Re
                 .blob
                 .put(&key, png.clone().into())
                 .await
-                .map_err(|e| ApiError::unavailable("input reference upload", &e))?;
+                .map_err(|e| ApiError::blob("input reference upload", e))?;
             Some(key)
         }
         None => None,

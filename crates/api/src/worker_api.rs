@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Deserialize;
 use std::time::Duration;
-use videogen_core::{JobError, Lease, Progress, VideoId, WorkerId};
+use videogen_core::{AttemptEvent, JobError, Lease, Progress, VideoId, WorkerId};
 use videogen_protocol::wire::{
     AcquireRequest, CRC32_HEADER, CompleteRequest, EventRequest, MAX_ACQUIRE_WAIT, ReleaseRequest, RetryRequest,
     RetryResponse, paths,
@@ -30,8 +30,8 @@ use crate::state::AppState;
 
 /// Largest upload (checkpoint or asset) the API takes in one body.
 pub const UPLOAD_BYTES_MAX: usize = 1024 * 1024 * 1024;
-/// Longest event payload a worker may append.
-const EVENT_KIND_CHARS_MAX: usize = 64;
+/// Longest text (a key, a reason) in an event a worker appends.
+const EVENT_TEXT_CHARS_MAX: usize = 1024;
 
 /// The routes, mounted at the root (paths are absolute).
 pub fn routes() -> Router<AppState> {
@@ -195,17 +195,28 @@ async fn event(
     State(state): State<AppState>,
     caller: WorkerCaller,
     Path(p): Path<AttemptPath>,
-    Json(req): Json<EventRequest>,
+    Json(req): Json<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let lease = p.lease(&caller)?;
-    // Workers may only add their own kinds of events, never state changes.
-    if !matches!(req.kind.as_str(), "resumed" | "checkpoint_rejected") || req.kind.len() > EVENT_KIND_CHARS_MAX {
-        return Err(ApiError::invalid("kind", "invalid_event_kind", "Unknown event kind."));
+    // Workers may only add their own kinds of events, never state changes:
+    // anything else does not parse as one.
+    let event: EventRequest = serde_json::from_value(req).map_err(|e| {
+        ApiError::invalid(
+            "kind",
+            "invalid_event_kind",
+            format!("Not an event a worker may append: {e}"),
+        )
+    })?;
+    if let AttemptEvent::CheckpointRejected { key, reason, .. } = &event
+        && (key.chars().count() > EVENT_TEXT_CHARS_MAX || reason.chars().count() > EVENT_TEXT_CHARS_MAX)
+    {
+        return Err(ApiError::invalid(
+            "data",
+            "event_too_large",
+            format!("Event texts are limited to {EVENT_TEXT_CHARS_MAX} characters."),
+        ));
     }
-    control(&state)?
-        .event(&lease, &req.kind, req.data)
-        .await
-        .map_err(to_api)?;
+    control(&state)?.event(&lease, &event).await.map_err(to_api)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -36,7 +36,7 @@ use tokio::process::Child;
 use crate::procs;
 use videogen_core::VideoId;
 use videogen_core::blob::keys;
-use videogen_core::store::Store;
+use videogen_core::store::prelude::*;
 
 const ADMIN_KEY: &str = "vg_chaos_admin_key_0123456789abcdefghij";
 const WORKER_TOKEN: &str = "vgw_chaos_worker_token_0123456789abcdefghij";
@@ -517,7 +517,7 @@ async fn audit_events(
             .events(&vid, 0, EVENTS_MAX)
             .await?
             .into_iter()
-            .map(|e| (e.at_ms, e.kind, e.data))
+            .map(|e| (e.at_ms, e.kind().as_str().to_owned(), e.to_json()))
             .collect();
         let completed: Vec<&Value> = evs.iter().filter(|e| e.1 == "completed").map(|e| &e.2).collect();
         if completed.len() != 1 {

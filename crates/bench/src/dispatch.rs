@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use videogen_control::Dispatcher;
 use videogen_core::spec::{REFERENCE_MODEL, Seconds, VideoSize, VideoSpec};
-use videogen_core::store::{NewJob, Store, Submitted};
+use videogen_core::store::prelude::*;
+use videogen_core::store::{NewJob, Submitted};
 use videogen_core::{Clock, Outputs, QueuedJob, SystemClock, TenantId, Tier, VideoId, WorkerId};
 use videogen_sched::SchedulerConfig;
 use videogen_store::SqliteStore;
@@ -635,7 +636,10 @@ async fn pipeline_on(
     }
     let completed = done.load(Ordering::Relaxed);
     anyhow::ensure!(completed == target, "only {completed} of {target} jobs completed");
-    anyhow::ensure!(store.queued_jobs().await?.is_empty(), "jobs left queued in the store");
+    anyhow::ensure!(
+        store.queued_jobs(None, 1).await?.is_empty(),
+        "jobs left queued in the store"
+    );
     let mut run = finish_run(
         name,
         workers,

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use videogen_api::{AppState, Limits};
 use videogen_control::{Dispatcher, JobBus};
-use videogen_core::store::Store;
+use videogen_core::store::prelude::*;
 use videogen_core::{Clock, SystemClock, TenantId, Tier};
 use videogen_model::{Model, REFERENCE_DEFAULT_STEPS, ReferenceModel};
 use videogen_sched::SchedulerConfig;
@@ -816,7 +816,7 @@ async fn start_server(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let model = ReferenceModel::default();
     let dispatcher = Arc::new(Dispatcher::new(SchedulerConfig::default(), clock.clone()));
-    dispatcher.seed(store.queued_jobs().await?);
+    dispatcher.seed(store.queued_jobs(None, u32::MAX).await?);
 
     let secret = videogen_api::auth::generate_secret();
     let tenant = TenantId::parse("bench").context("bench tenant")?;

@@ -46,7 +46,7 @@ use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-pub use videogen_core::blob::{BlobError, BlobStore};
+pub use videogen_core::blob::{BlobError, BlobStore, ByteStream};
 
 pub use config::{BlobUrl, DEFAULT_REGION, S3Credentials, S3Location, describe_masked};
 pub use s3::{S3BlobStore, SIGNED_URL_TTL_MAX};
@@ -100,10 +100,10 @@ pub fn s3s_fs_binary() -> Option<std::path::PathBuf> {
 /// empty, `.` or `..` segments, each segment at most [`MAX_SEGMENT_LEN`] bytes.
 pub fn validate_key(key: &str) -> Result<(), BlobError> {
     let invalid = |why: &str| {
-        Err(BlobError::Backend(format!(
-            "invalid blob key {:?}: {why}",
-            truncate_for_message(key)
-        )))
+        Err(BlobError::InvalidKey {
+            key: truncate_for_message(key).to_owned(),
+            reason: why.to_owned(),
+        })
     };
     if key.is_empty() {
         return invalid("empty");
@@ -141,9 +141,10 @@ pub fn validate_key(key: &str) -> Result<(), BlobError> {
 /// an optional trailing `/`. The empty prefix (the whole store) is refused.
 pub fn validate_prefix(prefix: &str) -> Result<(), BlobError> {
     if prefix.is_empty() || prefix == "/" {
-        return Err(BlobError::Backend(
-            "invalid blob prefix: refusing to delete the whole store".into(),
-        ));
+        return Err(BlobError::InvalidKey {
+            key: prefix.to_owned(),
+            reason: "refusing to delete the whole store".into(),
+        });
     }
     validate_key(prefix.strip_suffix('/').unwrap_or(prefix))
 }
@@ -157,13 +158,32 @@ fn truncate_for_message(key: &str) -> &str {
 
 pub(crate) fn to_path(key: &str) -> Result<StorePath, BlobError> {
     validate_key(key)?;
-    StorePath::parse(key).map_err(|e| BlobError::Backend(format!("invalid blob key: {e}")))
+    StorePath::parse(key).map_err(|e| BlobError::InvalidKey {
+        key: truncate_for_message(key).to_owned(),
+        reason: e.to_string(),
+    })
 }
 
+/// `object_store`'s error as a [`BlobError`], keeping it as the source. What
+/// a retry cannot fix is a fault; everything else (I/O, including a full
+/// disk, timeouts, throttling and 5xx answers, which the client reports as
+/// `Generic`) is the store being unavailable for now.
 fn map_err(key: &str, err: object_store::Error) -> BlobError {
+    use object_store::Error as E;
     match err {
-        object_store::Error::NotFound { .. } => BlobError::NotFound(key.to_string()),
-        other => BlobError::Backend(format!("{key}: {other}")),
+        E::NotFound { .. } => BlobError::NotFound(key.to_string()),
+        E::InvalidPath { source } => BlobError::InvalidKey {
+            key: truncate_for_message(key).to_owned(),
+            reason: source.to_string(),
+        },
+        e @ (E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::Precondition { .. }
+        | E::AlreadyExists { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::UnknownConfigurationKey { .. }) => BlobError::fault(key, e),
+        e => BlobError::unavailable(key, e),
     }
 }
 
@@ -216,9 +236,17 @@ fn split_parts(bytes: Bytes) -> impl Iterator<Item = Bytes> {
 async fn abort_upload(mut upload: Box<dyn MultipartUpload>, key: &str, err: object_store::Error) -> BlobError {
     match upload.abort().await {
         Ok(()) => map_err(key, err),
-        Err(abort) => BlobError::Backend(format!(
-            "{key}: {err}; aborting the multipart upload failed too ({abort}), its parts stay until a lifecycle rule reaps them"
-        )),
+        Err(abort) => {
+            tracing::warn!(key, error = %abort, "aborting a failed multipart upload failed too; its parts stay until a lifecycle rule reaps them");
+            map_err(key, err)
+        }
+    }
+}
+
+/// Aborts a streamed upload that failed, logging if even that fails.
+async fn abort_writer(writer: object_store::WriteMultipart, key: &str) {
+    if let Err(e) = writer.abort().await {
+        tracing::warn!(key, error = %e, "aborting a failed multipart upload failed too; its parts stay until a lifecycle rule reaps them");
     }
 }
 
@@ -234,6 +262,54 @@ impl BlobStore for ObjectBlobStore {
             .await
             .map(|_| ())
             .map_err(|e| map_err(key, e))
+    }
+
+    /// Up to [`MULTIPART_THRESHOLD`] bytes: one `PUT` of the collected
+    /// chunks. Beyond: a multipart upload of [`MULTIPART_PART_SIZE`] parts,
+    /// at most [`MULTIPART_CONCURRENCY`] in flight (the stream waits), so an
+    /// upload holds at most about `(MULTIPART_CONCURRENCY + 1) *
+    /// MULTIPART_PART_SIZE` bytes whatever its size. Any failure, of the body
+    /// or of the store, aborts the upload: nothing becomes visible.
+    async fn put_stream(&self, key: &str, mut body: ByteStream) -> Result<u64, BlobError> {
+        let path = to_path(key)?;
+        let body_error = |source| BlobError::Body {
+            key: key.to_owned(),
+            source,
+        };
+        let mut head = bytes::BytesMut::new();
+        while head.len() <= MULTIPART_THRESHOLD {
+            match body.next().await {
+                Some(chunk) => head.extend_from_slice(&chunk.map_err(body_error)?),
+                None => {
+                    let size = head.len() as u64;
+                    self.put(key, head.freeze()).await?;
+                    return Ok(size);
+                }
+            }
+        }
+        let upload = self.inner.put_multipart(&path).await.map_err(|e| map_err(key, e))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART_SIZE);
+        let mut size = head.len() as u64;
+        writer.put(head.freeze());
+        loop {
+            let chunk = match body.next().await {
+                None => break,
+                Some(Ok(chunk)) => chunk,
+                Some(Err(source)) => {
+                    abort_writer(writer, key).await;
+                    return Err(body_error(source));
+                }
+            };
+            if let Err(e) = writer.wait_for_capacity(MULTIPART_CONCURRENCY).await {
+                abort_writer(writer, key).await;
+                return Err(map_err(key, e));
+            }
+            size += chunk.len() as u64;
+            writer.put(chunk);
+        }
+        // `finish` aborts the upload itself when a part or the completion fails.
+        writer.finish().await.map_err(|e| map_err(key, e))?;
+        Ok(size)
     }
 
     async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
@@ -272,7 +348,10 @@ impl BlobStore for ObjectBlobStore {
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
         validate_prefix(prefix)?;
-        let path = StorePath::parse(prefix).map_err(|e| BlobError::Backend(format!("invalid blob prefix: {e}")))?;
+        let path = StorePath::parse(prefix).map_err(|e| BlobError::InvalidKey {
+            key: truncate_for_message(prefix).to_owned(),
+            reason: e.to_string(),
+        })?;
         // object_store matches prefixes on whole segments: `a/b` covers
         // `a/b/c` but not `a/bc`.
         let locations = self.inner.list(Some(&path)).map_ok(|meta| meta.location).boxed();
@@ -300,9 +379,9 @@ impl LocalBlobStore {
     /// object in a directory removes the emptied directories up to `root`.
     pub fn new(root: &Path) -> Result<Self, BlobError> {
         std::fs::create_dir_all(root)
-            .map_err(|e| BlobError::Backend(format!("creating blob root {}: {e}", root.display())))?;
+            .map_err(|e| BlobError::Config(format!("creating blob root {}: {e}", root.display())))?;
         let fs = LocalFileSystem::new_with_prefix(root)
-            .map_err(|e| BlobError::Backend(format!("opening blob root {}: {e}", root.display())))?
+            .map_err(|e| BlobError::Config(format!("opening blob root {}: {e}", root.display())))?
             .with_automatic_cleanup(true);
         Ok(Self {
             root: root.to_path_buf(),
@@ -330,6 +409,9 @@ macro_rules! delegate_blob_store {
         impl BlobStore for $ty {
             async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError> {
                 self.store.put(key, bytes).await
+            }
+            async fn put_stream(&self, key: &str, body: $crate::ByteStream) -> Result<u64, BlobError> {
+                self.store.put_stream(key, body).await
             }
             async fn get(&self, key: &str) -> Result<Bytes, BlobError> {
                 self.store.get(key).await
@@ -365,6 +447,59 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalBlobStore::new(&dir.path().join("nested/root")).unwrap();
         (dir, store)
+    }
+
+    fn chunks(n: usize, size: usize, fail_at: Option<usize>) -> ByteStream {
+        let items = (0..n).map(move |i| {
+            if Some(i) == fail_at {
+                Err("the sender went away".into())
+            } else {
+                Ok(Bytes::from(vec![(i % 251) as u8; size]))
+            }
+        });
+        Box::pin(futures::stream::iter(items.collect::<Vec<Result<Bytes, videogen_core::store::BoxError>>>()))
+    }
+
+    /// Small and multipart-sized streams land whole; a body that fails half
+    /// way, before or after the multipart threshold, leaves nothing.
+    #[tokio::test]
+    async fn streamed_puts_land_whole_or_not_at_all() {
+        let (_dir, s) = store();
+        let mib = 1024 * 1024;
+        for (key, n) in [("s/small", 3), ("s/large", 3 * MULTIPART_PART_SIZE / mib + 1)] {
+            let size = s.put_stream(key, chunks(n, mib, None)).await.unwrap();
+            assert_eq!(size, (n * mib) as u64, "{key}");
+            let got = s.get(key).await.unwrap();
+            assert_eq!(got.len(), n * mib, "{key}");
+            for i in [0, n / 2, n - 1] {
+                assert_eq!(got[i * mib], (i % 251) as u8, "{key} chunk {i}");
+            }
+        }
+        let beyond = MULTIPART_THRESHOLD / mib + 3;
+        for (key, n, fail_at) in [("f/small", 4, 2), ("f/large", beyond + 2, beyond)] {
+            let r = s.put_stream(key, chunks(n, mib, Some(fail_at))).await;
+            assert!(matches!(r, Err(BlobError::Body { .. })), "{key}: {r:?}");
+            assert!(matches!(s.get(key).await, Err(BlobError::NotFound(_))), "{key} is not visible");
+        }
+        // The failed multipart upload left no staging files behind either.
+        let left: Vec<_> = walk(s.root());
+        assert!(left.iter().all(|p| !p.contains("f/")), "{left:?}");
+    }
+
+    fn walk(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dirs = vec![root.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    out.push(p.strip_prefix(root).unwrap().display().to_string());
+                }
+            }
+        }
+        out
     }
 
     #[tokio::test]
@@ -503,16 +638,17 @@ mod tests {
                 s.delete(key).await.err(),
             ] {
                 match r {
-                    Some(BlobError::Backend(msg)) => {
-                        assert!(msg.contains("invalid blob key"), "{key:?}: {msg}")
+                    Some(e @ BlobError::InvalidKey { .. }) => {
+                        assert!(e.to_string().contains("invalid blob key"), "{key:?}: {e}");
+                        assert!(!e.is_retryable());
                     }
-                    other => panic!("{key:?}: expected Backend error, got {other:?}"),
+                    other => panic!("{key:?}: expected InvalidKey, got {other:?}"),
                 }
             }
         }
         for prefix in ["", "/", "../", "a//", "/a/"] {
             assert!(
-                matches!(s.delete_prefix(prefix).await, Err(BlobError::Backend(_))),
+                matches!(s.delete_prefix(prefix).await, Err(BlobError::InvalidKey { .. })),
                 "{prefix:?}"
             );
         }

@@ -87,7 +87,7 @@ crate::delegate_blob_store!(S3BlobStore {
             .s3
             .signed_url(Method::GET, &path, ttl)
             .await
-            .map_err(|e| BlobError::Backend(format!("{key}: signing URL: {e}")))?;
+            .map_err(|e| BlobError::fault(key, e))?;
         Ok(Some(url.to_string()))
     }
 });

@@ -211,7 +211,7 @@ async fn delete_prefix_removes_only_that_prefix() {
     }
     s.delete_prefix("p/").await.unwrap();
     s.delete_prefix("nothing/here/").await.unwrap();
-    assert!(matches!(s.delete_prefix("").await, Err(BlobError::Backend(_))));
+    assert!(matches!(s.delete_prefix("").await, Err(BlobError::InvalidKey { .. })));
 }
 
 /// 20 MiB goes up in three checksummed parts and reads back identical.
@@ -298,7 +298,11 @@ async fn wrong_credentials_are_rejected() {
     ] {
         let put = s.put("intruder", Bytes::from_static(b"x")).await.unwrap_err();
         assert!(put.to_string().contains("403"), "{who}: {put}");
-        assert!(matches!(s.get("k").await, Err(BlobError::Backend(_))), "{who}");
+        let got = s.get("k").await;
+        assert!(
+            matches!(&got, Err(e @ BlobError::Fault { .. }) if !e.is_retryable()),
+            "{who}: refused credentials are a fault, not retryable: {got:?}"
+        );
     }
     assert!(not_found(server.store().get("intruder").await));
 }
@@ -383,7 +387,7 @@ async fn signed_url_rejects_bad_keys_and_lifetimes() {
     let s = server.store();
     assert!(matches!(
         s.signed_url("../etc", Duration::from_secs(60)).await,
-        Err(BlobError::Backend(_))
+        Err(BlobError::InvalidKey { .. })
     ));
     for ttl in [Duration::ZERO, Duration::from_secs(8 * 24 * 3600)] {
         assert!(

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use videogen_core::store::Store;
 use videogen_core::{Clock, SystemClock, TenantId, Tier};
 
+/// Credentials read per page by `keys list`.
+const LIST_PAGE: u32 = 500;
+
 #[derive(Subcommand)]
 pub enum KeysCommand {
     /// Create an API key (or with --worker a worker token) and print its secret (shown once).
@@ -113,29 +116,46 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 "{:<22} {:<7} {:<10} {:<20} {:<9} {:<6} status",
                 "id", "kind", "prefix", "tenant/name", "tier", "admin"
             );
-            for k in store.list_api_keys().await? {
-                println!(
-                    "{:<22} {:<7} {:<10} {:<20} {:<9} {:<6} {}",
-                    k.id,
-                    "api",
-                    k.prefix,
-                    k.tenant.as_str(),
-                    k.tier.as_str(),
-                    k.admin,
-                    status(k.revoked_at_ms)
-                );
+            // Page by page: each read is bounded, the listing is not.
+            let mut after = None;
+            loop {
+                let page = store.list_api_keys(after.as_ref(), LIST_PAGE).await?;
+                for k in &page {
+                    println!(
+                        "{:<22} {:<7} {:<10} {:<20} {:<9} {:<6} {}",
+                        k.id,
+                        "api",
+                        k.prefix,
+                        k.tenant.as_str(),
+                        k.tier.as_str(),
+                        k.admin,
+                        status(k.revoked_at_ms)
+                    );
+                }
+                if page.len() < LIST_PAGE as usize {
+                    break;
+                }
+                after = page.last().cloned();
             }
-            for t in store.list_worker_tokens().await? {
-                println!(
-                    "{:<22} {:<7} {:<10} {:<20} {:<9} {:<6} {}",
-                    t.id,
-                    "worker",
-                    t.prefix,
-                    t.name,
-                    "-",
-                    "-",
-                    status(t.revoked_at_ms)
-                );
+            let mut after = None;
+            loop {
+                let page = store.list_worker_tokens(after.as_ref(), LIST_PAGE).await?;
+                for t in &page {
+                    println!(
+                        "{:<22} {:<7} {:<10} {:<20} {:<9} {:<6} {}",
+                        t.id,
+                        "worker",
+                        t.prefix,
+                        t.name,
+                        "-",
+                        "-",
+                        status(t.revoked_at_ms)
+                    );
+                }
+                if page.len() < LIST_PAGE as usize {
+                    break;
+                }
+                after = page.last().cloned();
             }
         }
         KeysCommand::Revoke { id, dir } => {

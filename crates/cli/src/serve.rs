@@ -71,7 +71,7 @@ async fn bootstrap_admin_key(store: &dyn Store) -> anyhow::Result<()> {
                 return Err(e.into());
             }
         }
-    } else if store.list_api_keys().await?.is_empty() {
+    } else if store.list_api_keys(None, 1).await?.is_empty() {
         let secret = videogen_api::auth::generate_secret();
         insert(secret.clone()).await?;
         println!("Admin API key (shown once, store it now): {secret}");
@@ -202,10 +202,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Recovery: this node's previous in-process workers are gone; their jobs
     // resume from their last checkpoint.
     if runs_workers {
-        let reclaimed = store
-            .reclaim_node(&node, clock.now_ms(), cfg.scheduler.max_attempts)
-            .await?;
-        let n = housekeeping::apply_reclaimed(&rt, reclaimed, "node_restarted");
+        let n = housekeeping::reclaim_node(&rt, &node).await?;
         if n > 0 {
             tracing::info!(jobs = n, "reclaimed jobs of this node's previous run");
         }

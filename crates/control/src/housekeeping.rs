@@ -40,18 +40,50 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     }
 }
 
+/// Expired leases reclaimed per store call; a pass calls again while a
+/// call comes back full.
+pub const REAP_BATCH: u32 = 256;
+
 /// One reaper pass; returns how many jobs it touched.
 pub async fn reap(rt: &Runtime) -> Result<usize, videogen_core::store::StoreError> {
     let now = rt.clock.now_ms();
-    let reclaimed = rt.store.reclaim_expired(now, rt.config.max_attempts).await?;
-    for r in &reclaimed {
-        let id = match r {
-            Reclaimed::Requeued(q) => &q.id,
-            Reclaimed::DeadLettered(id) => id,
-        };
-        rt.fleet.lost(id, Loss::LeaseExpired, now);
+    let mut touched = 0;
+    loop {
+        let reclaimed = rt
+            .store
+            .reclaim_expired(now, rt.config.max_attempts, REAP_BATCH)
+            .await?;
+        let full = reclaimed.len() == REAP_BATCH as usize;
+        for r in &reclaimed {
+            let id = match r {
+                Reclaimed::Requeued(q) => &q.id,
+                Reclaimed::DeadLettered(id) => id,
+            };
+            rt.fleet.lost(id, Loss::LeaseExpired, now);
+        }
+        touched += apply_reclaimed(rt, reclaimed, "lease_expired");
+        if !full {
+            return Ok(touched);
+        }
     }
-    Ok(apply_reclaimed(rt, reclaimed, "lease_expired"))
+}
+
+/// Re-queues every job leased by a worker of `node` (it restarted, so its
+/// in-process workers are gone), page by page; how many jobs it touched.
+pub async fn reclaim_node(rt: &Runtime, node: &str) -> Result<usize, videogen_core::store::StoreError> {
+    let mut touched = 0;
+    loop {
+        let now = rt.clock.now_ms();
+        let reclaimed = rt
+            .store
+            .reclaim_node(node, now, rt.config.max_attempts, REAP_BATCH)
+            .await?;
+        let full = reclaimed.len() == REAP_BATCH as usize;
+        touched += apply_reclaimed(rt, reclaimed, "node_restarted");
+        if !full {
+            return Ok(touched);
+        }
+    }
 }
 
 /// Hands reclaimed jobs back to the scheduler and counts them.
@@ -59,14 +91,13 @@ pub fn apply_reclaimed(rt: &Runtime, reclaimed: Vec<Reclaimed>, reason: &'static
     let n = reclaimed.len();
     for r in reclaimed {
         match r {
+            // The store logged each one.
             Reclaimed::Requeued(q) => {
-                tracing::info!(job = %q.id, reason, "job re-queued");
                 metrics::counter!("videogen_requeued_total", "reason" => reason).increment(1);
                 rt.bus.notify(&q.id);
                 rt.dispatcher.enqueue(q);
             }
             Reclaimed::DeadLettered(id) => {
-                tracing::warn!(job = %id, "job dead-lettered after max attempts");
                 metrics::counter!("videogen_dead_letter_total").increment(1);
                 rt.bus.notify(&id);
             }

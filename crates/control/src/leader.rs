@@ -48,7 +48,7 @@ pub async fn contend_once(rt: &Runtime, cfg: &LeaderConfig) -> Result<bool, Stor
     match rt.store.try_lead(SCHEDULER_LEASE, &cfg.node, now, ttl_ms).await? {
         Some(term) => {
             if !rt.dispatcher.is_active() {
-                let queued = rt.store.queued_jobs().await?;
+                let queued = queued_jobs(rt).await?;
                 tracing::info!(node = %cfg.node, term, queued = queued.len(), "this node is the scheduler leader");
                 metrics::counter!("videogen_leader_elections_total").increment(1);
                 rt.dispatcher.activate(queued);
@@ -147,12 +147,28 @@ async fn on_wakeup(rt: &Runtime, w: Wakeup) {
     }
 }
 
+/// Jobs read per page when loading the queue.
+const QUEUE_PAGE: u32 = 1000;
+
+/// Every queued job, oldest first, read page by page (each read bounded).
+pub async fn queued_jobs(rt: &Runtime) -> Result<Vec<videogen_core::QueuedJob>, StoreError> {
+    let mut all: Vec<videogen_core::QueuedJob> = Vec::new();
+    loop {
+        let page = rt.store.queued_jobs(all.last(), QUEUE_PAGE).await?;
+        let done = page.len() < QUEUE_PAGE as usize;
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
 /// Adds every queued job the dispatcher lacks (the leader only).
 async fn resync_queue(rt: &Runtime) {
     if !rt.dispatcher.is_active() {
         return;
     }
-    match rt.store.queued_jobs().await {
+    match queued_jobs(rt).await {
         Ok(jobs) => rt.dispatcher.seed(jobs),
         Err(e) => tracing::warn!(error = %e, "queue re-sync failed"),
     }

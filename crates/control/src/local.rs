@@ -9,14 +9,15 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use videogen_core::blob::{BlobStore, keys};
 use videogen_core::store::{Reclaimed, Store, StoreError};
-use videogen_core::{CheckpointRef, Clock, Job, JobError, JobState, Lease, Outputs, Progress, QueuedJob, WorkerId};
+use videogen_core::{
+    AttemptEvent, CheckpointRef, Clock, Job, JobError, JobState, Lease, Outputs, Progress, QueuedJob, WorkerId,
+};
 use videogen_protocol::{
     AssetKind, Assignment, ControlError, ControlPlane, Directive, FleetInfo, HeartbeatReply, ReleaseCause,
     RetryOutcome, WorkerInfo,
@@ -247,11 +248,11 @@ impl ControlPlane for LocalControl {
         Ok(ck)
     }
 
-    async fn event(&self, lease: &Lease, kind: &str, data: Value) -> Result<(), ControlError> {
+    async fn event(&self, lease: &Lease, event: &AttemptEvent) -> Result<(), ControlError> {
         self.owned_job(lease).await?;
         self.rt
             .store
-            .append_event(&lease.job_id, kind, data, self.rt.clock.now_ms())
+            .append_event(&lease.job_id, &event.clone().into(), self.rt.clock.now_ms())
             .await?;
         self.rt.bus.notify(&lease.job_id);
         Ok(())

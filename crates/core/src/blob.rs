@@ -7,6 +7,7 @@
 //! in the store makes a key visible.
 
 use crate::ids::VideoId;
+use crate::store::BoxError;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
@@ -17,17 +18,88 @@ use std::time::Duration;
 pub enum BlobError {
     #[error("blob {0} not found")]
     NotFound(String),
-    #[error("blob store: {0}")]
-    Backend(String),
+    /// Not a valid object key (or prefix): the caller's mistake, which no
+    /// retry fixes; nothing was sent to the store.
+    #[error("invalid blob key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+    /// The body of a streamed write failed before its end (the sender went
+    /// away, or a check on the bytes refused them); nothing was written.
+    #[error("reading the bytes for {key}: {source}")]
+    Body {
+        key: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The store cannot do it now (network, throttling, a 5xx, a full disk):
+    /// the same call may succeed later. A failed write left nothing visible.
+    #[error("blob store unavailable ({key}): {source}")]
+    Unavailable {
+        key: String,
+        #[source]
+        source: BoxError,
+    },
+    /// Failed in a way a retry will not fix (access denied, a rejected
+    /// checksum, a precondition).
+    #[error("blob store fault ({key}): {source}")]
+    Fault {
+        key: String,
+        #[source]
+        source: BoxError,
+    },
     /// A blob store URL or its settings are wrong; the message says what.
     #[error("blob store configuration: {0}")]
     Config(String),
 }
 
+impl BlobError {
+    pub fn unavailable(key: &str, source: impl Into<BoxError>) -> Self {
+        BlobError::Unavailable {
+            key: key.to_owned(),
+            source: source.into(),
+        }
+    }
+
+    pub fn fault(key: &str, source: impl Into<BoxError>) -> Self {
+        BlobError::Fault {
+            key: key.to_owned(),
+            source: source.into(),
+        }
+    }
+
+    /// Whether the same call may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BlobError::Unavailable { .. })
+    }
+}
+
+/// The bytes of a streamed write, chunk by chunk.
+pub type ByteStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, BoxError>> + Send>>;
+
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Writes the whole object atomically: readers see the old or the new bytes, never a mix.
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobError>;
+    /// Writes the object from a stream of chunks, atomically like
+    /// [`BlobStore::put`], holding a bounded amount in memory however large
+    /// it is; returns its size. An error item in the stream fails the write
+    /// (as [`BlobError::Body`]) and leaves nothing visible.
+    ///
+    /// The default collects the stream and calls `put`: right for stores
+    /// whose objects are small; the object-store backends override it.
+    async fn put_stream(&self, key: &str, mut body: ByteStream) -> Result<u64, BlobError> {
+        use futures::StreamExt;
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|source| BlobError::Body {
+                key: key.to_owned(),
+                source,
+            })?;
+            buf.extend_from_slice(&chunk);
+        }
+        let size = buf.len() as u64;
+        self.put(key, buf.freeze()).await?;
+        Ok(size)
+    }
     async fn get(&self, key: &str) -> Result<Bytes, BlobError>;
     /// Bytes `range.start..range.end` (end exclusive, clamped by the caller to the size).
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, BlobError>;

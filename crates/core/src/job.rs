@@ -136,18 +136,6 @@ pub struct QueuedJob {
     pub enqueued_at_ms: i64,
 }
 
-/// One entry of a job's append-only event log (drives SSE and the audit trail).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobEvent {
-    /// Per-job sequence number, starting at 1; SSE's `id:`.
-    pub seq: i64,
-    pub at_ms: i64,
-    /// e.g. `created`, `leased`, `progress`, `checkpoint`, `requeued`,
-    /// `resumed`, `completed`, `failed`, `cancelled`, `expired`.
-    pub kind: String,
-    pub data: serde_json::Value,
-}
-
 /// The whole job record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {

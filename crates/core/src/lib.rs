@@ -9,15 +9,17 @@
 //! - [`spec`]: what a user asked for (size, duration, model, prompt, seed) and its limits.
 //! - [`tier`]: service tiers and their retention periods.
 //! - [`lifecycle`]: the one job state machine; every persisted state change goes through it.
-//! - [`job`]: the job record, leases, progress, checkpoints, outputs, events.
+//! - [`job`]: the job record, leases, progress, checkpoints, outputs.
+//! - [`event`]: the typed event log (kinds and payloads) every store, worker and SSE reader shares.
 //! - [`clock`]: injected time, so tests and the simulator control it.
-//! - [`store`]: the [`store::Store`] trait (SQLite now, PostgreSQL later).
-//! - [`blob`]: the [`blob::BlobStore`] trait (local files now, S3 later) and key layout.
+//! - [`store`]: the store seam, split by concern ([`store::Store`] is all of them).
+//! - [`blob`]: the [`blob::BlobStore`] trait (local files, S3) and key layout.
 //! - [`moderation`]: the [`moderation::Moderator`] trait (denylist now, full safety later).
 //! - [`rate_limit`]: the [`rate_limit::RateLimiter`] seam and its in-memory implementation.
 
 pub mod blob;
 pub mod clock;
+pub mod event;
 pub mod ids;
 pub mod job;
 pub mod lifecycle;
@@ -28,8 +30,9 @@ pub mod store;
 pub mod tier;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use event::{AttemptEvent, EventKind, EventPayload, JobEvent};
 pub use ids::{TenantId, VideoId, WorkerId};
-pub use job::{CheckpointRef, Job, JobError, JobEvent, Lease, Outputs, Phase, Progress, QueuedJob};
+pub use job::{CheckpointRef, Job, JobError, Lease, Outputs, Phase, Progress, QueuedJob};
 pub use lifecycle::{IllegalTransition, JobState, RequeueReason, Transition};
 pub use spec::{Seconds, SpecError, VideoSize, VideoSpec};
 pub use tier::Tier;

@@ -1,18 +1,25 @@
 //! The store seam: the durable source of truth for jobs, their event logs,
 //! API keys, worker tokens and idempotency records.
 //!
-//! Every method is one transaction. Worker writes take the [`Lease`] and are
-//! fenced on `(job id, attempt, state = running)`: if another attempt owns the
-//! job now, or it was cancelled, they fail with [`StoreError::StaleLease`] and
-//! change nothing.
+//! The seam is split by concern ([`CredentialStore`], [`JobStore`],
+//! [`AttemptStore`], [`MaintenanceStore`], [`LeadershipStore`]); [`Store`] is
+//! all of them. Every method is one transaction and answers once durable.
+//! Worker writes take the [`Lease`] and are fenced on `(job id, attempt,
+//! state = running)`: if another attempt owns the job now, or it was
+//! cancelled, they fail with [`StoreError::StaleLease`] and change nothing.
+//! Every read is bounded by a limit; listings page with a cursor.
 
+use crate::event::{EventPayload, JobEvent};
 use crate::ids::{TenantId, VideoId, WorkerId};
-use crate::job::{CheckpointRef, Job, JobError, JobEvent, Lease, Outputs, Progress, QueuedJob};
+use crate::job::{CheckpointRef, Job, JobError, Lease, Outputs, Progress, QueuedJob};
 use crate::lifecycle::{IllegalTransition, RequeueReason};
 use crate::spec::VideoSpec;
 use crate::tier::Tier;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+/// A backend error with its cause kept.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -27,8 +34,36 @@ pub enum StoreError {
     /// The idempotency key was used before with a different request body.
     #[error("idempotency key was already used with a different request")]
     IdempotencyConflict,
-    #[error("store backend: {0}")]
-    Backend(String),
+    /// The backend cannot do it now (connection lost, pool exhausted, database
+    /// locked or shutting down, disk full, a deadlock it rolled back): the
+    /// same call may succeed later. Nothing of the call was applied.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// The backend failed in a way retrying will not fix (a corrupt row, a
+    /// violated constraint, a statement the schema does not take).
+    #[error("store fault: {0}")]
+    Fault(#[source] BoxError),
+}
+
+impl StoreError {
+    pub fn unavailable(e: impl Into<BoxError>) -> Self {
+        StoreError::Unavailable(e.into())
+    }
+
+    pub fn fault(e: impl Into<BoxError>) -> Self {
+        StoreError::Fault(e.into())
+    }
+
+    /// A value in the store that does not decode: a fault.
+    pub fn corrupt(what: &str, detail: impl std::fmt::Display) -> Self {
+        StoreError::Fault(format!("corrupt {what} in the job store: {detail}").into())
+    }
+
+    /// Whether the same call may succeed later (the API answers 503 then,
+    /// 500 for a fault).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
 }
 
 /// An API key as stored: only the SHA-256 of the secret, never the secret.
@@ -109,16 +144,29 @@ pub enum Reclaimed {
     DeadLettered(VideoId),
 }
 
+/// Credentials: tenant API keys and worker tokens. Both kinds are stored
+/// the same way (only a hash of the secret) in tables of their own, so a
+/// worker token can never pass as a tenant key, nor the reverse.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    // ---- API keys
+pub trait CredentialStore: Send + Sync {
     async fn insert_api_key(&self, key: &ApiKey) -> Result<(), StoreError>;
     async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
-    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+    /// Keys in creation order, after `after` (the last page's last key).
+    async fn list_api_keys(&self, after: Option<&ApiKey>, limit: u32) -> Result<Vec<ApiKey>, StoreError>;
     /// `false` if no such key or already revoked.
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    async fn insert_worker_token(&self, token: &WorkerToken) -> Result<(), StoreError>;
+    async fn worker_token_by_hash(&self, hash: &str) -> Result<Option<WorkerToken>, StoreError>;
+    /// Tokens in creation order, after `after` (the last page's last token).
+    async fn list_worker_tokens(&self, after: Option<&WorkerToken>, limit: u32)
+    -> Result<Vec<WorkerToken>, StoreError>;
+    /// `false` if no such token or already revoked.
+    async fn revoke_worker_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+}
 
-    // ---- submission and reads
+/// Jobs as tenants and the API see them: submission, reads, cancel, delete.
+#[async_trait]
+pub trait JobStore: Send + Sync {
     /// Inserts a queued job and its `created` event, or replays the job of an
     /// earlier request with the same idempotency key and body.
     async fn submit(&self, job: NewJob, idem: Option<Idempotency>) -> Result<Submitted, StoreError>;
@@ -127,19 +175,25 @@ pub trait Store: Send + Sync + 'static {
     async fn list_jobs(&self, tenant: &TenantId, q: &ListQuery) -> Result<Vec<Job>, StoreError>;
     /// Events with `seq > after_seq`, oldest first, at most `limit`.
     async fn events(&self, id: &VideoId, after_seq: i64, limit: u32) -> Result<Vec<JobEvent>, StoreError>;
-    /// Every queued job, oldest first: seeds the scheduler on start-up.
-    async fn queued_jobs(&self) -> Result<Vec<QueuedJob>, StoreError>;
+    /// Queued jobs oldest first (by `enqueued_at_ms`, then id), after
+    /// `after` (the last page's last job), at most `limit`: how the
+    /// scheduler is seeded on start-up, page by page.
+    async fn queued_jobs(&self, after: Option<&QueuedJob>, limit: u32) -> Result<Vec<QueuedJob>, StoreError>;
     /// The job if it is queued: how the scheduler leader picks up a job
     /// another node made runnable.
     async fn queued_job(&self, id: &VideoId) -> Result<Option<QueuedJob>, StoreError>;
-
-    // ---- user actions
     /// Cancels a queued or running job (a running job's worker finds its lease stale).
     async fn cancel(&self, id: &VideoId, now_ms: i64) -> Result<Job, StoreError>;
     /// Removes the job and its events; returns it so the caller can delete its blobs.
     async fn delete(&self, id: &VideoId) -> Result<Option<Job>, StoreError>;
+    /// Records an event without a state change (e.g. `resumed`); its seq.
+    async fn append_event(&self, id: &VideoId, event: &EventPayload, now_ms: i64) -> Result<i64, StoreError>;
+}
 
-    // ---- worker protocol (fenced)
+/// The worker protocol: every write after `lease` is fenced on
+/// `(job id, attempt, state = running)`.
+#[async_trait]
+pub trait AttemptStore: Send + Sync {
     /// Queued → running with attempt + 1. `None` if the job is no longer queued.
     async fn lease(
         &self,
@@ -164,33 +218,39 @@ pub trait Store: Send + Sync + 'static {
     async fn fail(&self, lease: &Lease, error: &JobError, now_ms: i64) -> Result<(), StoreError>;
     /// Running → queued on purpose; the next attempt resumes from the last checkpoint.
     async fn release(&self, lease: &Lease, now_ms: i64) -> Result<QueuedJob, StoreError>;
-
-    // ---- housekeeping
-    /// Re-queues running jobs whose lease expired (or dead-letters them after
-    /// `max_attempts`).
-    async fn reclaim_expired(&self, now_ms: i64, max_attempts: u32) -> Result<Vec<Reclaimed>, StoreError>;
-    /// Re-queues every running job leased by a worker of `node`, whatever its
-    /// expiry: that node restarted, so its in-process workers are gone.
-    async fn reclaim_node(&self, node: &str, now_ms: i64, max_attempts: u32) -> Result<Vec<Reclaimed>, StoreError>;
-    /// Completed jobs whose `expires_at` passed → expired; returned so their blobs can go.
-    async fn expire_due(&self, now_ms: i64, limit: u32) -> Result<Vec<Job>, StoreError>;
-    /// Records an event without a state change (e.g. `resumed` with the step).
-    async fn append_event(
+    /// After an attempt's retryable error: running → queued (reason `error`)
+    /// while the job's budget of `max_attempts` since its last re-drive
+    /// lasts, else dead-lettered with `max_attempts_exceeded` and the error in
+    /// the message. Fenced like [`AttemptStore::release`]; atomic.
+    async fn requeue_or_dead_letter(
         &self,
-        id: &VideoId,
-        kind: &str,
-        data: serde_json::Value,
+        lease: &Lease,
+        reason_message: &str,
         now_ms: i64,
-    ) -> Result<i64, StoreError>;
+        max_attempts: u32,
+    ) -> Result<Reclaimed, StoreError>;
+}
 
-    // ---- worker tokens
-    async fn insert_worker_token(&self, token: &WorkerToken) -> Result<(), StoreError>;
-    async fn worker_token_by_hash(&self, hash: &str) -> Result<Option<WorkerToken>, StoreError>;
-    async fn list_worker_tokens(&self) -> Result<Vec<WorkerToken>, StoreError>;
-    /// `false` if no such token or already revoked.
-    async fn revoke_worker_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
-
-    // ---- dead letters
+/// What the scheduler leader's housekeeping and operators do to jobs.
+#[async_trait]
+pub trait MaintenanceStore: Send + Sync {
+    /// Re-queues up to `limit` running jobs whose lease expired (or
+    /// dead-letters them after `max_attempts`); call again while it returns
+    /// `limit` of them.
+    async fn reclaim_expired(&self, now_ms: i64, max_attempts: u32, limit: u32) -> Result<Vec<Reclaimed>, StoreError>;
+    /// Re-queues up to `limit` running jobs leased by a worker of `node`,
+    /// whatever their expiry: that node restarted, so its in-process workers
+    /// are gone.
+    async fn reclaim_node(
+        &self,
+        node: &str,
+        now_ms: i64,
+        max_attempts: u32,
+        limit: u32,
+    ) -> Result<Vec<Reclaimed>, StoreError>;
+    /// Up to `limit` completed jobs whose `expires_at` passed → expired;
+    /// returned so their blobs can go.
+    async fn expire_due(&self, now_ms: i64, limit: u32) -> Result<Vec<Job>, StoreError>;
     /// Dead-lettered jobs (`failed` with `max_attempts_exceeded`), oldest
     /// first by id, starting after `after`.
     async fn dead_letters(&self, limit: u32, after: Option<VideoId>) -> Result<Vec<Job>, StoreError>;
@@ -199,19 +259,11 @@ pub trait Store: Send + Sync + 'static {
     /// token), so a lease from before the re-drive stays stale. `NotFound` for
     /// an unknown id; `IllegalTransition` for a job that is not a dead letter.
     async fn redrive(&self, id: &VideoId, now_ms: i64) -> Result<QueuedJob, StoreError>;
-    /// After an attempt's retryable error: running → queued (reason `error`)
-    /// while the job's budget of `max_attempts` since its last re-drive
-    /// lasts, else dead-lettered with `max_attempts_exceeded` and the error in
-    /// the message. Fenced like [`Store::release`]; atomic.
-    async fn requeue_or_dead_letter(
-        &self,
-        lease: &Lease,
-        reason_message: &str,
-        now_ms: i64,
-        max_attempts: u32,
-    ) -> Result<Reclaimed, StoreError>;
+}
 
-    // ---- coordination between nodes
+/// Coordination between nodes: which one is the scheduler leader.
+#[async_trait]
+pub trait LeadershipStore: Send + Sync {
     /// Takes the leader lease `name` for `holder` until `now_ms + ttl_ms` if
     /// it is free, expired or already `holder`'s (a renewal). Returns the
     /// lease's term while `holder` holds it (it grows with every change of
@@ -222,17 +274,11 @@ pub trait Store: Send + Sync + 'static {
     async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }
 
-/// The upsert behind [`Store::try_lead`], in the SQL both backends accept
-/// (`$n` placeholders; SQLite reads them as numbered parameters): $1 name,
-/// $2 holder, $3 new expiry, $4 now.
-pub const TRY_LEAD_SQL: &str = "INSERT INTO leader_leases (name, holder, expires_at_ms, term) VALUES ($1, $2, $3, 1) \
-     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at_ms = excluded.expires_at_ms, \
-     term = leader_leases.term + CASE WHEN leader_leases.holder = excluded.holder THEN 0 ELSE 1 END \
-     WHERE leader_leases.holder = excluded.holder OR leader_leases.expires_at_ms <= $4 \
-     RETURNING term";
+/// The whole store: every concern. Components that need one concern take
+/// that trait (`Arc<dyn Store>` upcasts to it).
+pub trait Store: CredentialStore + JobStore + AttemptStore + MaintenanceStore + LeadershipStore + 'static {}
 
-/// The statement behind [`Store::resign`]: $1 name, $2 holder.
-pub const RESIGN_SQL: &str = "DELETE FROM leader_leases WHERE name = $1 AND holder = $2";
+impl<T> Store for T where T: CredentialStore + JobStore + AttemptStore + MaintenanceStore + LeadershipStore + 'static {}
 
 /// A wake-up from another node: something changed in the store. It carries
 /// no data; the receiver re-reads the store, which stays the source of truth.
@@ -253,4 +299,10 @@ pub fn reclaim_reason(node_restart: bool) -> RequeueReason {
     } else {
         RequeueReason::LeaseExpired
     }
+}
+
+/// The store traits, for `use videogen_core::store::prelude::*` where a
+/// caller uses several concerns.
+pub mod prelude {
+    pub use super::{AttemptStore, CredentialStore, JobStore, LeadershipStore, MaintenanceStore, Store};
 }

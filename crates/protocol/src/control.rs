@@ -17,11 +17,10 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::time::Duration;
 use videogen_core::blob::{BlobError, keys};
 use videogen_core::store::StoreError;
-use videogen_core::{CheckpointRef, Job, JobError, Lease, Progress, VideoId, WorkerId};
+use videogen_core::{AttemptEvent, CheckpointRef, Job, JobError, Lease, Progress, VideoId, WorkerId};
 
 /// What a worker advertises when it asks for work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +152,8 @@ impl From<StoreError> for ControlError {
         match e {
             StoreError::StaleLease { job, attempt } => ControlError::Stale { job, attempt },
             StoreError::IllegalTransition(t) => ControlError::Rejected(t.to_string()),
+            // A fault of the store is not the attempt's either: the worker
+            // backs off and asks again, and the job is not failed for it.
             other => ControlError::Unavailable(other.to_string()),
         }
     }
@@ -162,6 +163,7 @@ impl From<BlobError> for ControlError {
     fn from(e: BlobError) -> Self {
         match e {
             BlobError::NotFound(key) => ControlError::Rejected(format!("no blob at {key}")),
+            e @ BlobError::InvalidKey { .. } => ControlError::Rejected(e.to_string()),
             other => ControlError::Unavailable(other.to_string()),
         }
     }
@@ -187,8 +189,8 @@ pub trait ControlPlane: Send + Sync {
         crc32: u32,
         bytes: Bytes,
     ) -> Result<CheckpointRef, ControlError>;
-    /// Appends an event to the job's log (e.g. `resumed`).
-    async fn event(&self, lease: &Lease, kind: &str, data: Value) -> Result<(), ControlError>;
+    /// Appends one of the events a worker may write to the job's log.
+    async fn event(&self, lease: &Lease, event: &AttemptEvent) -> Result<(), ControlError>;
     /// Stores one output under its attempt-scoped key; invisible until `complete`.
     async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, bytes: Bytes) -> Result<(), ControlError>;
     /// Commits the uploaded assets and completes the job (fenced, exactly once).

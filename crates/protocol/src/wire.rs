@@ -3,7 +3,6 @@
 //! `videogen-worker`), so the two cannot drift apart.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::time::Duration;
 
 use crate::control::{ReleaseCause, RetryOutcome, WorkerInfo};
@@ -35,11 +34,9 @@ pub struct AcquireRequest {
     pub wait_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventRequest {
-    pub kind: String,
-    pub data: Value,
-}
+/// Body of an event: `{"kind": …, "data": {…}}`, one of the kinds a worker
+/// may append (anything else does not parse).
+pub type EventRequest = videogen_core::AttemptEvent;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompleteRequest {

@@ -26,15 +26,15 @@ impl AnyStore {
             let path = Path::new(path);
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
-                    .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+                    .map_err(|e| StoreError::unavailable(format!("creating {}: {e}", dir.display())))?;
             }
             return Ok(Self::Sqlite(Arc::new(SqliteStore::open(path).await?)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Self::Postgres(Arc::new(PgStore::connect_with(url, pg).await?)));
         }
-        Err(StoreError::Backend(
-            "database URL must start with sqlite://, postgres:// or postgresql://".into(),
+        Err(StoreError::fault(
+            "database URL must start with sqlite://, postgres:// or postgresql://",
         ))
     }
 

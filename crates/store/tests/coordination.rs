@@ -2,6 +2,7 @@
 //! and PostgreSQL's LISTEN/NOTIFY wake-ups.
 
 use std::time::Duration;
+use videogen_core::store::prelude::*;
 use videogen_core::store::{NewJob, Store, Submitted};
 use videogen_core::{Seconds, TenantId, Tier, VideoId, VideoSize, VideoSpec, WorkerId};
 use videogen_store::{PgOptions, PgStore, Wakeup};

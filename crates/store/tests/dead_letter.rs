@@ -3,6 +3,7 @@
 //! PostgreSQL database).
 
 use std::collections::HashSet;
+use videogen_core::store::prelude::*;
 use videogen_core::store::{ApiKey, NewJob, Reclaimed, Store, StoreError, Submitted, WorkerToken};
 use videogen_core::{
     CheckpointRef, IllegalTransition, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, Seconds,
@@ -94,7 +95,7 @@ async fn drive_to_dead_letter_by_expiry(store: &dyn Store, id: &VideoId, mut now
     loop {
         let l = lease(store, id, now).await;
         now += TTL + 1;
-        match &store.reclaim_expired(now, max).await.unwrap()[..] {
+        match &store.reclaim_expired(now, max, 1000).await.unwrap()[..] {
             [Reclaimed::Requeued(q)] if q.id == *id => {}
             [Reclaimed::DeadLettered(d)] if d == id => return (now, l),
             other => panic!("unexpected reclaim {other:?}"),
@@ -191,27 +192,27 @@ async fn redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing(store: &dyn 
         "queued, error cleared, attempt kept"
     );
     assert_eq!(redriven.enqueued_at_ms, now + 1);
-    assert_eq!(store.queued_jobs().await.unwrap(), vec![q]);
+    assert_eq!(store.queued_jobs(None, 1000).await.unwrap(), vec![q]);
     assert!(dead_letter_ids(store).await.is_empty());
     let ev = events(store, &j.id).await;
     assert_eq!(ev.len(), seq_before + 1);
     let e = ev.last().unwrap();
-    assert_eq!((e.kind.as_str(), e.at_ms), ("redriven", now + 1));
-    assert_eq!(e.data["status"], "queued");
-    assert_eq!(e.data["state"], "queued");
-    assert_eq!(e.data["phase"], "queued");
-    assert_eq!(e.data["attempt"], 2);
-    assert_eq!(e.data["previous_error"]["code"], "max_attempts_exceeded");
-    assert_eq!(e.data["previous_error"]["message"], error.message.as_str());
+    assert_eq!((e.kind().as_str(), e.at_ms), ("redriven", now + 1));
+    assert_eq!(e.to_json()["status"], "queued");
+    assert_eq!(e.to_json()["state"], "queued");
+    assert_eq!(e.to_json()["phase"], "queued");
+    assert_eq!(e.to_json()["attempt"], 2);
+    assert_eq!(e.to_json()["previous_error"]["code"], "max_attempts_exceeded");
+    assert_eq!(e.to_json()["previous_error"]["message"], error.message.as_str());
 
     // A fresh budget of MAX attempts (3 and 4), numbered on from 2.
     let l3 = lease(store, &j.id, now + 2).await;
     assert_eq!(l3.attempt, 3);
-    let r = store.reclaim_expired(now + 2 + TTL + 1, MAX).await.unwrap();
+    let r = store.reclaim_expired(now + 2 + TTL + 1, MAX, 1000).await.unwrap();
     assert!(matches!(&r[..], [Reclaimed::Requeued(q)] if q.id == j.id), "{r:?}");
     let l4 = lease(store, &j.id, now + 3 * TTL).await;
     assert_eq!(l4.attempt, 4);
-    let r = store.reclaim_expired(now + 4 * TTL + 1, MAX).await.unwrap();
+    let r = store.reclaim_expired(now + 4 * TTL + 1, MAX, 1000).await.unwrap();
     assert!(matches!(&r[..], [Reclaimed::DeadLettered(id)] if *id == j.id), "{r:?}");
     let dead = job(store, &j.id).await;
     assert_eq!((dead.state, dead.attempt), (JobState::Failed, 4));
@@ -347,11 +348,11 @@ async fn requeue_or_dead_letter_requeues_while_the_budget_lasts(store: &dyn Stor
         let requeued = job(store, &j.id).await;
         assert_eq!((requeued.state, requeued.lease.as_ref()), (JobState::Queued, None));
         let e = events(store, &j.id).await.pop().unwrap();
-        assert_eq!(e.kind, "requeued");
-        assert_eq!(e.data["reason"], "error");
-        assert_eq!(e.data["error"], format!("blob store timeout {attempt}"));
-        assert_eq!(e.data["attempt"], attempt);
-        assert_eq!(e.data["resume_step"], 4 * attempt);
+        assert_eq!(e.kind().as_str(), "requeued");
+        assert_eq!(e.to_json()["reason"], "error");
+        assert_eq!(e.to_json()["error"], format!("blob store timeout {attempt}"));
+        assert_eq!(e.to_json()["attempt"], attempt);
+        assert_eq!(e.to_json()["resume_step"], 4 * attempt);
     }
     let l = lease(store, &j.id, now + 10).await;
     assert_eq!(l.attempt, MAX);
@@ -370,13 +371,13 @@ async fn requeue_or_dead_letter_requeues_while_the_budget_lasts(store: &dyn Stor
     assert!(error.message.contains("after 3 attempts"), "{}", error.message);
     assert!(error.message.contains("blob store timeout 3"), "{}", error.message);
     let e = events(store, &j.id).await.pop().unwrap();
-    assert_eq!(e.kind, "failed");
+    assert_eq!(e.kind().as_str(), "failed");
     assert_eq!(
-        (e.data["state"].as_str(), e.data["attempt"].as_u64()),
+        (e.to_json()["state"].as_str(), e.to_json()["attempt"].as_u64()),
         (Some("failed"), Some(3))
     );
-    assert_eq!(e.data["error"]["code"], "max_attempts_exceeded");
-    assert_eq!(e.data["error"]["message"], error.message.as_str());
+    assert_eq!(e.to_json()["error"]["code"], "max_attempts_exceeded");
+    assert_eq!(e.to_json()["error"]["message"], error.message.as_str());
     assert_eq!(dead_letter_ids(store).await, vec![j.id.clone()]);
     // Once dead, the lease is stale.
     assert!(is_stale(store.requeue_or_dead_letter(&l, "again", now + 12, MAX).await));
@@ -395,7 +396,7 @@ on_every_backend!(requeue_or_dead_letter_requeues_while_the_budget_lasts);
 async fn requeue_or_dead_letter_is_fenced(store: &dyn Store) {
     let j = submit(store, T0).await;
     let zombie = lease(store, &j.id, T0).await;
-    store.reclaim_expired(T0 + TTL + 1, 3).await.unwrap();
+    store.reclaim_expired(T0 + TTL + 1, 3, 1000).await.unwrap();
     let owner = lease(store, &j.id, T0 + TTL + 2).await;
     let before = (job(store, &j.id).await, events(store, &j.id).await);
     // Neither branch lands for an old attempt, whatever the budget says.
@@ -429,7 +430,7 @@ async fn worker_tokens_are_stored_found_by_hash_listed_and_revoked(store: &dyn S
         created_at_ms: at,
         revoked_at_ms: None,
     };
-    assert!(store.list_worker_tokens().await.unwrap().is_empty());
+    assert!(store.list_worker_tokens(None, 1000).await.unwrap().is_empty());
     let t1 = token("wtok_1", &"a".repeat(64), "gpu-host-1", T0);
     let t2 = token("wtok_2", &"b".repeat(64), "gpu-host-2", T0 + 1);
     store.insert_worker_token(&t2).await.unwrap();
@@ -450,7 +451,10 @@ async fn worker_tokens_are_stored_found_by_hash_listed_and_revoked(store: &dyn S
     );
     assert_eq!(store.worker_token_by_hash(&t1.hash).await.unwrap(), Some(t1.clone()));
     assert_eq!(store.worker_token_by_hash("nope").await.unwrap(), None);
-    assert_eq!(store.list_worker_tokens().await.unwrap(), vec![t1.clone(), t2.clone()]);
+    assert_eq!(
+        store.list_worker_tokens(None, 1000).await.unwrap(),
+        vec![t1.clone(), t2.clone()]
+    );
 
     // Separate from API keys, both ways, even for the same hash.
     let key = ApiKey {
@@ -466,7 +470,7 @@ async fn worker_tokens_are_stored_found_by_hash_listed_and_revoked(store: &dyn S
     store.insert_api_key(&key).await.unwrap();
     assert_eq!(store.api_key_by_hash(&t1.hash).await.unwrap(), None);
     assert_eq!(store.worker_token_by_hash(&key.hash).await.unwrap(), None);
-    assert_eq!(store.list_api_keys().await.unwrap(), vec![key.clone()]);
+    assert_eq!(store.list_api_keys(None, 1000).await.unwrap(), vec![key.clone()]);
     assert!(!store.revoke_worker_token("key_1", T0).await.unwrap());
     assert!(!store.revoke_api_key("wtok_1", T0).await.unwrap());
 
@@ -519,13 +523,19 @@ async fn redrive_and_worker_tokens_survive_reopening() {
     drop(store);
 
     let store = SqliteStore::open(&path).await.unwrap();
-    assert_eq!(store.list_worker_tokens().await.unwrap(), vec![token]);
+    assert_eq!(store.list_worker_tokens(None, 1000).await.unwrap(), vec![token]);
     let l = lease(&store, &j.id, now + 1).await;
     assert_eq!(l.attempt, 2);
     // Budget 2 from the re-drive: attempt 2 is its first, so it requeues.
-    let r = store.reclaim_expired(now + TTL + 2, 2).await.unwrap();
+    let r = store.reclaim_expired(now + TTL + 2, 2, 1000).await.unwrap();
     assert!(matches!(&r[..], [Reclaimed::Requeued(_)]), "{r:?}");
-    let ids: HashSet<_> = store.queued_jobs().await.unwrap().into_iter().map(|q| q.id).collect();
+    let ids: HashSet<_> = store
+        .queued_jobs(None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.id)
+        .collect();
     assert!(ids.contains(&j.id));
     store.close().await.unwrap();
 }

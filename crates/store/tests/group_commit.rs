@@ -102,7 +102,7 @@ async fn kinds(store: &dyn Store, id: &VideoId) -> Vec<String> {
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind().as_str().to_owned())
         .collect()
 }
 
@@ -116,8 +116,9 @@ fn is_stale(r: &Result<impl std::fmt::Debug, StoreError>) -> bool {
 trait Gate: Send + Sync {
     /// Blocks the store's writes; `store` is used to send the blocked one.
     async fn close(&mut self, store: &Arc<dyn Store>);
-    /// Lets them go.
-    async fn open(&mut self);
+    /// Lets them go once the scenario's `sent` writes have all reached the
+    /// store's queue.
+    async fn open(&mut self, sent: u64);
 }
 
 struct NoGate;
@@ -125,15 +126,19 @@ struct NoGate;
 #[async_trait::async_trait]
 impl Gate for NoGate {
     async fn close(&mut self, _: &Arc<dyn Store>) {}
-    async fn open(&mut self) {}
+    async fn open(&mut self, _: u64) {}
 }
 
 /// `LOCK TABLE jobs` in a transaction of a connection of its own.
 struct TableLock {
     url: String,
+    /// The store under test, for its group commit's counters.
+    store: PgStore,
     conn: Option<sqlx::PgConnection>,
     /// Writes sent to block the store, to check once the lock is gone.
     fillers: Vec<tokio::task::JoinHandle<Option<Lease>>>,
+    /// Writes the collector had been handed once the fillers were in.
+    enqueued: u64,
 }
 
 /// The first two block the two batches in flight; the third queues with
@@ -152,20 +157,29 @@ impl Gate for TableLock {
         conn.execute("BEGIN").await.unwrap();
         conn.execute("LOCK TABLE jobs IN EXCLUSIVE MODE").await.unwrap();
         self.conn = Some(conn);
-        for id in ids {
+        let before = self.store.group_commit_stats();
+        for (i, id) in ids.into_iter().enumerate() {
             let store = Arc::clone(store);
             self.fillers.push(tokio::spawn(async move {
                 store.lease(&id, &WorkerId::new("n", "filler"), T0, TTL).await.unwrap()
             }));
-            // One at a time, so that the first one is alone in its batch.
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // One at a time: each of the first two starts a batch of its
+            // own (two run at once), which then blocks on the lock.
+            if i < 2 {
+                let started = before.batches + i as u64 + 1;
+                self.store.group_commit_reached(|s| s.batches >= started).await;
+            }
         }
+        self.enqueued = before.enqueued + FILLERS as u64;
+        let enqueued = self.enqueued;
+        self.store.group_commit_reached(|s| s.enqueued >= enqueued).await;
     }
 
-    async fn open(&mut self) {
+    async fn open(&mut self, sent: u64) {
         use sqlx::Executor;
-        // Let every write of the scenario reach the queue first.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Every write of the scenario is queued behind the blocked batches.
+        let queued = self.enqueued + sent;
+        self.store.group_commit_reached(|s| s.enqueued >= queued).await;
         let mut conn = self.conn.take().expect("gate closed");
         conn.execute("COMMIT").await.unwrap();
         for f in self.fillers.drain(..) {
@@ -197,8 +211,10 @@ macro_rules! on_every_backend_gated {
                 let store: super::PgStore = db.store().await;
                 let mut gate = super::TableLock {
                     url: db.url(),
+                    store: store.clone(),
                     conn: None,
                     fillers: Vec::new(),
+                    enqueued: 0,
                 };
                 let before = store.group_commit_stats();
                 super::$name(Arc::new(store.clone()), &mut gate).await;
@@ -238,7 +254,7 @@ async fn concurrent_leases_of_a_job_elect_exactly_one(store: Arc<dyn Store>, gat
             }));
         }
     }
-    gate.open().await;
+    gate.open((JOBS * RIVALS) as u64).await;
     let mut winners: std::collections::HashMap<VideoId, Vec<Lease>> = Default::default();
     for t in tasks {
         let (id, lease) = t.await.unwrap();
@@ -321,7 +337,7 @@ async fn a_batch_of_hits_and_misses_answers_each_write(store: Arc<dyn Store>, ga
         let s = st(&store);
         async move { s.submit(fresh, None).await }
     });
-    gate.open().await;
+    gate.open(10).await;
 
     let leased = lease_hit.await.unwrap().unwrap().expect("queued job leased");
     assert_eq!((leased.attempt, leased.worker.as_str()), (1, "n/w1"));
@@ -400,10 +416,13 @@ async fn a_failing_write_fails_alone(store: Arc<dyn Store>, gate: &mut dyn Gate)
         let (s, l) = (Arc::clone(&store), l.clone());
         async move { s.complete(&l, &outputs(&l.job_id, 1), T0 + 3, T0 + 9).await }
     });
-    gate.open().await;
+    gate.open(8).await;
 
     let r = dup.await.unwrap();
-    assert!(matches!(r, Err(StoreError::Backend(_))), "{r:?}");
+    assert!(
+        matches!(r, Err(StoreError::Fault(_))),
+        "a duplicate id is a fault, not retryable: {r:?}"
+    );
     for o in others {
         let Submitted::Created(j) = o.await.unwrap().unwrap() else {
             panic!("replayed")
@@ -433,19 +452,16 @@ async fn writes_of_one_job_keep_their_order(store: Arc<dyn Store>, gate: &mut dy
     let j = submit(s).await;
     let l = lease(s, &j.id).await;
     gate.close(&store).await;
-    let beat = tokio::spawn({
-        let (s, l) = (Arc::clone(&store), l.clone());
-        async move { s.heartbeat(&l, &progress(60), T0 + 1, TTL).await }
-    });
-    // Queued behind the heartbeat.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let done = tokio::spawn({
-        let (s, l) = (Arc::clone(&store), l.clone());
-        async move { s.complete(&l, &outputs(&l.job_id, 1), T0 + 2, T0 + 9).await }
-    });
-    gate.open().await;
-    beat.await.unwrap().unwrap();
-    assert_eq!(done.await.unwrap().unwrap().state, JobState::Completed);
+    // `join!` polls in order, and a write reaches the store's queue on its
+    // first poll: the heartbeat is queued before the completion.
+    let (p, o) = (progress(60), outputs(&l.job_id, 1));
+    let (beat, done, ()) = tokio::join!(
+        s.heartbeat(&l, &p, T0 + 1, TTL),
+        s.complete(&l, &o, T0 + 2, T0 + 9),
+        gate.open(2),
+    );
+    beat.unwrap();
+    assert_eq!(done.unwrap().state, JobState::Completed);
     assert_eq!(kinds(s, &j.id).await, ["created", "leased", "progress", "completed"]);
 }
 on_every_backend_gated!(writes_of_one_job_keep_their_order, |_, _| ());
@@ -457,7 +473,8 @@ on_every_backend_gated!(writes_of_one_job_keep_their_order, |_, _| ());
 async fn postgres_a_blocked_job_holds_back_only_its_own_writes() {
     use sqlx::{Connection, Executor};
     let db = videogen_testkit::pg::TestDb::create().await;
-    let store: Arc<dyn Store> = Arc::new(db.store().await);
+    let pg = db.store().await;
+    let store: Arc<dyn Store> = Arc::new(pg.clone());
     let s = &*store;
     let blocked = submit(s).await;
     let l = lease(s, &blocked.id).await;
@@ -471,24 +488,26 @@ async fn postgres_a_blocked_job_holds_back_only_its_own_writes() {
         .execute(&mut side)
         .await
         .unwrap();
+    let before = pg.group_commit_stats();
     let beat = tokio::spawn({
         let (s, l) = (Arc::clone(&store), l.clone());
         async move { s.heartbeat(&l, &progress(60), T0 + 1, TTL).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The heartbeat's batch started, and waits on the row.
+    pg.group_commit_reached(|st| st.batches > before.batches).await;
     let done = tokio::spawn({
         let (s, l) = (Arc::clone(&store), l.clone());
         async move { s.complete(&l, &outputs(&l.job_id, 1), T0 + 2, T0 + 9).await }
     });
-    // The completion now waits in the collector for the blocked batch; the
-    // collector must still take and run other jobs' writes meanwhile.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // The other job's lease does not wait for the blocked batch.
-    let leased = tokio::time::timeout(Duration::from_secs(10), lease(s, &other.id))
+    // The completion reached the collector, which holds it for the blocked
+    // batch; it must still take and run other jobs' writes meanwhile.
+    pg.group_commit_reached(|st| st.enqueued >= before.enqueued + 2).await;
+    // The other job's lease does not wait for the blocked batch (the
+    // timeout only bounds a failing run).
+    let leased = tokio::time::timeout(Duration::from_secs(30), lease(s, &other.id))
         .await
         .expect("a write of another job runs while a batch is blocked");
     assert_eq!(leased.attempt, 1);
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!beat.is_finished() && !done.is_finished(), "the row is still locked");
 
     side.execute("COMMIT").await.unwrap();

@@ -2,13 +2,13 @@
 //! real database file in a temporary directory and in memory, and `PgStore`
 //! against a fresh PostgreSQL database.
 
-use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
+use videogen_core::store::prelude::*;
 use videogen_core::store::{ApiKey, Idempotency, ListQuery, NewJob, Order, Reclaimed, Store, StoreError, Submitted};
 use videogen_core::{
-    CheckpointRef, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, RequeueReason, Seconds,
-    TenantId, Tier, VideoId, VideoSize, VideoSpec, WorkerId,
+    CheckpointRef, EventPayload, Job, JobError, JobEvent, JobState, Lease, Outputs, Phase, Progress, RequeueReason,
+    Seconds, TenantId, Tier, VideoId, VideoSize, VideoSpec, WorkerId,
 };
 use videogen_store::SqliteStore;
 
@@ -103,12 +103,12 @@ async fn events(store: &dyn Store, id: &VideoId) -> Vec<JobEvent> {
 }
 
 fn kinds(events: &[JobEvent]) -> Vec<&str> {
-    events.iter().map(|e| e.kind.as_str()).collect()
+    events.iter().map(|e| e.kind().as_str()).collect()
 }
 
 /// Fields every state-change event carries.
 fn assert_common(e: &JobEvent, state: JobState, phase: Phase, progress: u8, attempt: u32) {
-    let d = &e.data;
+    let d = &e.to_json();
     assert_eq!(d["status"], state.api_status(), "{e:?}");
     assert_eq!(d["state"], state.as_str(), "{e:?}");
     assert_eq!(d["phase"], phase.as_str(), "{e:?}");
@@ -192,38 +192,43 @@ async fn full_lifecycle_records_every_event_with_its_data(store: &dyn Store) {
     );
     assert_common(&ev[0], JobState::Queued, Phase::Queued, 0, 0);
     assert_common(&ev[1], JobState::Running, Phase::LoadingModel, 0, 1);
-    assert_eq!(ev[1].data["worker"], "node-1/w0");
+    assert_eq!(ev[1].to_json()["worker"], "node-1/w0");
     assert_common(&ev[2], JobState::Running, Phase::Generating, 10, 1);
     assert_eq!(
-        (ev[2].data["step"].as_u64(), ev[2].data["total_steps"].as_u64()),
+        (
+            ev[2].to_json()["step"].as_u64(),
+            ev[2].to_json()["total_steps"].as_u64()
+        ),
         (Some(3), Some(30))
     );
     assert_common(&ev[3], JobState::Running, Phase::Generating, 10, 1);
-    assert_eq!(ev[3].data["step"], 4);
-    assert_eq!(ev[3].data["key"], ck.key.as_str());
+    assert_eq!(ev[3].to_json()["step"], 4);
+    assert_eq!(ev[3].to_json()["key"], ck.key.as_str());
     assert_common(&ev[4], JobState::Running, Phase::Encoding, 95, 1);
     assert_common(&ev[5], JobState::Completed, Phase::Completed, 100, 1);
-    assert_eq!(ev[5].data["expires_at_ms"], T0 + 60 + 86_400_000);
+    assert_eq!(ev[5].to_json()["expires_at_ms"], T0 + 60 + 86_400_000);
 
     // Event paging and free-form events.
     assert_eq!(
         kinds(&store.events(&created.id, 2, 2).await.unwrap()),
         ["progress", "checkpoint"]
     );
-    let seq = store
-        .append_event(&created.id, "resumed", json!({ "step": 4 }), T0 + 70)
-        .await
-        .unwrap();
+    let resumed = EventPayload::Resumed {
+        from_step: 4,
+        checkpoint_attempt: 1,
+        previous_step: 6,
+    };
+    let seq = store.append_event(&created.id, &resumed, T0 + 70).await.unwrap();
     assert_eq!(seq, 7);
     let last = store.events(&created.id, 6, 10).await.unwrap();
     assert_eq!(last.len(), 1);
-    assert_eq!(
-        (last[0].kind.as_str(), &last[0].data),
-        ("resumed", &json!({ "step": 4 }))
-    );
+    assert_eq!((last[0].seq, last[0].at_ms, &last[0].payload), (7, T0 + 70, &resumed));
+    // The job's fields come from the row as it is (completed by now).
+    assert_common(&last[0], JobState::Completed, Phase::Completed, 100, 1);
+    assert_eq!(last[0].to_json()["from_step"], 4);
     let ghost = VideoId::generate();
     assert!(matches!(
-        store.append_event(&ghost, "resumed", json!({}), T0).await,
+        store.append_event(&ghost, &resumed, T0).await,
         Err(StoreError::NotFound(id)) if id == ghost
     ));
     assert!(store.events(&ghost, 0, 10).await.unwrap().is_empty());
@@ -314,7 +319,7 @@ async fn concurrent_submits_with_the_same_key_resolve_to_one_job(store: Arc<dyn 
     }
     assert_eq!(created, 1);
     assert!(ids.windows(2).all(|w| w[0] == w[1]), "every submit got the same job");
-    assert_eq!(store.queued_jobs().await.unwrap().len(), 1);
+    assert_eq!(store.queued_jobs(None, 1000).await.unwrap().len(), 1);
 }
 
 mod concurrent_submits_with_the_same_key_resolve_to_one_job {
@@ -410,11 +415,11 @@ async fn cancel_of_a_queued_job_fails_it_as_cancelled(store: &dyn Store) {
             .unwrap()
             .is_none()
     );
-    assert!(store.queued_jobs().await.unwrap().is_empty());
+    assert!(store.queued_jobs(None, 1000).await.unwrap().is_empty());
     let ev = events(store, &j.id).await;
     assert_eq!(kinds(&ev), ["created", "cancelled"]);
     assert_common(&ev[1], JobState::Cancelled, Phase::Cancelled, 0, 0);
-    assert_eq!(ev[1].data["status"], "failed");
+    assert_eq!(ev[1].to_json()["status"], "failed");
 
     let ghost = VideoId::generate();
     assert!(matches!(store.cancel(&ghost, T0).await, Err(StoreError::NotFound(id)) if id == ghost));
@@ -470,8 +475,8 @@ async fn zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed(store: &dyn S
     let zombie = lease(store, &j.id, &worker("n1", "w0"), T0).await;
     assert_eq!(zombie.attempt, 1);
     // Not yet expired: nothing reclaimed.
-    assert!(store.reclaim_expired(T0 + TTL, 3).await.unwrap().is_empty());
-    let reclaimed = store.reclaim_expired(T0 + TTL + 1, 3).await.unwrap();
+    assert!(store.reclaim_expired(T0 + TTL, 3, 1000).await.unwrap().is_empty());
+    let reclaimed = store.reclaim_expired(T0 + TTL + 1, 3, 1000).await.unwrap();
     assert!(matches!(&reclaimed[..], [Reclaimed::Requeued(q)] if q.id == j.id && q.enqueued_at_ms == T0));
     let requeued = job(store, &j.id).await;
     assert_eq!(
@@ -540,9 +545,9 @@ async fn zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed(store: &dyn S
         ]
     );
     assert_common(&ev[2], JobState::Queued, Phase::Queued, 0, 1);
-    assert_eq!(ev[2].data["reason"], "lease_expired");
-    assert_eq!(ev[2].data["resume_step"], 0);
-    assert_eq!(ev[3].data["attempt"], 2);
+    assert_eq!(ev[2].to_json()["reason"], "lease_expired");
+    assert_eq!(ev[2].to_json()["resume_step"], 0);
+    assert_eq!(ev[3].to_json()["attempt"], 2);
 }
 on_every_backend!(zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed);
 
@@ -553,13 +558,13 @@ async fn job_is_dead_lettered_once_attempts_are_exhausted(store: &dyn Store) {
         let l = lease(store, &j.id, &worker("n", "w"), now).await;
         assert_eq!(l.attempt, attempt);
         now += TTL + 1;
-        let r = store.reclaim_expired(now, 3).await.unwrap();
+        let r = store.reclaim_expired(now, 3, 1000).await.unwrap();
         assert!(matches!(&r[..], [Reclaimed::Requeued(_)]), "{r:?}");
     }
     let l = lease(store, &j.id, &worker("n", "w"), now).await;
     assert_eq!(l.attempt, 3);
     now += TTL + 1;
-    let r = store.reclaim_expired(now, 3).await.unwrap();
+    let r = store.reclaim_expired(now, 3, 1000).await.unwrap();
     assert!(matches!(&r[..], [Reclaimed::DeadLettered(id)] if *id == j.id), "{r:?}");
     let dead = job(store, &j.id).await;
     assert_eq!((dead.state, dead.phase), (JobState::Failed, Phase::Failed));
@@ -568,14 +573,14 @@ async fn job_is_dead_lettered_once_attempts_are_exhausted(store: &dyn Store) {
         Some("max_attempts_exceeded")
     );
     assert_eq!(dead.lease, None);
-    assert!(store.queued_jobs().await.unwrap().is_empty());
-    assert!(store.reclaim_expired(now + 10 * TTL, 3).await.unwrap().is_empty());
+    assert!(store.queued_jobs(None, 1000).await.unwrap().is_empty());
+    assert!(store.reclaim_expired(now + 10 * TTL, 3, 1000).await.unwrap().is_empty());
     let ev = events(store, &j.id).await;
     let last = ev.last().unwrap();
-    assert_eq!(last.kind, "failed");
+    assert_eq!(last.kind().as_str(), "failed");
     assert_common(last, JobState::Failed, Phase::Failed, 0, 3);
-    assert_eq!(last.data["error"]["code"], "max_attempts_exceeded");
-    assert!(last.data["error"]["message"].is_string());
+    assert_eq!(last.to_json()["error"]["code"], "max_attempts_exceeded");
+    assert!(last.to_json()["error"]["message"].is_string());
 }
 on_every_backend!(job_is_dead_lettered_once_attempts_are_exhausted);
 
@@ -595,7 +600,7 @@ async fn reclaim_node_only_touches_that_nodes_jobs(store: &dyn Store) {
         .unwrap();
 
     // Lease not expired: reclaimed anyway, the node restarted.
-    let r = store.reclaim_node("a", T0 + 2, 5).await.unwrap();
+    let r = store.reclaim_node("a", T0 + 2, 5, 1000).await.unwrap();
     let mut requeued: Vec<VideoId> = r
         .iter()
         .map(|x| match x {
@@ -613,15 +618,15 @@ async fn reclaim_node_only_touches_that_nodes_jobs(store: &dyn Store) {
     assert_eq!(job(store, &queued).await.state, JobState::Queued);
     let ev = events(store, &a2).await;
     let last = ev.last().unwrap();
-    assert_eq!(last.kind, "requeued");
-    assert_eq!(last.data["reason"], RequeueReason::NodeRestarted.as_str());
-    assert_eq!(last.data["resume_step"], 12);
+    assert_eq!(last.kind().as_str(), "requeued");
+    assert_eq!(last.to_json()["reason"], RequeueReason::NodeRestarted.as_str());
+    assert_eq!(last.to_json()["resume_step"], 12);
     // The next attempt resumes from the checkpoint.
     let l = lease(store, &a2, &worker("b", "w1"), T0 + 3).await;
     assert_eq!(l.attempt, 2);
     assert_eq!(job(store, &a2).await.phase, Phase::ResumingFromCheckpoint);
     // Dead-letters too when attempts are exhausted.
-    let r = store.reclaim_node("ab", T0 + 4, 1).await.unwrap();
+    let r = store.reclaim_node("ab", T0 + 4, 1, 1000).await.unwrap();
     assert!(matches!(&r[..], [Reclaimed::DeadLettered(id)] if *id == ab));
 }
 on_every_backend!(reclaim_node_only_touches_that_nodes_jobs);
@@ -660,19 +665,22 @@ async fn checkpoint_commit_keeps_the_previous_pointer(store: &dyn Store) {
         (s.state, s.phase, s.progress, s.lease.as_ref()),
         (JobState::Queued, Phase::Queued, 50, None)
     );
-    assert_eq!(store.queued_jobs().await.unwrap(), vec![q]);
+    assert_eq!(store.queued_jobs(None, 1000).await.unwrap(), vec![q]);
     let ev = events(store, &j.id).await;
     let last = ev.last().unwrap();
-    assert_eq!(last.kind, "requeued");
+    assert_eq!(last.kind().as_str(), "requeued");
     assert_common(last, JobState::Queued, Phase::Queued, 50, 1);
     assert_eq!(
-        (last.data["reason"].as_str(), last.data["resume_step"].as_u64()),
+        (
+            last.to_json()["reason"].as_str(),
+            last.to_json()["resume_step"].as_u64()
+        ),
         (Some("released"), Some(15))
     );
     let l2 = lease(store, &j.id, &worker("n", "w"), T0 + 6).await;
     assert_eq!(job(store, &j.id).await.phase, Phase::ResumingFromCheckpoint);
     assert_eq!(
-        events(store, &j.id).await.last().unwrap().data["phase"],
+        events(store, &j.id).await.last().unwrap().to_json()["phase"],
         "resuming_from_checkpoint"
     );
     let c4 = checkpoint(&j.id, 2, 20);
@@ -712,9 +720,9 @@ async fn expire_due_expires_completed_jobs_whose_retention_passed(store: &dyn St
             "outputs kept so blobs can be deleted"
         );
         let ev = events(store, &j.id).await;
-        assert_eq!(ev.last().unwrap().kind, "expired");
+        assert_eq!(ev.last().unwrap().kind().as_str(), "expired");
         assert_common(ev.last().unwrap(), JobState::Expired, Phase::Expired, 100, 1);
-        assert_eq!(ev.last().unwrap().data["status"], "completed");
+        assert_eq!(ev.last().unwrap().to_json()["status"], "completed");
     }
     let second = store.expire_due(T0 + 300, 10).await.unwrap();
     assert_eq!(
@@ -807,7 +815,7 @@ async fn delete_removes_the_job_and_its_events(store: &dyn Store) {
         store.delete(&keep.id).await.unwrap().map(|j| j.state),
         Some(JobState::Queued)
     );
-    assert!(store.queued_jobs().await.unwrap().is_empty());
+    assert!(store.queued_jobs(None, 1000).await.unwrap().is_empty());
 }
 on_every_backend!(delete_removes_the_job_and_its_events);
 
@@ -817,7 +825,7 @@ async fn queued_jobs_lists_runnable_jobs_oldest_first(store: &dyn Store) {
     let c = submit(store, "other", T0 + 20).await;
     let d = submit(store, "acme", T0 + 5).await;
     lease(store, &d.id, &worker("n", "w"), T0 + 40).await;
-    let q = store.queued_jobs().await.unwrap();
+    let q = store.queued_jobs(None, 1000).await.unwrap();
     assert_eq!(q.iter().map(|q| q.id.clone()).collect::<Vec<_>>(), [b.id, c.id, a.id]);
     assert_eq!(q[1].tenant, tenant("other"));
     assert_eq!(q[1].enqueued_at_ms, T0 + 20);
@@ -845,7 +853,10 @@ async fn api_keys_are_stored_found_by_hash_listed_and_revoked(store: &dyn Store)
     );
     assert_eq!(store.api_key_by_hash(&k1.hash).await.unwrap(), Some(k1.clone()));
     assert_eq!(store.api_key_by_hash("nope").await.unwrap(), None);
-    assert_eq!(store.list_api_keys().await.unwrap(), vec![k1.clone(), k2.clone()]);
+    assert_eq!(
+        store.list_api_keys(None, 1000).await.unwrap(),
+        vec![k1.clone(), k2.clone()]
+    );
     assert!(store.revoke_api_key("key_1", T0 + 9).await.unwrap());
     assert!(
         !store.revoke_api_key("key_1", T0 + 10).await.unwrap(),
@@ -884,7 +895,7 @@ async fn data_survives_reopening_the_same_file() {
 
     let store = SqliteStore::open(&path).await.unwrap();
     assert_eq!(job(&store, &j.id).await.state, JobState::Completed);
-    assert_eq!(store.queued_jobs().await.unwrap().len(), 1);
+    assert_eq!(store.queued_jobs(None, 1000).await.unwrap().len(), 1);
 }
 
 /// 8 tasks submit, lease and complete 2,000 jobs, racing to lease each
@@ -938,7 +949,7 @@ async fn eight_tasks_complete_two_thousand_jobs_exactly_once(store: Arc<dyn Stor
     assert_eq!(ids.len(), TASKS * PER_TASK);
     assert_eq!(times_completed.len(), ids.len(), "some job was never completed");
     assert!(times_completed.values().all(|&n| n == 1), "a job completed twice");
-    assert!(store.queued_jobs().await.unwrap().is_empty());
+    assert!(store.queued_jobs(None, 1000).await.unwrap().is_empty());
     for id in ids.iter().step_by(97) {
         let j = job(&*store, id).await;
         assert_eq!((j.state, j.attempt), (JobState::Completed, 1));

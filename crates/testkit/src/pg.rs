@@ -36,6 +36,15 @@ static TEMPLATE: OnceCell<String> = OnceCell::const_new();
 /// Advisory lock key serialising template builds across test processes.
 const TEMPLATE_LOCK: i64 = 0x7669_6465_6f67_656e; // "videogen"
 
+/// The server, resolved once per test process.
+async fn server() -> String {
+    SERVER
+        .get_or_try_init(resolve_server)
+        .await
+        .unwrap_or_else(|e| panic!("no PostgreSQL server for the tests: {e}"))
+        .clone()
+}
+
 /// A database created for one test, dropped (best effort) when this is dropped.
 pub struct TestDb {
     server: String,
@@ -45,16 +54,21 @@ pub struct TestDb {
 impl TestDb {
     /// Creates a migrated database with a unique name.
     pub async fn create() -> Self {
-        let server = SERVER
-            .get_or_try_init(resolve_server)
-            .await
-            .unwrap_or_else(|e| panic!("no PostgreSQL server for the tests: {e}"))
-            .clone();
+        let server = server().await;
         let template = TEMPLATE
             .get_or_try_init(|| ensure_template(&server))
             .await
             .unwrap_or_else(|e| panic!("no template database for the tests: {e}"))
             .clone();
+        Self::from_template(server, &template).await
+    }
+
+    /// Creates a database with no schema at all (for tests of migrations).
+    pub async fn empty() -> Self {
+        Self::from_template(server().await, "template0").await
+    }
+
+    async fn from_template(server: String, template: &str) -> Self {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -69,7 +83,7 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("connecting to {server}: {e}"));
         admin
             .execute(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+                "CREATE DATABASE \"{name}\" ENCODING 'UTF8' TEMPLATE \"{template}\""
             )))
             .await
             .unwrap_or_else(|e| panic!("creating database {name}: {e}"));

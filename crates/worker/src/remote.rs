@@ -12,7 +12,6 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use videogen_core::{CheckpointRef, JobError, Lease, Progress};
@@ -242,12 +241,8 @@ impl ControlPlane for RemoteControl {
         Self::json(resp).await
     }
 
-    async fn event(&self, lease: &Lease, kind: &str, data: Value) -> Result<(), ControlError> {
-        let body = EventRequest {
-            kind: kind.to_owned(),
-            data,
-        };
-        self.post_json(lease, "events", &body).await.map(drop)
+    async fn event(&self, lease: &Lease, event: &EventRequest) -> Result<(), ControlError> {
+        self.post_json(lease, "events", event).await.map(drop)
     }
 
     async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, bytes: Bytes) -> Result<(), ControlError> {

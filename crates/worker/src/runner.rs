@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use videogen_core::moderation::{FrameSample, Moderator, Verdict};
-use videogen_core::{CheckpointRef, Job, JobError, Lease, Phase, Progress};
+use videogen_core::{AttemptEvent, CheckpointRef, Job, JobError, Lease, Phase, Progress};
 use videogen_model::{Generation, GenerationRequest, Model, ModelError, RgbImage};
 
 use crate::lease_keeper::{LeaseKeeper, Signals};
@@ -305,26 +305,23 @@ impl Attempt<'_> {
         for ck in candidates.into_iter().flatten() {
             match self.load_checkpoint(ck, req).await {
                 Ok(generation) => {
-                    let data = serde_json::json!({
-                        "status": "in_progress", "state": "running",
-                        "phase": Phase::ResumingFromCheckpoint.as_str(),
-                        "progress": percent_for_step(ck.step, req.steps),
-                        "attempt": self.lease.attempt, "from_step": ck.step,
-                        "checkpoint_attempt": ck.attempt,
-                        "previous_step": job.step,
-                    });
-                    self.control.event(self.lease, "resumed", data).await?;
+                    let resumed = AttemptEvent::Resumed {
+                        from_step: ck.step,
+                        checkpoint_attempt: ck.attempt,
+                        previous_step: job.step,
+                    };
+                    self.control.event(self.lease, &resumed).await?;
                     tracing::info!(job = %job.id, step = ck.step, "resumed from checkpoint");
                     return Ok(generation);
                 }
                 Err(reason) => {
                     tracing::warn!(job = %job.id, key = %ck.key, "checkpoint unusable: {reason}");
-                    let data = serde_json::json!({
-                        "status": "in_progress", "state": "running", "phase": Phase::LoadingModel.as_str(),
-                        "progress": job.progress, "attempt": self.lease.attempt,
-                        "key": ck.key, "step": ck.step, "reason": reason,
-                    });
-                    self.control.event(self.lease, "checkpoint_rejected", data).await?;
+                    let rejected = AttemptEvent::CheckpointRejected {
+                        key: ck.key.clone(),
+                        step: ck.step,
+                        reason: reason.to_string(),
+                    };
+                    self.control.event(self.lease, &rejected).await?;
                 }
             }
         }

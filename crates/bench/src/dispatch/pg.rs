@@ -26,7 +26,7 @@ use serde::Serialize;
 use sqlx::{Connection, Executor, PgConnection};
 use std::process::Command;
 use std::sync::Arc;
-use videogen_core::store::Store;
+use videogen_core::store::prelude::*;
 use videogen_store::{PgOptions, PgStore};
 use videogen_testkit::pg_server::{PgServer, PgSettings, TempDb};
 

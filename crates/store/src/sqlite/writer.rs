@@ -19,20 +19,23 @@
 //! an async driver's per-statement hop to its own worker thread (sqlx: ~60 µs
 //! measured here) cost more than SQLite's own work for these statements.
 
-use crate::rows::db;
+use crate::error;
 use rusqlite::Connection;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use videogen_core::store::StoreError;
 
 /// Most writes one transaction takes. Bounds the latency a write can add to
 /// the others of its batch (hot-path writes take ~5–20 µs each here).
 pub(crate) const MAX_BATCH: usize = 128;
+
+/// Writes queued before callers wait to queue (back-pressure instead of an
+/// unbounded queue).
+const QUEUE: usize = 4 * MAX_BATCH;
 
 /// How long the idle writer keeps polling before it blocks (see [`next_op`]).
 const SPIN: Duration = Duration::from_micros(50);
@@ -40,9 +43,9 @@ const SPIN: Duration = Duration::from_micros(50);
 /// A queued write, type-erased.
 trait Op: Send {
     /// Runs the write's statements; `false` if it failed.
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, conn: &mut Connection) -> bool;
     /// Answers the caller; `commit` is the batch's failure, if it failed.
-    fn finish(self: Box<Self>, commit: Option<&str>);
+    fn finish(self: Box<Self>, commit: Option<&BatchFailure>);
 }
 
 struct Pending<T, F> {
@@ -54,25 +57,25 @@ struct Pending<T, F> {
 impl<T, F> Op for Pending<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+    F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, conn: &mut Connection) -> bool {
         if let Some(f) = self.f.take() {
             // A panicking write must not take the writer thread (and with it
             // every later write) down: it fails alone.
             let out = catch_unwind(AssertUnwindSafe(|| f(conn)))
-                .unwrap_or_else(|_| Err(StoreError::Backend("a store write panicked".into())));
+                .unwrap_or_else(|_| Err(StoreError::fault("a store write panicked")));
             self.out = Some(out);
         }
         matches!(self.out, Some(Ok(_)))
     }
 
-    fn finish(self: Box<Self>, commit: Option<&str>) {
+    fn finish(self: Box<Self>, commit: Option<&BatchFailure>) {
         let out = match (self.out, commit) {
             (Some(Err(e)), _) => Err(e),
-            (_, Some(e)) => Err(StoreError::Backend(e.to_owned())),
+            (_, Some(e)) => Err(e.error()),
             (Some(ok), None) => ok,
-            (None, None) => Err(StoreError::Backend("store write was not run".into())),
+            (None, None) => Err(StoreError::fault("store write was not run")),
         };
         // The caller may have gone away (a dropped request): the write stands.
         let _ = self.reply.send(out);
@@ -96,16 +99,17 @@ impl Writer {
         name: &str,
         on_exit: impl FnOnce(&Connection) + Send + 'static,
     ) -> Result<Self, StoreError> {
-        let (tx, rx) = mpsc::channel::<Box<dyn Op>>();
+        let (tx, mut rx) = mpsc::channel::<Box<dyn Op>>(QUEUE);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         let thread = std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
-                run(&conn, &rx, &counter);
+                let mut conn = conn;
+                run(&mut conn, &mut rx, &counter);
                 on_exit(&conn);
             })
-            .map_err(|e| StoreError::Backend(format!("starting the store writer thread: {e}")))?;
+            .map_err(|e| StoreError::fault(format!("starting the store writer thread: {e}")))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
@@ -123,7 +127,7 @@ impl Writer {
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let op = Box::new(Pending {
@@ -131,8 +135,9 @@ impl Writer {
             out: None,
             reply,
         });
-        self.tx.as_ref().ok_or_else(closed)?.send(op).map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        let tx = self.tx.as_ref().ok_or_else(error::closed)?;
+        tx.send(op).await.map_err(|_| error::closed())?;
+        answer.await.map_err(|_| error::closed())?
     }
 
     /// Stops accepting writes, lets the queued ones finish, and waits for the
@@ -154,27 +159,50 @@ impl Drop for Writer {
     }
 }
 
-fn closed() -> StoreError {
-    StoreError::Backend("the store is closed".into())
-}
-
 /// Waits for the next write: first briefly polling, then blocking. A caller
 /// that writes again right after its answer (a worker's lease after its
 /// completion) then finds the thread awake instead of paying a futex wake-up,
 /// which costs more than the write itself on a busy small machine.
-fn next_op(rx: &mpsc::Receiver<Box<dyn Op>>) -> Option<Box<dyn Op>> {
+fn next_op(rx: &mut mpsc::Receiver<Box<dyn Op>>) -> Option<Box<dyn Op>> {
+    use mpsc::error::TryRecvError;
     let spin_until = Instant::now() + SPIN;
     loop {
         match rx.try_recv() {
             Ok(op) => return Some(op),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) if Instant::now() < spin_until => std::thread::yield_now(),
-            Err(mpsc::TryRecvError::Empty) => return rx.recv().ok(),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if Instant::now() < spin_until => std::thread::yield_now(),
+            // A plain thread, not a runtime's: blocking here is what it is for.
+            Err(TryRecvError::Empty) => return rx.blocking_recv(),
         }
     }
 }
 
-fn run(conn: &Connection, rx: &mpsc::Receiver<Box<dyn Op>>, commits: &AtomicU64) {
+/// Why a batch did not commit, answered to each of its writes.
+pub(crate) struct BatchFailure {
+    retryable: bool,
+    message: String,
+}
+
+impl BatchFailure {
+    fn of(e: rusqlite::Error) -> Self {
+        let e = error::sqlite(e);
+        Self {
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        let message = format!("the transaction failed: {}", self.message);
+        if self.retryable {
+            StoreError::unavailable(message)
+        } else {
+            StoreError::fault(message)
+        }
+    }
+}
+
+fn run(conn: &mut Connection, rx: &mut mpsc::Receiver<Box<dyn Op>>, commits: &AtomicU64) {
     let mut batch: Vec<Box<dyn Op>> = Vec::with_capacity(MAX_BATCH);
     while let Some(op) = next_op(rx) {
         batch.push(op);
@@ -190,13 +218,13 @@ fn run(conn: &Connection, rx: &mpsc::Receiver<Box<dyn Op>>, commits: &AtomicU64)
         }
         let failure = outcome.err();
         for op in batch.drain(..) {
-            op.finish(failure.as_deref());
+            op.finish(failure.as_ref());
         }
     }
 }
 
-/// One transaction over `batch`. `Err` (the message) if it did not commit.
-fn run_batch(conn: &Connection, batch: &mut [Box<dyn Op>]) -> Result<(), String> {
+/// One transaction over `batch`. `Err` if it did not commit.
+fn run_batch(conn: &mut Connection, batch: &mut [Box<dyn Op>]) -> Result<(), BatchFailure> {
     exec(conn, "BEGIN IMMEDIATE")?;
     let result = run_ops(conn, batch).and_then(|()| exec(conn, "COMMIT"));
     if let Err(e) = &result {
@@ -205,12 +233,12 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn Op>]) -> Result<(), String>
         if !conn.is_autocommit() {
             let _ = exec(conn, "ROLLBACK");
         }
-        tracing::error!(error = %e, writes = batch.len(), "store transaction failed; its writes are lost");
+        tracing::error!(error = %e.message, writes = batch.len(), "store transaction failed; its writes are lost");
     }
     result
 }
 
-fn run_ops(conn: &Connection, batch: &mut [Box<dyn Op>]) -> Result<(), String> {
+fn run_ops(conn: &mut Connection, batch: &mut [Box<dyn Op>]) -> Result<(), BatchFailure> {
     if let [op] = batch {
         // Alone in its transaction: its failure is the transaction's rollback.
         if op.run(conn) {
@@ -231,11 +259,11 @@ fn run_ops(conn: &Connection, batch: &mut [Box<dyn Op>]) -> Result<(), String> {
     Ok(())
 }
 
-fn exec(conn: &Connection, sql: &str) -> Result<(), String> {
+fn exec(conn: &Connection, sql: &str) -> Result<(), BatchFailure> {
     conn.prepare_cached(sql)
         .and_then(|mut s| s.execute([]))
         .map(drop)
-        .map_err(|e| db(e).to_string())
+        .map_err(BatchFailure::of)
 }
 
 #[cfg(test)]
@@ -243,7 +271,9 @@ mod tests {
     use super::*;
 
     fn insert(c: &Connection, v: i64) -> Result<(), StoreError> {
-        c.execute("INSERT INTO t (v) VALUES (?1)", [v]).map(drop).map_err(db)
+        c.execute("INSERT INTO t (v) VALUES (?1)", [v])
+            .map(drop)
+            .map_err(error::sqlite)
     }
 
     /// Writes queued while the writer is busy share one transaction; the one
@@ -255,11 +285,11 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)").unwrap();
         let w = Writer::spawn(conn, "test-writer", |_| {}).unwrap();
         let commits = w.commits();
-        let (open_gate, gate) = mpsc::channel::<()>();
+        let (open_gate, gate) = std::sync::mpsc::channel::<()>();
         // `join!` polls in order: each call is queued before the gate opens.
         let (blocked, a, b, c, ()) = tokio::join!(
             w.call(move |_| {
-                gate.recv().map_err(|_| StoreError::Backend("gate".into()))?;
+                gate.recv().map_err(|_| StoreError::fault("gate"))?;
                 Ok(())
             }),
             w.call(|c| insert(c, 1)),
@@ -279,9 +309,9 @@ mod tests {
         assert!(commits.load(Ordering::Relaxed) <= 2);
         let rows = w
             .call(|c| {
-                let mut s = c.prepare("SELECT v FROM t ORDER BY v").map_err(db)?;
-                let v = s.query_map([], |r| r.get::<_, i64>(0)).map_err(db)?;
-                v.collect::<Result<Vec<_>, _>>().map_err(db)
+                let mut s = c.prepare("SELECT v FROM t ORDER BY v").map_err(error::sqlite)?;
+                let v = s.query_map([], |r| r.get::<_, i64>(0)).map_err(error::sqlite)?;
+                v.collect::<Result<Vec<_>, _>>().map_err(error::sqlite)
             })
             .await
             .unwrap();
@@ -295,7 +325,7 @@ mod tests {
         let w = Writer::spawn(conn, "test-writer", |_| {}).unwrap();
         let r = w.call(|_| -> Result<(), StoreError> { panic!("boom") }).await;
         assert!(
-            matches!(r, Err(StoreError::Backend(ref m)) if m.contains("panicked")),
+            matches!(r, Err(StoreError::Fault(ref m)) if m.to_string().contains("panicked")),
             "{r:?}"
         );
         w.call(|c| insert(c, 7)).await.unwrap();

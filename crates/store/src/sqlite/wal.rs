@@ -10,7 +10,7 @@
 //! and no reader still uses the log, the writer restarts the WAL from its
 //! beginning, so the file stays small.
 
-use crate::rows::db;
+use crate::error;
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 use std::sync::Arc;
@@ -40,8 +40,8 @@ impl Checkpointer {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
         )
-        .map_err(db)?;
-        configure(&conn).map_err(db)?;
+        .map_err(error::sqlite)?;
+        configure(&conn).map_err(error::sqlite)?;
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("videogen-store-wal".into())
@@ -62,7 +62,7 @@ impl Checkpointer {
                     }
                 }
             })
-            .map_err(|e| StoreError::Backend(format!("starting the WAL checkpointer: {e}")))?;
+            .map_err(|e| StoreError::fault(format!("starting the WAL checkpointer: {e}")))?;
         Ok(Self {
             stop: Some(stop),
             thread: Some(thread),

@@ -1,6 +1,6 @@
 //! Wake-ups across nodes over PostgreSQL `LISTEN/NOTIFY`.
 //!
-//! The job-event trigger (migrations 0003, 0004) notifies `videogen_runnable`
+//! The job-event trigger (migrations 0003–0005) notifies `videogen_runnable`
 //! when jobs become runnable and `videogen_changed` when they have new
 //! events, once per statement. Notifications are delivered only after their
 //! transaction commits, and carry only job ids (comma-separated, up to 100):
@@ -11,7 +11,8 @@
 
 pub use videogen_core::store::Wakeup;
 
-use crate::postgres::PgStore;
+use super::PgStore;
+use crate::error;
 use sqlx::postgres::PgListener;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -32,13 +33,11 @@ impl PgStore {
     /// Listens on both channels on a connection taken from the pool until
     /// the receiver is dropped, reconnecting with capped backoff.
     pub async fn listen(&self) -> Result<mpsc::Receiver<Wakeup>, StoreError> {
-        let mut listener = PgListener::connect_with(&self.pool)
-            .await
-            .map_err(|e| StoreError::Backend(format!("LISTEN connection: {e}")))?;
+        let mut listener = PgListener::connect_with(&self.backend.pool).await.map_err(error::pg)?;
         listener
             .listen_all([RUNNABLE_CHANNEL, CHANGED_CHANNEL])
             .await
-            .map_err(|e| StoreError::Backend(format!("LISTEN: {e}")))?;
+            .map_err(error::pg)?;
         let (tx, rx) = mpsc::channel(BUFFER);
         tokio::spawn(pump(listener, tx));
         Ok(rx)

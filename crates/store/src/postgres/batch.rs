@@ -21,8 +21,9 @@
 //! unnest(…)` for submits, `UPDATE jobs … FROM unnest(…) AS b WHERE jobs.id =
 //! b_id AND jobs.state = … [AND jobs.attempt = b_attempt]` for the others.
 //! Every row keeps its own compare-and-set, with the SET lists of the
-//! single-job statements in `postgres.rs`, and the statement trigger
-//! appends each write's event. `RETURNING b_ord` says which writes matched:
+//! single-job statements in `sql.rs`, and the statement trigger appends
+//! each write's event (the payload built in `postgres/mod.rs` from the same
+//! typed events as every other write). `RETURNING b_ord` says which writes matched:
 //! a write without a row lost its compare-and-set and gets exactly the
 //! answer a lone statement would give (`None`, `StaleLease`).
 //!
@@ -42,8 +43,10 @@
 //! alone. Any other error (the connection broke mid-way: the outcome is
 //! unknown) is every write's answer, as it would be for a lone statement.
 
-use crate::rows::{Columns, created_job, decode_job, to_json};
-use crate::sqlite::{next, stale};
+use crate::error;
+use crate::exec::Columns;
+use crate::ops::{next, stale};
+use crate::rows::{self, created_job, to_json};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::{PgConnection, Postgres, Row};
@@ -51,10 +54,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::{self, JoinSet};
 use videogen_core::store::{NewJob, StoreError, Submitted};
-use videogen_core::{Job, JobState, Lease, Phase, Transition, VideoId, WorkerId};
+use videogen_core::{EventKind, Job, JobState, Lease, Phase, Transition, VideoId, WorkerId};
 
 /// Most writes one statement takes. Bounds the statement's size and the
 /// latency one batch adds to the writes queued behind it.
@@ -124,6 +127,7 @@ pub(crate) struct HeartbeatOp {
 pub(crate) struct CheckpointOp {
     pub lease: Lease,
     pub checkpoint: String,
+    pub step: u32,
     pub now_ms: i64,
     pub event: String,
 }
@@ -184,7 +188,7 @@ impl Op {
                 let _ = reply.send(row.map(drop).ok_or_else(|| stale(&op.lease)));
             }
             Op::Complete(op, reply) => {
-                let _ = reply.send(row.map_or_else(|| Err(stale(&op.lease)), decode_job));
+                let _ = reply.send(row.map_or_else(|| Err(stale(&op.lease)), |r| rows::job(r)));
             }
         }
     }
@@ -202,7 +206,7 @@ impl Op {
 fn leased(op: &LeaseOp, row: &PgRow) -> Result<Lease, StoreError> {
     let attempt = row.int("leased_attempt")?.unwrap_or(-1);
     let attempt =
-        u32::try_from(attempt).map_err(|_| crate::rows::corrupt("attempt", format!("{attempt} of job {}", op.id)))?;
+        u32::try_from(attempt).map_err(|_| StoreError::corrupt("attempt", format!("{attempt} of job {}", op.id)))?;
     Ok(Lease {
         job_id: op.id.clone(),
         attempt,
@@ -220,13 +224,25 @@ pub struct GroupCommitStats {
     pub writes: u64,
     /// Batches that failed and whose writes ran again one by one.
     pub retried_batches: u64,
+    /// Writes handed to the collector (queued, running or answered).
+    pub enqueued: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
+    enqueued: AtomicU64,
+    /// Wakes [`Batcher::wait_until`] whenever a counter moves.
+    changed: Notify,
     batches: AtomicU64,
     writes: AtomicU64,
     retried_batches: AtomicU64,
+}
+
+impl Counters {
+    fn bump(&self, counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
 }
 
 /// Handle to the collector task; clones share it. When the last one is
@@ -259,6 +275,23 @@ impl Batcher {
             batches: self.counters.batches.load(Ordering::Relaxed),
             writes: self.counters.writes.load(Ordering::Relaxed),
             retried_batches: self.counters.retried_batches.load(Ordering::Relaxed),
+            enqueued: self.counters.enqueued.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Returns once `reached` holds for the counters: how tests and
+    /// benchmarks wait for writes to reach the collector or batches to
+    /// start, instead of sleeping.
+    pub(crate) async fn wait_until(&self, reached: impl Fn(&GroupCommitStats) -> bool) {
+        loop {
+            let changed = self.counters.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so no change in between is missed.
+            changed.as_mut().enable();
+            if reached(&self.stats()) {
+                return;
+            }
+            changed.await;
         }
     }
 
@@ -284,13 +317,10 @@ impl Batcher {
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(op(reply)).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        self.tx.send(op(reply)).await.map_err(|_| error::closed())?;
+        self.counters.bump(&self.counters.enqueued, 1);
+        answer.await.map_err(|_| error::closed())?
     }
-}
-
-fn closed() -> StoreError {
-    StoreError::Backend("the store is closed".into())
 }
 
 // ---- the collector
@@ -389,7 +419,7 @@ impl Collector {
             Some(c) => c,
             None => match self.pool.acquire().await {
                 Ok(c) => c,
-                Err(e) => return fail_all(batch, &e.to_string()),
+                Err(e) => return fail_all(batch, &Failure::of(&e)),
             },
         };
         let jobs = batch.iter().map(|op| op.job().to_owned()).collect();
@@ -492,6 +522,11 @@ impl States {
             ("{phase_loading}", Phase::LoadingModel.as_str()),
             ("{phase_resuming}", Phase::ResumingFromCheckpoint.as_str()),
             ("{phase_completed}", Phase::Completed.as_str()),
+            ("{ev_created}", EventKind::Created.as_str()),
+            ("{ev_leased}", EventKind::Leased.as_str()),
+            ("{ev_progress}", EventKind::Progress.as_str()),
+            ("{ev_checkpoint}", EventKind::Checkpoint.as_str()),
+            ("{ev_completed}", EventKind::Completed.as_str()),
         ]
         .into_iter()
         .fold(sql.to_owned(), |sql, (name, literal)| sql.replace(name, literal))
@@ -509,42 +544,72 @@ async fn run(
     let states = match States::new() {
         Ok(s) => s,
         Err(e) => {
-            fail_all(batch, &e.to_string());
+            fail_all(batch, &Failure::fault(e.to_string()));
             return Some(conn);
         }
     };
-    counters.batches.fetch_add(1, Ordering::Relaxed);
+    counters.bump(&counters.batches, 1);
     match execute(&mut conn, &batch, &states).await {
         Ok(rows) => answer_all(batch, rows, counters),
         Err(e @ sqlx::Error::Database(_)) if batch.len() > 1 => {
-            counters.retried_batches.fetch_add(1, Ordering::Relaxed);
+            counters.bump(&counters.retried_batches, 1);
             tracing::warn!(error = %e, writes = batch.len(), "store batch failed; running its writes one by one");
             for op in batch {
-                counters.batches.fetch_add(1, Ordering::Relaxed);
+                counters.bump(&counters.batches, 1);
                 let one = vec![op];
                 match execute(&mut conn, &one, &states).await {
                     Ok(rows) => answer_all(one, rows, counters),
-                    Err(e @ sqlx::Error::Database(_)) => fail_all(one, &e.to_string()),
+                    Err(e @ sqlx::Error::Database(_)) => fail_all(one, &Failure::of(&e)),
                     Err(e) => {
-                        fail_all(one, &e.to_string());
+                        fail_all(one, &Failure::of(&e));
                         return None;
                     }
                 }
             }
         }
-        Err(e @ sqlx::Error::Database(_)) => fail_all(batch, &e.to_string()),
+        Err(e @ sqlx::Error::Database(_)) => fail_all(batch, &Failure::of(&e)),
         Err(e) => {
             // The connection may be broken: the next batch takes another.
-            fail_all(batch, &e.to_string());
+            fail_all(batch, &Failure::of(&e));
             return None;
         }
     }
     Some(conn)
 }
 
-fn fail_all(batch: Vec<Op>, error: &str) {
+/// Why a batch failed, answered to each of its writes.
+struct Failure {
+    retryable: bool,
+    message: String,
+}
+
+impl Failure {
+    fn of(e: &sqlx::Error) -> Self {
+        Self {
+            retryable: error::pg_is_transient(e),
+            message: format!("postgres: {e}"),
+        }
+    }
+
+    fn fault(message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            message: message.into(),
+        }
+    }
+
+    fn error(&self) -> StoreError {
+        if self.retryable {
+            StoreError::unavailable(self.message.clone())
+        } else {
+            StoreError::fault(self.message.clone())
+        }
+    }
+}
+
+fn fail_all(batch: Vec<Op>, failure: &Failure) {
     for op in batch {
-        op.fail(StoreError::Backend(format!("postgres: {error}")));
+        op.fail(failure.error());
     }
 }
 
@@ -564,12 +629,12 @@ fn answer_all(batch: Vec<Op>, rows: Vec<PgRow>, counters: &Counters) {
                 tracing::error!(writes = batch.len(), "store batch returned a row without a valid ord");
                 return fail_all(
                     batch,
-                    "group commit: a result row without its write (the batch was committed)",
+                    &Failure::fault("group commit: a result row without its write (the batch was committed)"),
                 );
             }
         }
     }
-    counters.writes.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    counters.bump(&counters.writes, batch.len() as u64);
     for (op, row) in batch.into_iter().zip(by_ord) {
         op.answer(row.as_ref());
     }
@@ -769,6 +834,7 @@ const CHECKPOINT_COLUMNS: UnnestColumns = &[
     ("b_id", "text"),
     ("b_attempt", "int8"),
     ("b_checkpoint", "text"),
+    ("b_step", "int8"),
     ("b_now", "int8"),
     ("b_event", "text"),
 ];
@@ -779,6 +845,7 @@ struct Checkpoints {
     id: Vec<String>,
     attempt: Vec<i64>,
     checkpoint: Vec<String>,
+    step: Vec<i64>,
     now: Vec<i64>,
     event: Vec<String>,
 }
@@ -789,6 +856,7 @@ impl Checkpoints {
         self.id.push(op.lease.job_id.as_str().to_owned());
         self.attempt.push(i64::from(op.lease.attempt));
         self.checkpoint.push(op.checkpoint.clone());
+        self.step.push(i64::from(op.step));
         self.now.push(op.now_ms);
         self.event.push(op.event.clone());
     }
@@ -798,6 +866,7 @@ impl Checkpoints {
             .bind(self.id)
             .bind(self.attempt)
             .bind(self.checkpoint)
+            .bind(self.step)
             .bind(self.now)
             .bind(self.event)
     }
@@ -907,17 +976,15 @@ impl Kind {
 const SUBMITS: &str = "INSERT INTO jobs (id, tenant, tier, model, spec_json, state, phase, progress, step, \
      total_steps, attempt, created_at_ms, enqueued_at_ms, last_event_seq, event_kind, event_at_ms, event_data_json) \
      SELECT b_id, b_tenant, b_tier, b_model, b_spec, '{queued}', '{phase_queued}', 0, 0, b_total_steps, 0, \
-     b_now, b_now, 1, 'created', b_now, b_event FROM {b}";
+     b_now, b_now, 1, '{ev_created}', b_now, b_event FROM {b}";
 
 /// Returns the new attempt (the fencing token).
 const LEASES: &str = "UPDATE jobs SET state = '{leased}', attempt = jobs.attempt + 1, \
      phase = CASE WHEN jobs.checkpoint_json IS NULL THEN '{phase_loading}' ELSE '{phase_resuming}' END, \
      lease_worker = b_worker, lease_expires_at_ms = b_expires, \
      started_at_ms = COALESCE(jobs.started_at_ms, b_now), \
-     last_event_seq = jobs.last_event_seq + 1, event_kind = 'leased', event_at_ms = b_now, \
-     event_data_json = (b_event::jsonb || jsonb_build_object(\
-         'phase', CASE WHEN jobs.checkpoint_json IS NULL THEN '{phase_loading}' ELSE '{phase_resuming}' END, \
-         'progress', jobs.progress, 'attempt', jobs.attempt + 1))::text \
+     last_event_seq = jobs.last_event_seq + 1, event_kind = '{ev_leased}', event_at_ms = b_now, \
+     event_data_json = b_event \
      FROM {b} WHERE jobs.id = b_id AND jobs.state = {is_queued} \
      RETURNING b_ord, jobs.attempt AS leased_attempt";
 
@@ -926,7 +993,7 @@ const LEASES: &str = "UPDATE jobs SET state = '{leased}', attempt = jobs.attempt
 const HEARTBEATS: &str = "UPDATE jobs SET \
      last_event_seq = jobs.last_event_seq + (jobs.phase <> b_phase OR jobs.progress <> b_percent)::int, \
      event_kind = CASE WHEN jobs.phase <> b_phase OR jobs.progress <> b_percent \
-         THEN 'progress' ELSE jobs.event_kind END, \
+         THEN '{ev_progress}' ELSE jobs.event_kind END, \
      event_at_ms = CASE WHEN jobs.phase <> b_phase OR jobs.progress <> b_percent \
          THEN b_now ELSE jobs.event_at_ms END, \
      event_data_json = CASE WHEN jobs.phase <> b_phase OR jobs.progress <> b_percent \
@@ -937,9 +1004,8 @@ const HEARTBEATS: &str = "UPDATE jobs SET \
      RETURNING b_ord";
 
 const CHECKPOINTS: &str = "UPDATE jobs SET prev_checkpoint_json = jobs.checkpoint_json, \
-     checkpoint_json = b_checkpoint, last_event_seq = jobs.last_event_seq + 1, event_kind = 'checkpoint', \
-     event_at_ms = b_now, event_data_json = (b_event::jsonb || \
-         jsonb_build_object('phase', jobs.phase, 'progress', jobs.progress))::text \
+     checkpoint_json = b_checkpoint, checkpoint_step = b_step, last_event_seq = jobs.last_event_seq + 1, \
+     event_kind = '{ev_checkpoint}', event_at_ms = b_now, event_data_json = b_event \
      FROM {b} WHERE jobs.id = b_id AND jobs.state = {is_running} AND jobs.attempt = b_attempt \
      RETURNING b_ord";
 
@@ -948,10 +1014,10 @@ const COMPLETES: &str = concat!(
     "UPDATE jobs SET state = '{completed}', phase = '{phase_completed}', progress = 100, ",
     "outputs_json = b_outputs, completed_at_ms = b_now, expires_at_ms = b_expires, ",
     "lease_worker = NULL, lease_expires_at_ms = NULL, last_event_seq = jobs.last_event_seq + 1, ",
-    "event_kind = 'completed', event_at_ms = b_now, event_data_json = b_event ",
+    "event_kind = '{ev_completed}', event_at_ms = b_now, event_data_json = b_event ",
     "FROM {b} WHERE jobs.id = b_id AND jobs.state = {is_running} AND jobs.attempt = b_attempt ",
     "RETURNING b_ord, ",
-    crate::rows::job_columns!()
+    crate::sql::job_columns!()
 );
 
 /// The statement for a batch with the kinds in `mask`, built once per mask

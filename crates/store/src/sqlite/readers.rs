@@ -4,7 +4,7 @@
 //! nor waits for the writer thread. A pool crate would bring its own
 //! `rusqlite` version requirement; this is the few lines the store needs.
 
-use crate::rows::db;
+use crate::error;
 use rusqlite::{Connection, OpenFlags};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -33,22 +33,18 @@ impl Readers {
     pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Backend("the store is closed".into()))?;
+        let _permit = self.permits.acquire().await.map_err(|_| error::closed())?;
         let idle = self.idle.clone();
         let path = self.path.clone();
         let configure = self.configure;
         tokio::task::spawn_blocking(move || {
-            let conn = match idle.lock().map(|mut v| v.pop()) {
+            let mut conn = match idle.lock().map(|mut v| v.pop()) {
                 Ok(Some(conn)) => conn,
                 _ => open(&path, configure)?,
             };
-            let out = f(&conn);
+            let out = f(&mut conn);
             // A connection is returned only after a clean read; one that saw
             // an error is dropped and a fresh one opened next time.
             if out.is_ok()
@@ -59,7 +55,7 @@ impl Readers {
             out
         })
         .await
-        .map_err(|e| StoreError::Backend(format!("store read task failed: {e}")))?
+        .map_err(|e| StoreError::fault(format!("store read task failed: {e}")))?
     }
 
     /// Closes the idle connections.
@@ -76,7 +72,7 @@ fn open(path: &std::path::Path, configure: fn(&Connection) -> rusqlite::Result<(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
     )
-    .map_err(db)?;
-    configure(&conn).map_err(db)?;
+    .map_err(error::sqlite)?;
+    configure(&conn).map_err(error::sqlite)?;
     Ok(conn)
 }
