@@ -145,6 +145,7 @@ impl FromRequestParts<AppState> for Caller {
             .map_err(|e| ApiError::store("api key lookup", e))?
             .filter(|k| k.revoked_at_ms.is_none())
             .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided."))?;
+        crate::layers::record_principal(&parts.extensions, || format!("tenant:{}", key.tenant));
         Ok(Caller {
             tenant: key.tenant,
             tier: key.tier,
@@ -171,6 +172,7 @@ impl FromRequestParts<AppState> for WorkerCaller {
             .map_err(|e| ApiError::store("worker token lookup", e))?
             .filter(|t| t.revoked_at_ms.is_none())
             .ok_or_else(|| ApiError::unauthorized("Incorrect worker token provided."))?;
+        crate::layers::record_principal(&parts.extensions, || format!("worker:{}", rec.name));
         Ok(WorkerCaller {
             token_id: rec.id,
             name: rec.name,

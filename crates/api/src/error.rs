@@ -184,6 +184,25 @@ impl ApiError {
         e
     }
 
+    /// The server is at a bound (concurrent requests, open streams): 503
+    /// with `Retry-After`; nothing was done.
+    pub fn overloaded(code: &'static str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", code, message);
+        e.retry_after_secs = Some(UNAVAILABLE_RETRY_AFTER_SECS);
+        e
+    }
+
+    /// The handler ran past its deadline. A create may or may not have
+    /// landed: retry it with the same `Idempotency-Key`.
+    pub fn timeout() -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "request_timeout",
+            "The request took too long and was abandoned; retry it (with the same Idempotency-Key for creates).",
+        )
+    }
+
     /// A worker asked this node for work, but another node dispatches.
     pub fn not_leader() -> Self {
         Self::new(

@@ -5,6 +5,7 @@
 //! computed live and sent (without an id) whenever it changes. The stream ends
 //! after a terminal event.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -16,6 +17,7 @@ use videogen_core::VideoId;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::layers::StreamSlots;
 use crate::routes::{VideoPath, visible_job};
 use crate::state::AppState;
 
@@ -29,8 +31,11 @@ pub async fn stream(
     caller: Caller,
     VideoPath(id): VideoPath,
     headers: HeaderMap,
+    Extension(slots): Extension<StreamSlots>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let job = visible_job(&state, &caller, &id).await?;
+    // Held by the stream until the client goes or the job ends.
+    let slot = slots.take()?;
     let mut after: i64 = match headers.get("last-event-id").map(|v| v.to_str().map(str::trim)) {
         None => 0,
         Some(Ok(s)) => s.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(|| {
@@ -51,6 +56,7 @@ pub async fn stream(
     let id = job.id;
     let mut wake = state.bus.subscribe();
     let stream = async_stream::stream! {
+        let _slot = slot;
         let mut last_position: Option<u64> = None;
         // Whether the newest event sent is terminal. Only the newest decides:
         // an operator's re-drive follows a `failed` with more events.

@@ -10,6 +10,7 @@
 //! - [`auth`]: bearer API keys (hashed) → tenant and tier; worker tokens.
 //! - [`error`]: OpenAI's error envelope; every error leaves through it.
 //! - [`state`]: shared handles and input limits.
+//! - [`layers`]: concurrency and time bounds, the event-stream cap, the access log.
 //! - [`worker_api`]: the internal API remote workers run jobs through.
 //!
 //! [`serve`] takes a bound listener and a shutdown future, so the binary and
@@ -21,6 +22,7 @@ pub mod content;
 pub mod create;
 pub mod error;
 pub mod events;
+pub mod layers;
 pub mod routes;
 pub mod state;
 #[cfg(test)]
@@ -28,7 +30,7 @@ mod testing;
 pub mod video;
 pub mod worker_api;
 
-use axum::Router;
+use axum::{Extension, Router};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -41,26 +43,38 @@ pub use state::{AppState, Limits};
 
 /// The full router.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.limits.body_bytes_max;
+    let limits = state.limits.clone();
+    let bounds = &limits.server;
     let v1 = Router::new()
         .route("/videos", post(routes::create_video).get(routes::list_videos))
         .route("/videos/{id}", get(routes::retrieve_video).delete(routes::delete_video))
         .route("/videos/{id}/content", get(content::download))
         .route("/videos/{id}/cancel", post(routes::cancel_video))
-        .route("/videos/{id}/events", get(events::stream))
+        .route(
+            "/videos/{id}/events",
+            get(events::stream).layer(Extension(layers::StreamSlots::new(bounds.sse_streams_max))),
+        )
         .route("/admin/dead_letters", get(admin::list_dead_letters))
         .route("/admin/videos/{id}/retry", post(admin::retry_video))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
-    Router::new()
+    let tenant = Router::new()
         .nest("/v1", v1)
+        .route("/files/{*key}", get(content::signed_file))
+        .layer(layers::bounded(bounds.concurrent_requests_max, bounds.request_timeout));
+    let workers =
+        worker_api::routes().layer(layers::bounded(bounds.concurrent_requests_max, bounds.worker_request_timeout));
+    // Probes and metrics stay outside the bounds: an overloaded node must
+    // still say so.
+    Router::new()
+        .merge(tenant)
+        .merge(workers)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/files/{*key}", get(content::signed_file))
-        .merge(worker_api::routes())
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::extract::DefaultBodyLimit::max(limits.body_bytes_max))
+        .layer(axum::middleware::from_fn(layers::access_log))
         .layer(CatchPanicLayer::custom(|_| {
             metrics::counter!("videogen_http_panics_total").increment(1);
             ApiError::internal().into_response()

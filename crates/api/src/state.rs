@@ -21,6 +21,8 @@ pub struct Limits {
     pub idempotency_key_chars_max: usize,
     pub list_limit_max: u32,
     pub list_limit_default: u32,
+    /// Concurrency, deadlines and open streams of the server as a whole.
+    pub server: crate::layers::ServerLimits,
 }
 
 impl Default for Limits {
@@ -32,6 +34,7 @@ impl Default for Limits {
             idempotency_key_chars_max: 255,
             list_limit_max: 100,
             list_limit_default: 20,
+            server: crate::layers::ServerLimits::default(),
         }
     }
 }

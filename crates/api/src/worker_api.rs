@@ -10,7 +10,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,14 +22,14 @@ use videogen_protocol::wire::{
     AcquireRequest, CRC32_HEADER, CompleteRequest, EventRequest, MAX_ACQUIRE_WAIT, ReleaseRequest, RetryRequest,
     RetryResponse, paths,
 };
-use videogen_protocol::{AssetKind, ControlError, ControlPlane};
+use videogen_protocol::{AssetKind, ControlError, ControlPlane, Upload};
 
 use crate::auth::WorkerCaller;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Largest upload (checkpoint or asset) the API takes in one body.
-pub const UPLOAD_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Largest JSON body of a worker call (progress, an event, an error).
+const JSON_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Longest text (a key, a reason) in an event a worker appends.
 const EVENT_TEXT_CHARS_MAX: usize = 1024;
 
@@ -41,14 +41,26 @@ pub fn routes() -> Router<AppState> {
         .route(paths::FLEET, get(fleet))
         .route(&attempt("heartbeat"), post(heartbeat))
         .route(&attempt("blob"), get(read_blob))
-        .route(&attempt("checkpoints/{step}"), put(write_checkpoint))
         .route(&attempt("events"), post(event))
-        .route(&attempt("assets/{kind}"), put(put_asset))
         .route(&attempt("complete"), post(complete))
         .route(&attempt("fail"), post(fail))
         .route(&attempt("release"), post(release))
         .route(&attempt("retry"), post(retry))
-        .layer(DefaultBodyLimit::max(UPLOAD_BYTES_MAX))
+        .layer(DefaultBodyLimit::max(JSON_BODY_BYTES_MAX))
+        // Uploads stream to the bucket: the control plane bounds their size
+        // (`MAX_UPLOAD_BYTES`) and checks their CRC as the chunks pass, so
+        // no body is ever held whole here.
+        .route(&attempt("checkpoints/{step}"), put(write_checkpoint))
+        .route(&attempt("assets/{kind}"), put(put_asset))
+}
+
+/// A request body as an [`Upload`] stream.
+fn upload(body: Body) -> Upload {
+    use futures::TryStreamExt;
+    Upload::Stream(Box::pin(
+        body.into_data_stream()
+            .map_err(|e| Box::new(e) as videogen_core::store::BoxError),
+    ))
 }
 
 fn control(state: &AppState) -> Result<&dyn ControlPlane, ApiError> {
@@ -176,7 +188,7 @@ async fn write_checkpoint(
     caller: WorkerCaller,
     Path(p): Path<CheckpointPath>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let lease = AttemptPath {
         id: p.id,
@@ -185,7 +197,7 @@ async fn write_checkpoint(
     .lease(&caller)?;
     let crc = crc_header(&headers)?;
     let ck = control(&state)?
-        .write_checkpoint(&lease, p.step, crc, body)
+        .write_checkpoint(&lease, p.step, crc, upload(body))
         .await
         .map_err(to_api)?;
     Ok(Json(ck).into_response())
@@ -232,7 +244,7 @@ async fn put_asset(
     caller: WorkerCaller,
     Path(p): Path<AssetPath>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let kind = AssetKind::parse(&p.kind).ok_or_else(ApiError::route_not_found)?;
     let lease = AttemptPath {
@@ -242,7 +254,7 @@ async fn put_asset(
     .lease(&caller)?;
     let crc = crc_header(&headers)?;
     control(&state)?
-        .put_asset(&lease, kind, crc, body)
+        .put_asset(&lease, kind, crc, upload(body))
         .await
         .map_err(to_api)?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -20,7 +20,7 @@ use videogen_core::{
 };
 use videogen_protocol::{
     AssetKind, Assignment, ControlError, ControlPlane, Directive, FleetInfo, HeartbeatReply, ReleaseCause,
-    RetryOutcome, WorkerInfo,
+    MAX_UPLOAD_BYTES, RetryOutcome, Upload, WorkerInfo, upload,
 };
 
 use crate::bus::JobBus;
@@ -86,6 +86,25 @@ impl LocalControl {
         }
     }
 
+    /// Writes an upload under `key` after (or, for a stream, while) checking
+    /// its size and checksum; a refused body leaves nothing under `key`.
+    async fn store_upload(&self, key: &str, crc32: u32, body: Upload) -> Result<u64, ControlError> {
+        match body {
+            Upload::Bytes(bytes) => {
+                upload::check(&bytes, crc32, MAX_UPLOAD_BYTES)?;
+                let size = bytes.len() as u64;
+                self.rt.blob.put(key, bytes).await?;
+                Ok(size)
+            }
+            Upload::Stream(stream) => self
+                .rt
+                .blob
+                .put_stream(key, upload::checked(stream, crc32, MAX_UPLOAD_BYTES))
+                .await
+                .map_err(upload::upload_error),
+        }
+    }
+
     fn retention_ms(&self, job: &Job) -> i64 {
         i64::try_from(self.rt.config.retention(job.tier).as_millis()).unwrap_or(i64::MAX)
     }
@@ -119,17 +138,6 @@ impl LocalControl {
             .await?
             .ok_or_else(|| ControlError::stale(&lease))?;
         Ok(Some(Assignment { lease, job, ttl_ms }))
-    }
-}
-
-fn check_crc(bytes: &[u8], crc32: u32) -> Result<(), ControlError> {
-    let got = crc32fast::hash(bytes);
-    if got == crc32 {
-        Ok(())
-    } else {
-        Err(ControlError::Rejected(format!(
-            "checksum mismatch: body has crc32 {got:08x}, the worker sent {crc32:08x}"
-        )))
     }
 }
 
@@ -219,21 +227,20 @@ impl ControlPlane for LocalControl {
         lease: &Lease,
         step: u32,
         crc32: u32,
-        bytes: Bytes,
+        body: Upload,
     ) -> Result<CheckpointRef, ControlError> {
-        check_crc(&bytes, crc32)?;
         // A zombie's bytes would land under its own attempt's key and never be
         // referenced; checking first just spares the bucket the write.
         let job = self.owned_job(lease).await?;
         let key = keys::checkpoint(&lease.job_id, lease.attempt, step);
+        let size_bytes = self.store_upload(&key, crc32, body).await?;
         let ck = CheckpointRef {
             key: key.clone(),
             step,
             attempt: lease.attempt,
             crc32,
-            size_bytes: bytes.len() as u64,
+            size_bytes,
         };
-        self.rt.blob.put(&key, bytes).await?;
         if let Err(e) = self
             .rt
             .store
@@ -258,10 +265,9 @@ impl ControlPlane for LocalControl {
         Ok(())
     }
 
-    async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, bytes: Bytes) -> Result<(), ControlError> {
-        check_crc(&bytes, crc32)?;
+    async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, body: Upload) -> Result<(), ControlError> {
         self.owned_job(lease).await?;
-        self.rt.blob.put(&kind.key(lease), bytes).await?;
+        self.store_upload(&kind.key(lease), crc32, body).await?;
         Ok(())
     }
 
@@ -401,7 +407,7 @@ mod tests {
     async fn checkpoint(control: &LocalControl, lease: &Lease, step: u32) -> CheckpointRef {
         let bytes = Bytes::from(vec![step as u8; 1024]);
         let crc = crc32fast::hash(&bytes);
-        control.write_checkpoint(lease, step, crc, bytes).await.unwrap()
+        control.write_checkpoint(lease, step, crc, bytes.into()).await.unwrap()
     }
 
     #[tokio::test]
@@ -441,5 +447,71 @@ mod tests {
             .get(&last.key)
             .await
             .expect("the current checkpoint's bytes stay");
+    }
+
+    fn chunked(body: &[u8]) -> Upload {
+        let chunks: Vec<Result<Bytes, videogen_core::store::BoxError>> =
+            body.chunks(100).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        Upload::Stream(Box::pin(futures::stream::iter(chunks)))
+    }
+
+    #[tokio::test]
+    async fn a_streamed_checkpoint_is_checked_and_committed_with_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path()).await;
+        let control = LocalControl::new(rt.clone());
+        let lease = leased_job(&rt).await;
+        let body = vec![7u8; 1000];
+        let ck = control
+            .write_checkpoint(&lease, 3, crc32fast::hash(&body), chunked(&body))
+            .await
+            .unwrap();
+        assert_eq!(ck.size_bytes, 1000);
+        assert_eq!(rt.blob.get(&ck.key).await.unwrap(), body);
+        let job = rt.store.job(&lease.job_id).await.unwrap().unwrap();
+        assert_eq!(job.checkpoint.as_ref(), Some(&ck));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_stream_stores_and_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path()).await;
+        let control = LocalControl::new(rt.clone());
+        let lease = leased_job(&rt).await;
+        let body = vec![7u8; 1000];
+        let wrong = crc32fast::hash(b"something else");
+        let err = control.write_checkpoint(&lease, 3, wrong, chunked(&body)).await.unwrap_err();
+        assert!(matches!(&err, ControlError::Rejected(m) if m.contains("checksum")), "{err}");
+        let key = keys::checkpoint(&lease.job_id, lease.attempt, 3);
+        assert!(matches!(rt.blob.get(&key).await, Err(BlobError::NotFound(_))));
+        let job = rt.store.job(&lease.job_id).await.unwrap().unwrap();
+        assert_eq!(job.checkpoint, None);
+
+        let err = control
+            .put_asset(&lease, AssetKind::Video, wrong, chunked(&body))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ControlError::Rejected(_)));
+        assert!(matches!(
+            rt.blob.get(&AssetKind::Video.key(&lease)).await,
+            Err(BlobError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_broken_stream_is_unavailable_not_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path()).await;
+        let control = LocalControl::new(rt.clone());
+        let lease = leased_job(&rt).await;
+        let items: Vec<Result<Bytes, videogen_core::store::BoxError>> =
+            vec![Ok(Bytes::from_static(b"partial")), Err("connection reset".into())];
+        let body = Upload::Stream(Box::pin(futures::stream::iter(items)));
+        let err = control.put_asset(&lease, AssetKind::Thumbnail, 0, body).await.unwrap_err();
+        assert!(matches!(err, ControlError::Unavailable(_)), "{err}");
+        assert!(matches!(
+            rt.blob.get(&AssetKind::Thumbnail.key(&lease)).await,
+            Err(BlobError::NotFound(_))
+        ));
     }
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use videogen_core::blob::{BlobError, keys};
 use videogen_core::store::StoreError;
+use crate::upload::Upload;
 use videogen_core::{AttemptEvent, CheckpointRef, Job, JobError, Lease, Progress, VideoId, WorkerId};
 
 /// What a worker advertises when it asks for work.
@@ -180,19 +181,19 @@ pub trait ControlPlane: Send + Sync {
     /// Reads a blob of this job (its checkpoints or input reference).
     async fn read_blob(&self, lease: &Lease, key: &str) -> Result<Bytes, ControlError>;
     /// Stores a checkpoint under an attempt-scoped key, checks it against
-    /// `crc32`, then commits the pointer (fenced). The previous checkpoint
+    /// `crc32` and [`crate::MAX_UPLOAD_BYTES`] (a refused body stores nothing), then commits the pointer (fenced). The previous checkpoint
     /// stays referenced until this commit lands.
     async fn write_checkpoint(
         &self,
         lease: &Lease,
         step: u32,
         crc32: u32,
-        bytes: Bytes,
+        body: Upload,
     ) -> Result<CheckpointRef, ControlError>;
     /// Appends one of the events a worker may write to the job's log.
     async fn event(&self, lease: &Lease, event: &AttemptEvent) -> Result<(), ControlError>;
     /// Stores one output under its attempt-scoped key; invisible until `complete`.
-    async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, bytes: Bytes) -> Result<(), ControlError>;
+    async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, body: Upload) -> Result<(), ControlError>;
     /// Commits the uploaded assets and completes the job (fenced, exactly once).
     async fn complete(&self, lease: &Lease, video_bytes: u64) -> Result<(), ControlError>;
     /// Fails the job for good (a deterministic error: retrying would not help).

@@ -20,7 +20,7 @@ use videogen_protocol::wire::{
     RetryResponse, paths,
 };
 use videogen_protocol::{
-    AssetKind, Assignment, ControlError, ControlPlane, FleetInfo, HeartbeatReply, ReleaseCause, RetryOutcome,
+    AssetKind, Assignment, ControlError, ControlPlane, FleetInfo, HeartbeatReply, ReleaseCause, RetryOutcome, Upload,
     WorkerInfo,
 };
 
@@ -139,7 +139,14 @@ impl RemoteControl {
             .await
     }
 
-    async fn put_bytes(&self, lease: &Lease, tail: &str, crc32: u32, bytes: Bytes) -> Result<Response, ControlError> {
+    /// PUTs an upload. The body is sent whole so that a retry (another
+    /// server, a 503) can send it again: a worker holds its outputs in memory
+    /// anyway, and the server streams what it receives to the bucket.
+    async fn put_bytes(&self, lease: &Lease, tail: &str, crc32: u32, body: Upload) -> Result<Response, ControlError> {
+        let bytes = body
+            .into_bytes()
+            .await
+            .map_err(|e| ControlError::Unavailable(format!("reading the upload for {tail}: {e}")))?;
         let path = paths::attempt(lease, tail);
         self.send(Some(lease), || {
             self.request(Method::PUT, &path)
@@ -233,10 +240,10 @@ impl ControlPlane for RemoteControl {
         lease: &Lease,
         step: u32,
         crc32: u32,
-        bytes: Bytes,
+        body: Upload,
     ) -> Result<CheckpointRef, ControlError> {
         let resp = self
-            .put_bytes(lease, &format!("checkpoints/{step}"), crc32, bytes)
+            .put_bytes(lease, &format!("checkpoints/{step}"), crc32, body)
             .await?;
         Self::json(resp).await
     }
@@ -245,8 +252,8 @@ impl ControlPlane for RemoteControl {
         self.post_json(lease, "events", event).await.map(drop)
     }
 
-    async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, bytes: Bytes) -> Result<(), ControlError> {
-        self.put_bytes(lease, &format!("assets/{}", kind.as_str()), crc32, bytes)
+    async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, body: Upload) -> Result<(), ControlError> {
+        self.put_bytes(lease, &format!("assets/{}", kind.as_str()), crc32, body)
             .await
             .map(drop)
     }

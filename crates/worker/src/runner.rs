@@ -435,7 +435,7 @@ impl Attempt<'_> {
         let lease = self.lease.clone();
         let started = Instant::now();
         let task = tokio::spawn(async move {
-            let r = control.write_checkpoint(&lease, step, crc, bytes).await;
+            let r = control.write_checkpoint(&lease, step, crc, bytes.into()).await;
             metrics::histogram!("videogen_checkpoint_duration_seconds").record(started.elapsed().as_secs_f64());
             r
         });
@@ -465,7 +465,7 @@ impl Attempt<'_> {
             if let Some(bytes) = newer {
                 self.keeper.report(progress(Phase::Checkpointing, done, total));
                 let crc = crc32fast::hash(&bytes);
-                self.control.write_checkpoint(self.lease, done, crc, bytes).await?;
+                self.control.write_checkpoint(self.lease, done, crc, bytes.into()).await?;
             }
             Ok::<(), ControlError>(())
         };
@@ -545,7 +545,7 @@ impl Attempt<'_> {
             (AssetKind::Spritesheet, finished.spritesheet),
         ] {
             let crc = crc32fast::hash(&bytes);
-            self.control.put_asset(self.lease, kind, crc, bytes).await?;
+            self.control.put_asset(self.lease, kind, crc, bytes.into()).await?;
         }
         self.control.complete(self.lease, video_bytes).await?;
         Ok(())
