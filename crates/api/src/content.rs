@@ -108,24 +108,25 @@ pub fn file_url(downloads: &Downloads, key: &str, now_ms: i64) -> Option<String>
     let signing_key = downloads.signing_key.as_deref()?;
     let expires = unix_secs(now_ms).saturating_add(downloads.ttl.as_secs().max(1));
     let base = downloads.public_base_url.as_deref().unwrap_or("").trim_end_matches('/');
-    Some(format!("{base}{}", signed_file_path(signing_key, key, expires)))
+    Some(format!("{base}{}", signed_file_path(signing_key, key, expires)?))
 }
 
 /// `/files/{key}?expires=..&sig=..`: the path and query of a URL valid until
 /// `expires` (Unix seconds). Blob keys need no escaping (see
 /// `videogen_blob::validate_key`).
-pub fn signed_file_path(signing_key: &[u8], key: &str, expires: u64) -> String {
-    let sig = hex::encode(file_mac(signing_key, key, expires).finalize().into_bytes());
-    format!("/files/{key}?expires={expires}&sig={sig}")
+pub fn signed_file_path(signing_key: &[u8], key: &str, expires: u64) -> Option<String> {
+    let sig = hex::encode(file_mac(signing_key, key, expires)?.finalize().into_bytes());
+    Some(format!("/files/{key}?expires={expires}&sig={sig}"))
 }
 
-fn file_mac(signing_key: &[u8], key: &str, expires: u64) -> HmacSha256 {
-    let mut mac = HmacSha256::new_from_slice(signing_key).expect("HMAC accepts keys of any length");
+/// `None` only if HMAC refused the key, which it does for no length.
+fn file_mac(signing_key: &[u8], key: &str, expires: u64) -> Option<HmacSha256> {
+    let mut mac = HmacSha256::new_from_slice(signing_key).ok()?;
     mac.update(SIGNING_CONTEXT);
     mac.update(key.as_bytes());
     mac.update(b"\n");
     mac.update(expires.to_string().as_bytes());
-    mac
+    Some(mac)
 }
 
 fn redirect(location: &str) -> ApiResult<Response> {
@@ -186,6 +187,7 @@ pub async fn signed_file(
 fn verify_file_query(signing_key: &[u8], key: &str, query: Option<&str>) -> ApiResult<u64> {
     let (expires, sig) = file_query(query).ok_or_else(invalid_signature)?;
     file_mac(signing_key, key, expires)
+        .ok_or_else(invalid_signature)?
         .verify_slice(&sig)
         .map_err(|_| invalid_signature())?;
     Ok(expires)

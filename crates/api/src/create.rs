@@ -189,13 +189,7 @@ fn input_reference_object(map: Map<String, Value>) -> ApiResult<Option<Bytes>> {
     for (k, v) in map {
         match k.as_str() {
             "image_url" => image_url = Some(json_string("input_reference.image_url", v)?),
-            "file_id" => {
-                return Err(ApiError::invalid(
-                    "input_reference.file_id",
-                    "unsupported_parameter",
-                    "File ids are not supported; upload the image or send a base64 data URL in 'image_url'.",
-                ));
-            }
+            "file_id" => return Err(file_ids_unsupported()),
             other => return Err(unknown_parameter(&format!("input_reference.{other}"))),
         }
     }
@@ -207,6 +201,14 @@ fn input_reference_object(map: Map<String, Value>) -> ApiResult<Option<Bytes>> {
             "input_reference needs 'image_url'.",
         )),
     }
+}
+
+fn file_ids_unsupported() -> ApiError {
+    ApiError::invalid(
+        "input_reference.file_id",
+        "unsupported_parameter",
+        "File ids are not supported; upload the image or send a base64 data URL in 'image_url'.",
+    )
 }
 
 /// Only `data:` URLs: fetching arbitrary URLs server-side would be an SSRF hole.
@@ -280,11 +282,7 @@ async fn parse_multipart(mut mp: Multipart, limits: &Limits) -> ApiResult<Create
             "style" => req.style = Some(text),
             "seed" => req.seed = Some(parse_seed(&text)?),
             "input_reference[image_url]" => req.input_reference = Some(decode_data_url(&text)?),
-            "input_reference[file_id]" => {
-                return Err(
-                    input_reference_object(Map::from_iter([("file_id".into(), Value::String(text))])).unwrap_err(),
-                );
-            }
+            "input_reference[file_id]" => return Err(file_ids_unsupported()),
             other => return Err(unknown_parameter(other)),
         }
     }

@@ -155,9 +155,9 @@ pub async fn access_log(mut req: Request, next: Next) -> Response {
 mod tests {
     use super::*;
     use axum::Router;
+    use axum::body::Body;
     use axum::routing::get;
     use tokio::sync::{Notify, oneshot};
-    use axum::body::Body;
     use tower::ServiceExt;
 
     fn req(path: &str) -> Request {
@@ -203,7 +203,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_handler_past_its_deadline_gets_504_in_the_envelope() {
         let app = Router::new()
-            .route("/stuck", get(|| std::future::pending::<&'static str>()))
+            .route("/stuck", get(std::future::pending::<&'static str>))
             .layer(bounded(8, Duration::from_secs(30)));
         let resp = app.oneshot(req("/stuck")).await.unwrap();
         assert_eq!(resp.status(), 504);

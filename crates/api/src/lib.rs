@@ -30,11 +30,11 @@ mod testing;
 pub mod video;
 pub mod worker_api;
 
-use axum::{Extension, Router};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use std::future::Future;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -61,8 +61,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .route("/files/{*key}", get(content::signed_file))
         .layer(layers::bounded(bounds.concurrent_requests_max, bounds.request_timeout));
-    let workers =
-        worker_api::routes().layer(layers::bounded(bounds.concurrent_requests_max, bounds.worker_request_timeout));
+    let workers = worker_api::routes().layer(layers::bounded(
+        bounds.concurrent_requests_max,
+        bounds.worker_request_timeout,
+    ));
     // Probes and metrics stay outside the bounds: an overloaded node must
     // still say so.
     Router::new()

@@ -362,7 +362,7 @@ async fn writer(
         kept.push_back(key.clone());
         let mut delete = None;
         while kept.len() > 2 {
-            let old = kept.pop_front().expect("len > 2");
+            let Some(old) = kept.pop_front() else { break };
             let t = Instant::now();
             match store.delete(&old).await {
                 Ok(()) => delete = Some(t.elapsed()),

@@ -357,8 +357,8 @@ fn new_job(i: u64, tenant: &TenantId, spec: &VideoSpec, now_ms: i64) -> NewJob {
     }
 }
 
-fn tenant() -> TenantId {
-    TenantId::parse("bench").expect("valid tenant")
+fn tenant() -> anyhow::Result<TenantId> {
+    TenantId::parse("bench").ok_or_else(|| anyhow::anyhow!("'bench' is not a valid tenant id"))
 }
 
 fn finish_run(name: String, workers: usize, jobs: u64, wall: Duration, ops: Vec<(&str, Vec<Duration>)>) -> Run {
@@ -456,7 +456,7 @@ fn baseline_blocking(file: &Path, jobs: u64, group: u64) -> anyhow::Result<Run> 
 async fn store_serial(dir: &Path, jobs: u64) -> anyhow::Result<Run> {
     let store = SqliteStore::open(&dir.join("videogen.db")).await?;
     let clock = SystemClock;
-    let (tenant, spec) = (tenant(), spec());
+    let (tenant, spec) = (tenant()?, spec());
     let worker = WorkerId::new("bench", "w0");
     let (mut sub, mut lea, mut com) = (Vec::new(), Vec::new(), Vec::new());
     let start = Instant::now();
@@ -538,8 +538,9 @@ async fn pipeline_on(
             shutdown.clone(),
             next_job.clone(),
         );
+        let tenant = tenant()?;
         producers.spawn(async move {
-            let (tenant, spec) = (tenant(), spec());
+            let spec = spec();
             let mut lat = Vec::with_capacity(target / submitters.max(1) + 1);
             let result = async {
                 loop {

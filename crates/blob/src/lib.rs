@@ -457,7 +457,9 @@ mod tests {
                 Ok(Bytes::from(vec![(i % 251) as u8; size]))
             }
         });
-        Box::pin(futures::stream::iter(items.collect::<Vec<Result<Bytes, videogen_core::store::BoxError>>>()))
+        Box::pin(futures::stream::iter(
+            items.collect::<Vec<Result<Bytes, videogen_core::store::BoxError>>>(),
+        ))
     }
 
     /// Small and multipart-sized streams land whole; a body that fails half
@@ -479,7 +481,10 @@ mod tests {
         for (key, n, fail_at) in [("f/small", 4, 2), ("f/large", beyond + 2, beyond)] {
             let r = s.put_stream(key, chunks(n, mib, Some(fail_at))).await;
             assert!(matches!(r, Err(BlobError::Body { .. })), "{key}: {r:?}");
-            assert!(matches!(s.get(key).await, Err(BlobError::NotFound(_))), "{key} is not visible");
+            assert!(
+                matches!(s.get(key).await, Err(BlobError::NotFound(_))),
+                "{key} is not visible"
+            );
         }
         // The failed multipart upload left no staging files behind either.
         let left: Vec<_> = walk(s.root());

@@ -5,6 +5,7 @@
 //!
 //! The tests fail, never skip, when the server is missing: a skipped test
 //! would let a broken S3 backend through CI unnoticed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
 use async_trait::async_trait;
 use bytes::Bytes;

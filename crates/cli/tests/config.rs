@@ -1,6 +1,7 @@
 //! `videogen config print` and `serve`'s start-up checks, on the built binary:
 //! flags over `VIDEOGEN_*` over the `--config` file over defaults, secrets
 //! masked, and an invalid option failing at once with its name.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

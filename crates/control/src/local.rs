@@ -19,8 +19,8 @@ use videogen_core::{
     AttemptEvent, CheckpointRef, Clock, Job, JobError, JobState, Lease, Outputs, Progress, QueuedJob, WorkerId,
 };
 use videogen_protocol::{
-    AssetKind, Assignment, ControlError, ControlPlane, Directive, FleetInfo, HeartbeatReply, ReleaseCause,
-    MAX_UPLOAD_BYTES, RetryOutcome, Upload, WorkerInfo, upload,
+    AssetKind, Assignment, ControlError, ControlPlane, Directive, FleetInfo, HeartbeatReply, MAX_UPLOAD_BYTES,
+    ReleaseCause, RetryOutcome, Upload, WorkerInfo, upload,
 };
 
 use crate::bus::JobBus;
@@ -480,8 +480,14 @@ mod tests {
         let lease = leased_job(&rt).await;
         let body = vec![7u8; 1000];
         let wrong = crc32fast::hash(b"something else");
-        let err = control.write_checkpoint(&lease, 3, wrong, chunked(&body)).await.unwrap_err();
-        assert!(matches!(&err, ControlError::Rejected(m) if m.contains("checksum")), "{err}");
+        let err = control
+            .write_checkpoint(&lease, 3, wrong, chunked(&body))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ControlError::Rejected(m) if m.contains("checksum")),
+            "{err}"
+        );
         let key = keys::checkpoint(&lease.job_id, lease.attempt, 3);
         assert!(matches!(rt.blob.get(&key).await, Err(BlobError::NotFound(_))));
         let job = rt.store.job(&lease.job_id).await.unwrap().unwrap();
@@ -507,7 +513,10 @@ mod tests {
         let items: Vec<Result<Bytes, videogen_core::store::BoxError>> =
             vec![Ok(Bytes::from_static(b"partial")), Err("connection reset".into())];
         let body = Upload::Stream(Box::pin(futures::stream::iter(items)));
-        let err = control.put_asset(&lease, AssetKind::Thumbnail, 0, body).await.unwrap_err();
+        let err = control
+            .put_asset(&lease, AssetKind::Thumbnail, 0, body)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ControlError::Unavailable(_)), "{err}");
         assert!(matches!(
             rt.blob.get(&AssetKind::Thumbnail.key(&lease)).await,

@@ -14,13 +14,13 @@
 //! written under attempt-scoped keys and become visible only through a fenced
 //! pointer commit in the store.
 
+use crate::upload::Upload;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use videogen_core::blob::{BlobError, keys};
 use videogen_core::store::StoreError;
-use crate::upload::Upload;
 use videogen_core::{AttemptEvent, CheckpointRef, Job, JobError, Lease, Progress, VideoId, WorkerId};
 
 /// What a worker advertises when it asks for work.

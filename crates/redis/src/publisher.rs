@@ -39,7 +39,11 @@ async fn publish_batch(link: &Link, channel: &str, batch: &[Wakeup], op_timeout:
     };
     let mut pipe = redis::pipe();
     for wakeup in batch {
-        let payload = serde_json::to_string(wakeup).expect("two strings always serialize");
+        // Two strings always serialize; a wake-up that did not would only
+        // leave its subscribers on their poll fallback.
+        let Ok(payload) = serde_json::to_string(wakeup) else {
+            continue;
+        };
         pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
     }
     match tokio::time::timeout(op_timeout, pipe.exec_async(&mut conn)).await {

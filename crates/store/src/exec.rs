@@ -262,38 +262,32 @@ fn bind(sql: &'static str, params: Vec<Param>) -> PgQuery<'static> {
 }
 
 impl Tx for PgTx<'_> {
-    fn exec(&mut self, sql: &'static str, params: Vec<Param>) -> impl Future<Output = Result<u64, StoreError>> + Send {
-        async move {
-            let done = bind(sql, params).execute(&mut *self.conn).await.map_err(error::pg)?;
-            Ok(done.rows_affected())
-        }
+    async fn exec(&mut self, sql: &'static str, params: Vec<Param>) -> Result<u64, StoreError> {
+        let done = bind(sql, params).execute(&mut *self.conn).await.map_err(error::pg)?;
+        Ok(done.rows_affected())
     }
 
-    fn rows<T: Send + 'static>(
+    async fn rows<T: Send + 'static>(
         &mut self,
         sql: &'static str,
         params: Vec<Param>,
         decode: Decode<T>,
-    ) -> impl Future<Output = Result<Vec<T>, StoreError>> + Send {
-        async move {
-            let rows = bind(sql, params).fetch_all(&mut *self.conn).await.map_err(error::pg)?;
-            rows.iter().map(|r| decode(r)).collect()
-        }
+    ) -> Result<Vec<T>, StoreError> {
+        let rows = bind(sql, params).fetch_all(&mut *self.conn).await.map_err(error::pg)?;
+        rows.iter().map(|r| decode(r)).collect()
     }
 
-    fn row<T: Send + 'static>(
+    async fn row<T: Send + 'static>(
         &mut self,
         sql: &'static str,
         params: Vec<Param>,
         decode: Decode<T>,
-    ) -> impl Future<Output = Result<Option<T>, StoreError>> + Send {
-        async move {
-            let row = bind(sql, params)
-                .fetch_optional(&mut *self.conn)
-                .await
-                .map_err(error::pg)?;
-            row.as_ref().map(|r| decode(r)).transpose()
-        }
+    ) -> Result<Option<T>, StoreError> {
+        let row = bind(sql, params)
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(error::pg)?;
+        row.as_ref().map(|r| decode(r)).transpose()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Dead letters, re-drive and worker tokens on `SqliteStore` (a real
 //! database file and the in-memory store) and on `PgStore` (a fresh
 //! PostgreSQL database).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
 use std::collections::HashSet;
 use videogen_core::store::prelude::*;

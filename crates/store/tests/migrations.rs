@@ -1,6 +1,7 @@
 //! Upgrading a PostgreSQL database written before typed events (schema
 //! version 4) keeps what it held: jobs' errors and checkpoints, dead
 //! letters, and events with the job fields clients see.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
 use sqlx::postgres::PgPoolOptions;
 use videogen_core::store::prelude::*;

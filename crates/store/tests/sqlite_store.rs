@@ -1,6 +1,7 @@
 //! Scenario tests of the `Store` implementations: `SqliteStore` against a
 //! real database file in a temporary directory and in memory, and `PgStore`
 //! against a fresh PostgreSQL database.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
 use std::collections::HashMap;
 use std::sync::Arc;

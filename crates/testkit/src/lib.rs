@@ -17,6 +17,10 @@
 //! A test that needs a tool that is missing fails, saying how to install it;
 //! it never passes silently.
 
+// Test support: a server that fails to start or a database that cannot be
+// created is a failed test, so this crate panics with the reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 pub mod pg;
 pub mod pg_server;
 pub mod redis;

@@ -465,7 +465,9 @@ impl Attempt<'_> {
             if let Some(bytes) = newer {
                 self.keeper.report(progress(Phase::Checkpointing, done, total));
                 let crc = crc32fast::hash(&bytes);
-                self.control.write_checkpoint(self.lease, done, crc, bytes.into()).await?;
+                self.control
+                    .write_checkpoint(self.lease, done, crc, bytes.into())
+                    .await?;
             }
             Ok::<(), ControlError>(())
         };

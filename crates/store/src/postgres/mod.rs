@@ -173,30 +173,26 @@ impl SqlStore<PgBackend> {
 impl Backend for PgBackend {
     type Tx<'t> = PgTx<'t>;
 
-    fn read<R, F>(&self, op: F) -> impl Future<Output = Result<R, StoreError>> + Send
+    async fn read<R, F>(&self, op: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: for<'t> FnOnce(&'t mut Self::Tx<'t>) -> Op<'t, R> + Send + 'static,
     {
-        async move {
-            let mut conn = self.pool.acquire().await.map_err(error::pg)?;
-            op(&mut PgTx::new(&mut conn)).await
-        }
+        let mut conn = self.pool.acquire().await.map_err(error::pg)?;
+        op(&mut PgTx::new(&mut conn)).await
     }
 
-    fn write<R, F>(&self, op: F) -> impl Future<Output = Result<R, StoreError>> + Send
+    async fn write<R, F>(&self, op: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: for<'t> FnOnce(&'t mut Self::Tx<'t>) -> Op<'t, R> + Send + 'static,
     {
-        async move {
-            let mut tx = self.pool.begin().await.map_err(error::pg)?;
-            let out = op(&mut PgTx::new(&mut tx)).await;
-            // An error rolls back: the transaction is dropped unfinished.
-            let out = out?;
-            tx.commit().await.map_err(error::pg)?;
-            Ok(out)
-        }
+        let mut tx = self.pool.begin().await.map_err(error::pg)?;
+        let out = op(&mut PgTx::new(&mut tx)).await;
+        // An error rolls back: the transaction is dropped unfinished.
+        let out = out?;
+        tx.commit().await.map_err(error::pg)?;
+        Ok(out)
     }
 
     fn submit_unkeyed(&self, job: NewJob) -> impl Future<Output = Result<Submitted, StoreError>> + Send {

@@ -200,16 +200,14 @@ impl SqlStore<SqliteBackend> {
 impl Backend for SqliteBackend {
     type Tx<'t> = SqliteTx<'t>;
 
-    fn read<R, F>(&self, op: F) -> impl Future<Output = Result<R, StoreError>> + Send
+    async fn read<R, F>(&self, op: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: for<'t> FnOnce(&'t mut Self::Tx<'t>) -> Op<'t, R> + Send + 'static,
     {
-        async move {
-            match &self.readers {
-                Some(r) => r.call(move |conn| run_sqlite(conn, op)).await,
-                None => self.writer.call(move |conn| run_sqlite(conn, op)).await,
-            }
+        match &self.readers {
+            Some(r) => r.call(move |conn| run_sqlite(conn, op)).await,
+            None => self.writer.call(move |conn| run_sqlite(conn, op)).await,
         }
     }
 
