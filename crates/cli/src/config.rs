@@ -506,12 +506,15 @@ fn fixed_default() -> (u32, Duration) {
     }
 }
 
+/// The environment: a variable's value by name.
+pub type Env = Box<dyn Fn(&str) -> Option<String>>;
+
 /// A value from the file: its text (or why it has none) and `:line:column`.
 type FileValue = (Result<String, String>, String);
 
 /// The layers below the flags, and what resolving has found so far.
 pub struct Loader {
-    env: Box<dyn Fn(&str) -> Option<String>>,
+    env: Env,
     file: Option<PathBuf>,
     file_values: BTreeMap<String, FileValue>,
     sources: BTreeMap<&'static str, (Source, &'static str)>,
@@ -526,8 +529,8 @@ impl Loader {
     }
 
     /// [`Loader::new`] with the environment given as a lookup function.
-    pub fn with_env(file: &ConfigFile, env: Box<dyn Fn(&str) -> Option<String>>) -> Self {
-        let env: Box<dyn Fn(&str) -> Option<String>> =
+    pub fn with_env(file: &ConfigFile, env: Env) -> Self {
+        let env: Env =
             Box::new(move |name| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()));
         let (path, named_by) = match (&file.config, env(CONFIG_ENV)) {
             (Some(p), _) => (Some(p.clone()), "--config"),
@@ -1073,7 +1076,7 @@ mod tests {
         Cli::try_parse_from(full).expect("flags parse")
     }
 
-    fn env_of(pairs: &[(&str, &str)]) -> Box<dyn Fn(&str) -> Option<String>> {
+    fn env_of(pairs: &[(&str, &str)]) -> Env {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         Box::new(move |k| map.get(k).cloned())
     }
