@@ -530,8 +530,7 @@ impl Loader {
 
     /// [`Loader::new`] with the environment given as a lookup function.
     pub fn with_env(file: &ConfigFile, env: Env) -> Self {
-        let env: Env =
-            Box::new(move |name| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()));
+        let env: Env = Box::new(move |name| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()));
         let (path, named_by) = match (&file.config, env(CONFIG_ENV)) {
             (Some(p), _) => (Some(p.clone()), "--config"),
             (None, Some(p)) => (Some(PathBuf::from(p)), CONFIG_ENV),

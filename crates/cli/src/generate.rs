@@ -10,6 +10,7 @@ use serde_json::Value;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use videogen_api::create::SEED_MAX;
 use videogen_core::spec::{REFERENCE_MODEL, STYLE_MAX_CHARS, Seconds, VideoSize};
 
 #[derive(Args)]
@@ -37,8 +38,12 @@ pub struct GenerateArgs {
     /// Width x height, in pixels.
     #[arg(long, default_value = "1280x720", value_parser = clap::builder::PossibleValuesParser::new(VideoSize::ALL.map(VideoSize::as_str)))]
     size: String,
-    /// Seed of the generation, 0 to 2^53 - 1 (default: the server picks one and reports it).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=videogen_api::create::SEED_MAX))]
+    /// Seed of the generation.
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u64).range(0..=SEED_MAX),
+        help = format!("Seed of the generation, 0 to {SEED_MAX} (default: the server picks one and reports it)")
+    )]
     seed: Option<u64>,
     /// Style preset, 1 to 64 printable characters.
     #[arg(long, value_parser = parse_style, help = format!("Style preset, 1 to {STYLE_MAX_CHARS} printable characters"))]
