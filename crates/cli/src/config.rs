@@ -1,197 +1,232 @@
-//! The configuration of `videogen serve`: one model, in one module.
+//! The configuration: every option declared once, in the `options!` lists
+//! below, with its type, TOML key, flag, help, default and check.
 //!
 //! Every option has three names: a flag (`--lease-ttl-secs`), an environment
 //! variable (`VIDEOGEN_LEASE_TTL_SECS`: `VIDEOGEN_` and the flag in upper
-//! case) and a key in the TOML file named by `--config`
-//! (`scheduler.lease_ttl_secs`); [`OPTIONS`] lists them all. A value is taken
-//! from the first of these that sets it: flag, environment, file, default.
-//! An empty environment variable counts as unset.
+//! case) and a key in the TOML file named by `--config` or `VIDEOGEN_CONFIG`
+//! (`scheduler.lease_ttl_secs`). A value is taken from the first of these that
+//! sets it: flag, environment, file, default. An empty variable counts as
+//! unset. Flags are clap arguments built from the lists; values from every
+//! layer are text read by the option's [`Kind`], so each layer accepts the
+//! same spellings.
 //!
-//! Everything is checked when the configuration is loaded, before `serve`
-//! opens anything: an invalid value stops start-up with a message naming the
-//! option the way it was set (flag, variable, or key and file). Unknown keys
-//! in the file are errors too, so a misspelt key never goes unnoticed.
+//! Options come in groups, each a struct: [`StorageOptions`] (`serve`,
+//! `migrate`, `keys`), [`ServerOptions`] (`serve`), [`WorkerOptions`] (the
+//! slots of `serve` and `videogen worker`), [`LogOptions`] (every command).
+//! Defaults that a library owns are taken from it (`RuntimeConfig`,
+//! `WorkerConfig`, `ReferenceConfig`), so no number is written twice.
 //!
-//! `videogen config print` shows the effective configuration as TOML with
-//! where each value came from; secrets (the signing key, passwords in URLs)
-//! are masked there and in `Debug`, and never appear in error messages.
-//! `videogen.example.toml` at the repository root documents every key.
+//! Everything is checked at load, before anything is opened: an invalid
+//! value stops start-up with a message naming the option the way it was set
+//! (flag, variable, or key with file, line and column); an unknown key in the
+//! file is an error naming it. `videogen config print` shows the effective
+//! configuration as TOML with where each value came from; secrets (the
+//! signing key, passwords in URLs) are masked there and in `Debug`.
 
-use clap::{Args, FromArgMatches, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize, Serializer};
+use clap::builder::PossibleValuesParser;
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
 use std::collections::BTreeMap;
-use std::fmt;
-use std::fmt::Write as _;
-use std::ops::RangeInclusive;
+use std::fmt::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
-
-use crate::worker::{EngineArgs, PolicyKind};
-
-/// Every option: its TOML key (`section.name`, or `name` at the top level)
-/// and its flag (without `--`). Its environment variable is [`env_var`] of the
-/// flag. The order is the order of `config print` and of the example file:
-/// top-level keys first, each section's keys together.
-pub const OPTIONS: &[(&str, &str)] = &[
-    ("listen", "listen"),
-    ("data_dir", "data-dir"),
-    ("role", "role"),
-    ("node_id", "node-id"),
-    ("public_url", "public-url"),
-    ("database.url", "database-url"),
-    ("redis.url", "redis-url"),
-    ("blob.url", "blob-url"),
-    ("downloads.redirect", "download-redirect"),
-    ("downloads.signed_url_ttl_secs", "signed-url-ttl-secs"),
-    ("downloads.url_signing_key", "url-signing-key"),
-    ("scheduler.lease_ttl_secs", "lease-ttl-secs"),
-    ("scheduler.max_attempts", "max-attempts"),
-    ("scheduler.housekeeping_secs", "housekeeping-secs"),
-    ("scheduler.retention_secs", "retention-secs"),
-    ("scheduler.leader_lease_secs", "leader-lease-secs"),
-    ("workers.count", "workers"),
-    ("workers.step_ms", "step-ms"),
-    ("workers.model_load_ms", "model-load-ms"),
-    ("workers.checkpoint_policy", "checkpoint-policy"),
-    ("workers.checkpoint_every_steps", "checkpoint-every-steps"),
-    ("workers.checkpoint_every_secs", "checkpoint-every-secs"),
-    ("workers.checkpoint_min_secs", "checkpoint-min-secs"),
-    ("workers.checkpoint_max_secs", "checkpoint-max-secs"),
-    ("workers.preemption_deadline_secs", "preemption-deadline-secs"),
-    ("moderation.blocked_hashes", "blocked-hashes"),
-    ("api.steps", "steps"),
-    ("api.poll_after_ms", "poll-after-ms"),
-    ("api.rate_limit_per_minute", "rate-limit-per-minute"),
-];
+use videogen_control::RuntimeConfig;
+use videogen_sched::checkpoint::CheckpointPolicy;
+use videogen_worker::WorkerConfig;
 
 /// The variable naming the config file (the flag is `--config`).
 pub const CONFIG_ENV: &str = "VIDEOGEN_CONFIG";
-/// Secrets `serve` reads from the environment only, never from flags or the
-/// file (listed by `config print` as set or unset).
-const ENV_ONLY_SECRETS: &[&str] = &["VIDEOGEN_API_KEY", "VIDEOGEN_WORKER_TOKEN"];
-
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_DATA_DIR: &str = "./data";
-pub const DEFAULT_SIGNED_URL_TTL_SECS: f64 = 3600.0;
-pub const DEFAULT_LEASE_TTL_SECS: f64 = 30.0;
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
-pub const DEFAULT_HOUSEKEEPING_SECS: f64 = 1.0;
-pub const DEFAULT_LEADER_LEASE_SECS: f64 = 5.0;
-pub const DEFAULT_WORKERS: usize = 1;
-pub const DEFAULT_STEP_MS: u64 = 100;
-pub const DEFAULT_MODEL_LOAD_MS: u64 = 0;
-pub const DEFAULT_CHECKPOINT_POLICY: PolicyKind = PolicyKind::Fixed;
-pub const DEFAULT_CHECKPOINT_EVERY_STEPS: u32 = 5;
-pub const DEFAULT_CHECKPOINT_EVERY_SECS: f64 = 10.0;
-pub const DEFAULT_CHECKPOINT_MIN_SECS: f64 = 5.0;
-pub const DEFAULT_CHECKPOINT_MAX_SECS: f64 = 600.0;
-pub const DEFAULT_PREEMPTION_DEADLINE_SECS: f64 = 25.0;
-pub const DEFAULT_STEPS: u32 = videogen_model::REFERENCE_DEFAULT_STEPS;
-pub const DEFAULT_POLL_AFTER_MS: u64 = 1000;
-pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u32 = 0;
-
-pub const STEPS_RANGE: RangeInclusive<u32> = 1..=1000;
-pub const MAX_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=100;
+/// Secrets `serve` reads from the environment only (listed by `config print` as set or unset).
+pub const ENV_ONLY_SECRETS: &[&str] = &["VIDEOGEN_API_KEY", "VIDEOGEN_WORKER_TOKEN"];
 /// Longest a signed download URL may live (S3 presigned URLs allow 7 days).
-pub const SIGNED_URL_TTL_MAX_SECS: f64 = 7.0 * 24.0 * 3600.0;
+const SIGNED_URL_TTL_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Shortest `url_signing_key`, in characters.
-pub const SIGNING_KEY_MIN_CHARS: usize = 32;
+const SIGNING_KEY_MIN_CHARS: usize = 32;
+const MASK: &str = "****";
 
 /// The environment variable of a flag: `data-dir` → `VIDEOGEN_DATA_DIR`.
 pub fn env_var(flag: &str) -> String {
     format!("VIDEOGEN_{}", flag.to_ascii_uppercase().replace('-', "_"))
 }
 
-fn flag_of(key: &str) -> &'static str {
-    OPTIONS.iter().find(|(k, _)| *k == key).map_or("?", |(_, flag)| flag)
-}
-
-/// What this node runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// API, scheduler, housekeeping and the in-process workers.
-    All,
-    /// The HTTP API only.
-    Api,
-    /// The scheduler and housekeeping only.
-    Scheduler,
-}
-
-/// Where a value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Flag,
-    Env,
-    File,
-    Default,
-}
-
-/// A secret string: `Debug`, `Display` and `Serialize` show `****`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret itself: for using it, never for showing it.
-    pub fn expose(&self) -> &str {
-        &self.0
+/// How values of one type are read from text (a flag, a variable or the
+/// file) and printed as TOML (`None`: unset).
+pub trait Kind<T> {
+    const VALUE_NAME: &'static str;
+    fn parse(s: &str) -> Result<T, String>;
+    fn show(v: &T) -> Option<toml::Value>;
+    fn arg(a: Arg) -> Arg {
+        a
     }
 }
 
-const MASK: &str = "****";
+/// Whole numbers. Plain text (`String`, `PathBuf`). Durations in seconds, `1.5`
+/// (`*_secs` keys). Durations as `30s`, `2m` (humantime). Booleans; a bare flag
+/// means true. Enumerations. Secrets. Service URLs (credentials masked).
+pub struct Num;
+pub struct Text;
+pub struct Secs;
+pub struct Human;
+pub struct Bool;
+pub struct Choice;
+pub struct Secret;
+pub struct Url;
 
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self::new(s))
+macro_rules! num_kinds {
+    ($($t:ty),*) => {$(
+        impl Kind<$t> for Num {
+            const VALUE_NAME: &'static str = "N";
+            fn parse(s: &str) -> Result<$t, String> {
+                s.parse().map_err(|e| format!("{s:?} is not a valid number ({e})"))
+            }
+            fn show(v: &$t) -> Option<toml::Value> {
+                i64::try_from(*v).ok().map(toml::Value::Integer)
+            }
+        }
+    )*};
+}
+num_kinds!(u32, u64, usize);
+
+impl Kind<String> for Text {
+    const VALUE_NAME: &'static str = "TEXT";
+    fn parse(s: &str) -> Result<String, String> {
+        Ok(s.to_owned())
+    }
+    fn show(v: &String) -> Option<toml::Value> {
+        Some(toml::Value::String(v.clone()))
     }
 }
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(MASK)
+impl Kind<PathBuf> for Text {
+    const VALUE_NAME: &'static str = "PATH";
+    fn parse(s: &str) -> Result<PathBuf, String> {
+        Ok(PathBuf::from(s))
+    }
+    fn show(v: &PathBuf) -> Option<toml::Value> {
+        Some(toml::Value::String(v.display().to_string()))
     }
 }
 
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(MASK)
+impl Kind<Duration> for Secs {
+    const VALUE_NAME: &'static str = "SECS";
+    fn parse(s: &str) -> Result<Duration, String> {
+        let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+        Duration::try_from_secs_f64(v)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{v} is not a positive number of seconds"))
+    }
+    fn show(d: &Duration) -> Option<toml::Value> {
+        Some(match (d.subsec_nanos(), i64::try_from(d.as_secs())) {
+            (0, Ok(s)) => toml::Value::Integer(s),
+            _ => toml::Value::Float(d.as_secs_f64()),
+        })
     }
 }
 
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(MASK)
+impl Kind<Duration> for Human {
+    const VALUE_NAME: &'static str = "DURATION";
+    fn parse(s: &str) -> Result<Duration, String> {
+        humantime::parse_duration(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{s:?} is not a positive duration (e.g. 30s, 2m, 1h 30m)"))
+    }
+    fn show(d: &Duration) -> Option<toml::Value> {
+        Some(toml::Value::String(humantime::format_duration(*d).to_string()))
+    }
+}
+
+impl Kind<bool> for Bool {
+    const VALUE_NAME: &'static str = "BOOL";
+    fn parse(s: &str) -> Result<bool, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(format!("{s:?} is not true or false")),
+        }
+    }
+    fn show(v: &bool) -> Option<toml::Value> {
+        Some(toml::Value::Boolean(*v))
+    }
+    fn arg(a: Arg) -> Arg {
+        a.num_args(0..=1).default_missing_value("true")
+    }
+}
+
+fn choice_names<T: ValueEnum>() -> Vec<String> {
+    let names = T::value_variants().iter().filter_map(ValueEnum::to_possible_value);
+    names.map(|p| p.get_name().to_owned()).collect()
+}
+
+macro_rules! choice_kinds {
+    ($($t:ty),*) => {$(
+        impl Kind<$t> for Choice {
+            const VALUE_NAME: &'static str = "NAME";
+            fn parse(s: &str) -> Result<$t, String> {
+                <$t>::from_str(s, true)
+                    .map_err(|_| format!("{s:?} is not one of {}", choice_names::<$t>().join(", ")))
+            }
+            fn show(v: &$t) -> Option<toml::Value> {
+                v.to_possible_value().map(|p| toml::Value::String(p.get_name().to_owned()))
+            }
+            fn arg(a: Arg) -> Arg {
+                a.value_parser(PossibleValuesParser::new(<$t>::value_variants().iter().filter_map(ValueEnum::to_possible_value)))
+            }
+        }
+    )*};
+}
+choice_kinds!(Role, PolicyKind, LogFormat);
+
+impl Kind<SecretString> for Secret {
+    const VALUE_NAME: &'static str = "KEY";
+    fn parse(s: &str) -> Result<SecretString, String> {
+        Ok(SecretString::from(s))
+    }
+    fn show(_: &SecretString) -> Option<toml::Value> {
+        Some(toml::Value::String(MASK.to_owned()))
+    }
+}
+
+impl Kind<ServiceUrl> for Url {
+    const VALUE_NAME: &'static str = "URL";
+    fn parse(s: &str) -> Result<ServiceUrl, String> {
+        Ok(ServiceUrl::new(s))
+    }
+    fn show(v: &ServiceUrl) -> Option<toml::Value> {
+        Some(toml::Value::String(v.masked()))
+    }
+}
+
+impl<T, K: Kind<T>> Kind<Option<T>> for K {
+    const VALUE_NAME: &'static str = K::VALUE_NAME;
+    fn parse(s: &str) -> Result<Option<T>, String> {
+        K::parse(s).map(Some)
+    }
+    fn show(v: &Option<T>) -> Option<toml::Value> {
+        v.as_ref().and_then(K::show)
+    }
+    fn arg(a: Arg) -> Arg {
+        K::arg(a)
     }
 }
 
 /// A service URL that may hold credentials (`postgres://user:pass@host/db`,
-/// `?password=`): `Debug`, `Display` and `Serialize` mask them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ServiceUrl(String);
+/// `?password=`): `Debug` and `Display` mask them.
+#[derive(Clone)]
+pub struct ServiceUrl(SecretString);
 
 impl ServiceUrl {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(SecretString::from(url.into()))
     }
     /// The URL with its credentials: for connecting, never for showing.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
     /// The URL with any password masked.
     pub fn masked(&self) -> String {
-        mask_url(&self.0)
-    }
-}
-
-impl FromStr for ServiceUrl {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self::new(s))
+        mask_url(self.expose())
     }
 }
 
@@ -207,864 +242,710 @@ impl fmt::Display for ServiceUrl {
     }
 }
 
-impl Serialize for ServiceUrl {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.masked())
-    }
-}
-
 /// Masks the password of a URL's user info and the values of query
 /// parameters that look secret (`password`, `token`, `secret`, `key`).
 pub fn mask_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:{MASK}@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@').map(|(u, h)| (u.split_once(':'), h)) {
+        Some((Some((user, _)), host)) => format!("{user}:{MASK}@{host}"),
+        _ => authority.to_owned(),
     };
-    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
-    let mut out = format!("{scheme}://{authority}{path}");
-    if !query.is_empty() || tail.contains('?') {
-        out.push('?');
-        let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
-        let pairs: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((name, _)) if is_secret_param(name) => format!("{name}={MASK}"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        out.push_str(&pairs.join("&"));
-        if let Some(fragment) = fragment {
-            out.push('#');
-            out.push_str(fragment);
+    let Some((path, query)) = tail.split_once('?') else {
+        return format!("{scheme}://{authority}{tail}");
+    };
+    let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
+    let secret = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        ["password", "passwd", "secret", "token", "key", "credential"]
+            .iter()
+            .any(|s| name.contains(s))
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if secret(name) => format!("{name}={MASK}"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+    format!("{scheme}://{authority}{path}?{}{fragment}", pairs.join("&"))
+}
+
+/// What this node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// API, scheduler, housekeeping and the in-process workers.
+    All,
+    /// The HTTP API only.
+    Api,
+    /// The scheduler and housekeeping only.
+    Scheduler,
+}
+
+/// How the checkpoint interval is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyKind {
+    /// Every `checkpoint_every_steps` steps or `checkpoint_every_secs` seconds.
+    Fixed,
+    /// Young–Daly `sqrt(2·C·MTBF)` from the measured checkpoint cost and the
+    /// fleet's preemption rate, within `checkpoint_min_secs`..`checkpoint_max_secs`.
+    Adaptive,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal unless NO_COLOR is set.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    File,
+    Default,
+}
+
+/// One option, as clap and `config print` see it.
+pub struct Opt {
+    pub key: &'static str,
+    pub flag: &'static str,
+    help: &'static str,
+    value_name: &'static str,
+    default: fn() -> String,
+    arg: fn(Arg) -> Arg,
+}
+
+/// A group of options: a struct built from the layers by [`Loader::resolve`].
+pub trait Group: Sized {
+    const OPTIONS: &'static [Opt];
+    fn resolve(r: &mut Loader) -> Self;
+    /// Each key's value as TOML (`None`: unset), masked.
+    fn show(&self) -> Vec<(&'static str, Option<toml::Value>)>;
+}
+
+fn shown(v: Option<toml::Value>) -> String {
+    v.map_or_else(|| "none".to_owned(), |v| v.to_string())
+}
+
+macro_rules! default_doc {
+    ($doc:literal; $($rest:tt)*) => {
+        || $doc.to_owned()
+    };
+    (; $kind:ty, $ty:ty, $default:expr) => {
+        || shown(<$kind as Kind<$ty>>::show(&$default))
+    };
+}
+
+/// Declares a group: per option `field: Type [Kind] = "toml.key", "flag",
+/// default` (an expression, which may use the fields above it), then
+/// optionally `; doc "how help shows the default"` and `; check FN`.
+macro_rules! options {
+    ($(#[doc = $gdoc:literal])* $group:ident { $(
+        #[doc = $help:literal]
+        $field:ident: $ty:ty [$kind:ty] = $key:literal, $flag:literal, $default:expr
+            $(; doc $ddoc:literal)? $(; check $check:expr)?;
+    )* }) => {
+        $(#[doc = $gdoc])*
+        #[derive(Debug, Clone)]
+        pub struct $group { $( #[doc = $help] pub $field: $ty, )* }
+
+        impl Group for $group {
+            const OPTIONS: &'static [Opt] = &[$(Opt {
+                key: $key,
+                flag: $flag,
+                help: $help,
+                value_name: <$kind as Kind<$ty>>::VALUE_NAME,
+                default: default_doc!($($ddoc)?; $kind, $ty, $default),
+                arg: <$kind as Kind<$ty>>::arg,
+            }),*];
+            fn resolve(r: &mut Loader) -> Self {
+                $(
+                    let $field: $ty = r.value::<$kind, $ty>($key, $flag, || $default);
+                    $( r.check($key, &$field, $check); )?
+                )*
+                Self { $($field),* }
+            }
+            fn show(&self) -> Vec<(&'static str, Option<toml::Value>)> {
+                vec![$(($key, <$kind as Kind<$ty>>::show(&self.$field))),*]
+            }
+        }
+    };
+}
+
+options! {
+    /// Where the data lives: `serve`, `migrate` and `keys` read the same.
+    StorageOptions {
+        /// Directory of the embedded database, blobs and node id.
+        data_dir: PathBuf [Text] = "data_dir", "data-dir", PathBuf::from("./data");
+            check |p: &PathBuf| ok(!p.as_os_str().is_empty(), "must not be empty");
+        /// Database: sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB (postgresql:// too).
+        database_url: ServiceUrl [Url] = "database.url", "database-url",
+            ServiceUrl::new(format!("sqlite://{}", data_dir.join("videogen.db").display()));
+            doc "sqlite://DATA_DIR/videogen.db"; check check_database_url;
+        /// Blob store: file://DIR or s3://BUCKET?endpoint=URL&region=REGION, credentials from AWS_* variables.
+        blob_url: ServiceUrl [Url] = "blob.url", "blob-url",
+            ServiceUrl::new(format!("file://{}", data_dir.join("blobs").display()));
+            doc "file://DATA_DIR/blobs"; check check_blob_url;
+    }
+}
+
+options! {
+    /// What `serve` alone reads: the node, its API and its scheduler.
+    ServerOptions {
+        /// Address to listen on, HOST:PORT (port 0 picks a free port; the real one is printed).
+        listen: String [Text] = "listen", "listen", "127.0.0.1:8080".to_owned(); check check_listen;
+        /// What this node runs.
+        role: Role [Choice] = "role", "role", Role::All;
+        /// This node's id, 1 to 64 of A-Z a-z 0-9 - _ . (unset: the one kept in the data dir, made on first start).
+        node_id: Option<String> [Text] = "node_id", "node-id", None; check |v: &Option<String>| v.as_deref().map_or(Ok(()), check_node_id);
+        /// Base URL clients reach this node at, e.g. https://videogen.example.com; signed download URLs are built on it.
+        public_url: Option<String> [Text] = "public_url", "public-url", None; check |v: &Option<String>| v.as_deref().map_or(Ok(()), check_public_url);
+        /// Redis, for cross-node events and rate limits: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss:// (TLS).
+        redis_url: Option<ServiceUrl> [Url] = "redis.url", "redis-url", None; check |v: &Option<ServiceUrl>| v.as_ref().map_or(Ok(()), |u| check_redis_url(u.expose()));
+        /// Answer video downloads with a redirect to a signed URL instead of the bytes. With a file:// blob store it needs --public-url and --url-signing-key.
+        download_redirect: bool [Bool] = "downloads.redirect", "download-redirect", false;
+        /// Lifetime of a signed download URL, in seconds, at most 7 days.
+        signed_url_ttl: Duration [Secs] = "downloads.signed_url_ttl_secs", "signed-url-ttl-secs", Duration::from_secs(3600); check |d: &Duration| ok(*d <= SIGNED_URL_TTL_MAX, format!("{} s is longer than 7 days ({} s), the most a signed URL may live", d.as_secs_f64(), SIGNED_URL_TTL_MAX.as_secs()));
+        /// Secret key signing the download URLs this node serves, at least 32 characters (e.g. `openssl rand -hex 32`). Prefer the variable or the file to the flag, which other users can see in the process list.
+        url_signing_key: Option<SecretString> [Secret] = "downloads.url_signing_key", "url-signing-key", None; check check_signing_key;
+        /// Lease time-to-live in seconds; heartbeats renew it every third of it.
+        lease_ttl: Duration [Secs] = "scheduler.lease_ttl_secs", "lease-ttl-secs", RuntimeConfig::default().lease_ttl;
+        /// Attempts before a job is dead-lettered, 1 to 100.
+        max_attempts: u32 [Num] = "scheduler.max_attempts", "max-attempts", RuntimeConfig::default().max_attempts; check |v: &u32| in_range(*v, 1, 100);
+        /// How often the reaper and the retention sweeper run, in seconds.
+        housekeeping: Duration [Secs] = "scheduler.housekeeping_secs", "housekeeping-secs", RuntimeConfig::default().housekeeping_interval;
+        /// Retention of every tier's videos, in seconds (unset: per tier, free 1 d, paid 7 d, internal 30 d).
+        retention: Option<Duration> [Secs] = "scheduler.retention_secs", "retention-secs", None;
+        /// Lifetime of the scheduler leader's lease, in seconds, when several nodes run the scheduler.
+        leader_lease: Duration [Secs] = "scheduler.leader_lease_secs", "leader-lease-secs", Duration::from_secs(5);
+        /// In-process workers (0: none; run `videogen worker` processes).
+        workers: usize [Num] = "workers.count", "workers", 1;
+        /// Denoising steps of every video, 1 to 1000.
+        steps: u32 [Num] = "api.steps", "steps", videogen_model::REFERENCE_DEFAULT_STEPS; check |v: &u32| in_range(*v, 1, 1000);
+        /// Poll interval suggested to SDK pollers (`openai-poll-after-ms`), in ms.
+        poll_after_ms: u64 [Num] = "api.poll_after_ms", "poll-after-ms", 1000; check |v: &u64| in_range(*v, 1, u64::from(u32::MAX));
+        /// Requests per minute per API key; 0: no limit.
+        rate_limit_per_minute: u32 [Num] = "api.rate_limit_per_minute", "rate-limit-per-minute", 0;
+        /// HTTP requests served at once; more wait.
+        max_concurrent_requests: usize [Num] = "http.max_concurrent_requests", "max-concurrent-requests", 1024; check |v: &usize| in_range(*v, 1, 1 << 20);
+        /// Longest a public API request may take (SSE streams excepted), e.g. 30s.
+        request_timeout: Duration [Human] = "http.request_timeout", "request-timeout", Duration::from_secs(30);
+        /// Longest an internal worker API request may take; must exceed the longest acquire long-poll (30 s).
+        worker_request_timeout: Duration [Human] = "http.worker_request_timeout", "worker-request-timeout", Duration::from_secs(120); check |d: &Duration| ok(*d > videogen_protocol::wire::MAX_ACQUIRE_WAIT, format!("{} must exceed the longest acquire long-poll ({})", humantime::format_duration(*d), humantime::format_duration(videogen_protocol::wire::MAX_ACQUIRE_WAIT)));
+        /// Server-sent event streams open at once; more are refused.
+        max_sse_streams: usize [Num] = "http.max_sse_streams", "max-sse-streams", 1024; check |v: &usize| in_range(*v, 1, 1 << 20);
+    }
+}
+
+options! {
+    /// The model, moderation and checkpoint options of a worker slot: `serve`'s
+    /// in-process workers and `videogen worker` read the same.
+    WorkerOptions {
+        /// Minimum wall time of one reference-model step (speed knob), in ms.
+        step_ms: u64 [Num] = "workers.step_ms", "step-ms", millis(videogen_model::ReferenceConfig::default().step_time);
+        /// Simulated model load time, in ms, paid once per worker.
+        model_load_ms: u64 [Num] = "workers.model_load_ms", "model-load-ms", millis(videogen_model::ReferenceConfig::default().load_time);
+        /// How the checkpoint interval is chosen.
+        checkpoint_policy: PolicyKind [Choice] = "workers.checkpoint_policy", "checkpoint-policy", PolicyKind::Fixed;
+        /// Fixed policy: checkpoint every this many steps; 0: only by time.
+        checkpoint_every_steps: u32 [Num] = "workers.checkpoint_every_steps", "checkpoint-every-steps", fixed_default().0;
+        /// Fixed policy: ... or every this many seconds, whichever is first.
+        checkpoint_every: Duration [Secs] = "workers.checkpoint_every_secs", "checkpoint-every-secs", fixed_default().1;
+        /// Adaptive policy: shortest interval, in seconds.
+        checkpoint_min: Duration [Secs] = "workers.checkpoint_min_secs", "checkpoint-min-secs", Duration::from_secs(5);
+        /// Adaptive policy: longest interval, in seconds.
+        checkpoint_max: Duration [Secs] = "workers.checkpoint_max_secs", "checkpoint-max-secs", Duration::from_secs(600);
+        /// Longest a graceful stop may take from notice to release, in seconds (GCE gives 30 s, AWS 120 s).
+        preemption_deadline: Duration [Secs] = "workers.preemption_deadline_secs", "preemption-deadline-secs", WorkerConfig::default().preemption_deadline;
+        /// File of 64-bit perceptual hashes (hex, one per line) that output moderation blocks.
+        blocked_hashes: Option<PathBuf> [Text] = "moderation.blocked_hashes", "blocked-hashes", None; check |p: &Option<PathBuf>| p.as_ref().map_or(Ok(()), |p| ok(p.is_file(), format!("{} is not a readable file", p.display())));
+    }
+}
+
+options! {
+    /// How every command logs.
+    LogOptions {
+        /// Log format on stderr: text (coloured only on a terminal without NO_COLOR) or json.
+        log_format: LogFormat [Choice] = "log.format", "log-format", LogFormat::Text;
+    }
+}
+
+/// Every group, in the order of `config print` (top-level keys go first there).
+const GROUPS: &[&[Opt]] = &[
+    StorageOptions::OPTIONS,
+    ServerOptions::OPTIONS,
+    WorkerOptions::OPTIONS,
+    LogOptions::OPTIONS,
+];
+
+fn ok(good: bool, msg: impl fmt::Display) -> Result<(), String> {
+    if good { Ok(()) } else { Err(msg.to_string()) }
+}
+
+fn in_range<T: PartialOrd + fmt::Display>(v: T, min: T, max: T) -> Result<(), String> {
+    ok(v >= min && v <= max, format!("{v} is not in {min}..={max}"))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The worker runtime's default checkpoint policy, when it is the fixed one.
+fn fixed_default() -> (u32, Duration) {
+    match WorkerConfig::default().checkpoint {
+        CheckpointPolicy::Fixed { every_steps, every } => (every_steps, every),
+        CheckpointPolicy::Adaptive { min, .. } => (0, min),
+    }
+}
+
+/// The environment: a variable's value by name.
+pub type Env = Box<dyn Fn(&str) -> Option<String>>;
+
+/// A value from the file: its text (or why it has none) and `:line:column`.
+type FileValue = (Result<String, String>, String);
+
+/// The layers below the flags, and what resolving has found so far.
+pub struct Loader {
+    env: Env,
+    file: Option<PathBuf>,
+    file_values: BTreeMap<String, FileValue>,
+    sources: BTreeMap<&'static str, (Source, &'static str)>,
+    errors: Vec<String>,
+    flags: BTreeMap<&'static str, String>,
+}
+
+impl Loader {
+    /// The process environment and the file named by `file` or `VIDEOGEN_CONFIG`.
+    pub fn new(file: &ConfigFile) -> Self {
+        Self::with_env(file, Box::new(|name| std::env::var(name).ok()))
+    }
+
+    /// [`Loader::new`] with the environment given as a lookup function.
+    pub fn with_env(file: &ConfigFile, env: Env) -> Self {
+        let env: Env = Box::new(move |name| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()));
+        let (path, named_by) = match (&file.config, env(CONFIG_ENV)) {
+            (Some(p), _) => (Some(p.clone()), "--config"),
+            (None, Some(p)) => (Some(PathBuf::from(p)), CONFIG_ENV),
+            (None, None) => (None, ""),
+        };
+        let mut loader = Self {
+            env,
+            file: path.clone(),
+            file_values: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            errors: Vec::new(),
+            flags: BTreeMap::new(),
+        };
+        if let Some(p) = path {
+            match std::fs::read_to_string(&p) {
+                Ok(text) => loader.read_file(&p, &text),
+                Err(e) => loader
+                    .errors
+                    .push(format!("{named_by} {}: cannot read it: {e}", p.display())),
+            }
+        }
+        loader
+    }
+
+    /// Reads every key of the file, naming unknown ones with their position
+    /// (never quoting a line, which may hold a secret).
+    fn read_file(&mut self, path: &Path, text: &str) {
+        let at = |span: std::ops::Range<usize>| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(":{}:{column}", before.matches('\n').count() + 1)
+        };
+        let doc = match toml::de::DeTable::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let pos = e.span().map(at).unwrap_or_default();
+                let msg = e.message().trim().replace('\n', "; ");
+                return self
+                    .errors
+                    .push(format!("invalid config file {}{pos}: {msg}", path.display()));
+            }
+        };
+        let known = |key: &str| GROUPS.iter().flat_map(|g| g.iter()).any(|o| o.key == key);
+        let mut entries = Vec::new();
+        for (k, v) in doc.get_ref() {
+            match v.get_ref() {
+                toml::de::DeValue::Table(t) if !known(k.get_ref()) => {
+                    entries.extend(
+                        t.iter()
+                            .map(|(k2, v2)| (format!("{}.{}", k.get_ref(), k2.get_ref()), k2, v2)),
+                    );
+                }
+                _ => entries.push((k.get_ref().to_string(), k, v)),
+            }
+        }
+        for (key, k, v) in entries {
+            if !known(&key) {
+                let (section, name) = key.rsplit_once('.').unwrap_or(("", &key));
+                let within: Vec<&str> = GROUPS
+                    .iter()
+                    .flat_map(|g| g.iter())
+                    .filter_map(|o| {
+                        let (s, n) = o.key.rsplit_once('.').unwrap_or(("", o.key));
+                        (s == section).then_some(n)
+                    })
+                    .collect();
+                let place = if section.is_empty() {
+                    "at the top level".to_owned()
+                } else {
+                    format!("in `{section}`")
+                };
+                let expected = if within.is_empty() {
+                    "no such section".to_owned()
+                } else {
+                    format!("known: {}", within.join(", "))
+                };
+                self.errors.push(format!(
+                    "{}{}: unknown key `{name}` {place} ({expected})",
+                    path.display(),
+                    at(k.span())
+                ));
+                continue;
+            }
+            use toml::de::DeValue as V;
+            let text = match v.get_ref() {
+                V::String(s) => Ok(s.to_string()),
+                V::Integer(i) => Ok(i.as_str().replace('_', "")),
+                V::Float(f) => Ok(f.as_str().replace('_', "")),
+                V::Boolean(b) => Ok(b.to_string()),
+                _ => Err("expected a string, a number or a boolean".to_owned()),
+            };
+            self.file_values.insert(key, (text, at(v.span())));
         }
     }
-    out
-}
 
-fn is_secret_param(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    ["password", "passwd", "secret", "token", "key", "credential"]
-        .iter()
-        .any(|s| name.contains(s))
-}
+    /// Resolves a group, its flags over the layers.
+    pub fn resolve<G: Group>(&mut self, flags: &Flags<G>) -> G {
+        self.flags = flags.values.clone();
+        G::resolve(self)
+    }
 
-fn ser_secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    if d.subsec_nanos() == 0 {
-        s.serialize_u64(d.as_secs())
-    } else {
-        s.serialize_f64(d.as_secs_f64())
+    /// The value of `key`: the flag, else its variable, else the file, else
+    /// `default` (also after an invalid value, whose error is kept).
+    fn value<K: Kind<T>, T>(&mut self, key: &'static str, flag: &'static str, default: impl FnOnce() -> T) -> T {
+        let (raw, source) = if let Some(v) = self.flags.get(key) {
+            (Ok(v.clone()), Source::Flag)
+        } else if let Some(v) = (self.env)(&env_var(flag)) {
+            (Ok(v), Source::Env)
+        } else if let Some((v, _)) = self.file_values.get(key) {
+            (v.clone(), Source::File)
+        } else {
+            (Err(String::new()), Source::Default)
+        };
+        self.sources.insert(key, (source, flag));
+        match raw.and_then(|raw| K::parse(&raw)) {
+            Ok(v) => v,
+            Err(e) => {
+                if source != Source::Default {
+                    self.error(key, e);
+                }
+                default()
+            }
+        }
+    }
+
+    fn check<T>(&mut self, key: &'static str, v: &T, check: impl FnOnce(&T) -> Result<(), String>) {
+        if let Err(e) = check(v) {
+            self.error(key, e);
+        }
+    }
+
+    /// The option as the user set it: `--flag`, `VAR (--flag)` or `` `key` in FILE:L:C (--flag) ``.
+    fn name(&self, key: &str) -> String {
+        let (source, flag) = self.sources.get(key).copied().unwrap_or((Source::Default, "?"));
+        match source {
+            Source::Flag => format!("--{flag}"),
+            Source::Env => format!("{} (--{flag})", env_var(flag)),
+            Source::File => {
+                let file = self
+                    .file
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let pos = self
+                    .file_values
+                    .get(key)
+                    .map(|(_, pos)| pos.as_str())
+                    .unwrap_or_default();
+                format!("`{key}` in {file}{pos} (--{flag})")
+            }
+            Source::Default => format!("--{flag} (default)"),
+        }
+    }
+
+    fn error(&mut self, key: &str, msg: impl fmt::Display) {
+        let name = self.name(key);
+        self.errors.push(format!("{name}: {msg}"));
+    }
+
+    /// Where the values came from, or every error found.
+    pub fn finish(self) -> anyhow::Result<Origin> {
+        if !self.errors.is_empty() {
+            anyhow::bail!("invalid configuration:\n  {}", self.errors.join("\n  "));
+        }
+        Ok(Origin {
+            sources: self.sources,
+            file: self.file,
+        })
     }
 }
 
-fn ser_opt_secs<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => ser_secs(d, s),
-        None => s.serialize_none(),
-    }
-}
-
-/// The effective configuration of `serve`. Durations are `*_secs` keys in
-/// TOML; `Debug` and `Serialize` mask secrets.
-#[derive(Debug, Clone, Serialize)]
-pub struct Config {
-    /// Address the HTTP API listens on (`HOST:PORT`; port 0 picks one).
-    pub listen: String,
-    /// Directory of the embedded database, blobs and node id.
-    pub data_dir: PathBuf,
-    /// What this node runs.
-    pub role: Role,
-    /// This node's id; `None`: the one kept in the data dir (made on first start).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_id: Option<String>,
-    /// Base URL clients reach this node at (`https://videogen.example.com`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub public_url: Option<String>,
-    pub database: DatabaseSection,
-    pub redis: RedisSection,
-    pub blob: BlobSection,
-    pub downloads: DownloadsSection,
-    pub scheduler: SchedulerSection,
-    pub workers: WorkersSection,
-    pub moderation: ModerationSection,
-    pub api: ApiSection,
-    /// Where each key's value came from.
-    #[serde(skip)]
-    pub sources: BTreeMap<&'static str, Source>,
-    /// The file read, if any.
-    #[serde(skip)]
+/// Where each resolved value came from, and the file read.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub sources: BTreeMap<&'static str, (Source, &'static str)>,
     pub file: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct DatabaseSection {
-    /// `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB` (`postgresql://` too).
-    pub url: ServiceUrl,
+impl Origin {
+    pub fn source(&self, key: &str) -> Source {
+        self.sources.get(key).map_or(Source::Default, |(s, _)| *s)
+    }
+
+    fn describe(&self, key: &str) -> String {
+        let flag = self.sources.get(key).map_or("?", |(_, f)| f);
+        match (self.source(key), &self.file) {
+            (Source::Flag, _) => format!("flag --{flag}"),
+            (Source::Env, _) => format!("env {}", env_var(flag)),
+            (Source::File, Some(p)) => format!("file {}", p.display()),
+            (Source::File, None) => "file".to_owned(),
+            (Source::Default, _) => "default".to_owned(),
+        }
+    }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct RedisSection {
-    /// `redis://` or `rediss://` (TLS); `None`: no Redis.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url: Option<ServiceUrl>,
+/// `--config`: the TOML file every command that reads options also reads.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigFile {
+    /// TOML configuration file (every key: videogen.example.toml); flags and VIDEOGEN_* variables override it.
+    /// [env: VIDEOGEN_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct BlobSection {
-    /// `file://DIR` or `s3://BUCKET?endpoint=URL&region=REGION`.
-    pub url: ServiceUrl,
+/// The flags of a group, as given on the command line (all optional, so that
+/// an unset flag lets the variable, the file or the default decide).
+/// `Debug` shows which are set, never their values.
+pub struct Flags<G> {
+    values: BTreeMap<&'static str, String>,
+    group: std::marker::PhantomData<G>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct DownloadsSection {
-    /// Answer downloads with a redirect to a signed URL instead of the bytes.
-    pub redirect: bool,
-    /// Lifetime of a signed download URL.
-    #[serde(rename = "signed_url_ttl_secs", serialize_with = "ser_secs")]
-    pub signed_url_ttl: Duration,
-    /// Key signing download URLs that this node serves itself.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub url_signing_key: Option<Secret>,
+impl<G> Clone for Flags<G> {
+    fn clone(&self) -> Self {
+        Self {
+            values: self.values.clone(),
+            group: std::marker::PhantomData,
+        }
+    }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct SchedulerSection {
-    /// Lease time-to-live; heartbeats renew it every third of it.
-    #[serde(rename = "lease_ttl_secs", serialize_with = "ser_secs")]
-    pub lease_ttl: Duration,
-    /// Attempts before a job is dead-lettered.
-    pub max_attempts: u32,
-    /// How often the reaper and the retention sweeper run.
-    #[serde(rename = "housekeeping_secs", serialize_with = "ser_secs")]
-    pub housekeeping: Duration,
-    /// Retention of every tier; `None`: per tier (free 1 d, paid 7 d, internal 30 d).
-    #[serde(
-        rename = "retention_secs",
-        serialize_with = "ser_opt_secs",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub retention: Option<Duration>,
-    /// Lifetime of the scheduler leader's lease.
-    #[serde(rename = "leader_lease_secs", serialize_with = "ser_secs")]
-    pub leader_lease: Duration,
+impl<G> Default for Flags<G> {
+    fn default() -> Self {
+        Self {
+            values: BTreeMap::new(),
+            group: std::marker::PhantomData,
+        }
+    }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkersSection {
-    /// In-process workers.
-    pub count: usize,
-    /// Minimum wall time of one reference-model step, in ms.
-    pub step_ms: u64,
-    /// Simulated model load time, in ms.
-    pub model_load_ms: u64,
-    pub checkpoint_policy: PolicyKind,
-    /// Fixed policy: checkpoint every this many steps (0: only by time).
-    pub checkpoint_every_steps: u32,
-    #[serde(rename = "checkpoint_every_secs", serialize_with = "ser_secs")]
-    pub checkpoint_every: Duration,
-    #[serde(rename = "checkpoint_min_secs", serialize_with = "ser_secs")]
-    pub checkpoint_min: Duration,
-    #[serde(rename = "checkpoint_max_secs", serialize_with = "ser_secs")]
-    pub checkpoint_max: Duration,
-    #[serde(rename = "preemption_deadline_secs", serialize_with = "ser_secs")]
-    pub preemption_deadline: Duration,
+impl<G> fmt::Debug for Flags<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Flags")
+            .field("set", &self.values.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ModerationSection {
-    /// File of 64-bit perceptual hashes (hex, one per line) that output moderation blocks.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub blocked_hashes: Option<PathBuf>,
+impl<G: Group> FromArgMatches for Flags<G> {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = Self::default();
+        flags.update_from_arg_matches(m)?;
+        Ok(flags)
+    }
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        for o in G::OPTIONS {
+            if let Ok(Some(v)) = m.try_get_one::<String>(o.key) {
+                self.values.insert(o.key, v.clone());
+            }
+        }
+        Ok(())
+    }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ApiSection {
-    /// Denoising steps of every video.
-    pub steps: u32,
-    /// Poll interval suggested to SDK pollers, in ms.
-    pub poll_after_ms: u64,
-    /// Requests per minute per API key; 0: no limit.
-    pub rate_limit_per_minute: u32,
+impl<G: Group> Args for Flags<G> {
+    /// Each option's flag, its help ending in its variable, key and default.
+    fn augment_args(cmd: Command) -> Command {
+        G::OPTIONS.iter().fold(cmd, |cmd, o| {
+            let help = format!(
+                "{} [env: {}] [config: {}] [default: {}]",
+                o.help.trim(),
+                env_var(o.flag),
+                o.key,
+                (o.default)()
+            );
+            let arg = Arg::new(o.key)
+                .long(o.flag)
+                .value_name(o.value_name)
+                .help(help)
+                .global(true);
+            cmd.arg((o.arg)(arg))
+        })
+    }
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
 }
 
-/// Where blobs live, from [`BlobSection::url`].
-#[allow(dead_code, reason = "for serve's wiring of the new options")]
+/// The flags of `serve`, `migrate` and `config print`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub file: ConfigFile,
+    #[command(flatten)]
+    pub storage: Flags<StorageOptions>,
+    #[command(flatten)]
+    pub server: Flags<ServerOptions>,
+    #[command(flatten)]
+    pub worker: Flags<WorkerOptions>,
+}
+
+/// The effective configuration of `serve`. `Debug` masks secrets.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub storage: StorageOptions,
+    pub server: ServerOptions,
+    pub worker: WorkerOptions,
+    pub log: LogOptions,
+    pub origin: Origin,
+}
+
+impl Config {
+    /// Loads from the flags, the process environment and the config file.
+    pub fn load(args: &ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<Config> {
+        Self::from_loader(Loader::new(&args.file), args, log)
+    }
+
+    /// Resolves every group, then the checks that span options.
+    pub fn from_loader(mut l: Loader, args: &ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<Config> {
+        let storage = l.resolve(&args.storage);
+        let server = l.resolve(&args.server);
+        let worker = l.resolve(&args.worker);
+        let log = l.resolve(log);
+        if worker.checkpoint_min > worker.checkpoint_max {
+            let (min, max) = (worker.checkpoint_min.as_secs_f64(), worker.checkpoint_max.as_secs_f64());
+            l.error(
+                "workers.checkpoint_min_secs",
+                format!("{min} s exceeds --checkpoint-max-secs ({max} s)"),
+            );
+        }
+        if server.download_redirect && storage.blob_url.expose().starts_with("file://") {
+            let missing: Vec<&str> = [
+                ("--url-signing-key", server.url_signing_key.is_none()),
+                ("--public-url", server.public_url.is_none()),
+            ]
+            .into_iter()
+            .filter_map(|(name, missing)| missing.then_some(name))
+            .collect();
+            if !missing.is_empty() {
+                l.error(
+                    "downloads.redirect",
+                    format!(
+                        "with a file:// --blob-url, download redirects point at signed URLs that this node serves \
+                         itself: it needs {} (--public-url is the base those URLs are built on, --url-signing-key \
+                         signs them so they cannot be forged or extended; or set --download-redirect=false)",
+                        missing.join(" and ")
+                    ),
+                );
+            }
+        }
+        let origin = l.finish()?;
+        Ok(Config {
+            storage,
+            server,
+            worker,
+            log,
+            origin,
+        })
+    }
+
+    /// The effective configuration as TOML, secrets masked, each value with
+    /// a comment saying where it came from. It parses back as a config file.
+    pub fn to_toml(&self) -> String {
+        let mut values = self.storage.show();
+        values.extend(self.server.show());
+        values.extend(self.worker.show());
+        values.extend(self.log.show());
+        let split = |key: &'static str| key.rsplit_once('.').unwrap_or(("", key));
+        let mut sections: Vec<&str> = vec![""];
+        for (key, _) in &values {
+            let (section, _) = split(key);
+            if !sections.contains(&section) {
+                sections.push(section);
+            }
+        }
+        let mut out = String::from(
+            "# Effective videogen serve configuration (secrets masked).\n\
+             # Precedence: flags, then VIDEOGEN_* environment variables, then the --config file, then defaults.\n",
+        );
+        if let Some(p) = &self.origin.file {
+            let _ = writeln!(out, "# Config file: {}", p.display());
+        }
+        for section in sections {
+            if !section.is_empty() {
+                let _ = write!(out, "\n[{section}]\n");
+            }
+            for (key, value) in values.iter().filter(|(k, _)| split(k).0 == section) {
+                let (name, source) = (split(key).1, self.origin.describe(key));
+                let _ = match value {
+                    Some(v) => writeln!(out, "{name} = {v}  # {source}"),
+                    None => writeln!(out, "# {name} is unset  # {source}"),
+                };
+            }
+        }
+        out
+    }
+}
+
+/// Where blobs live, from `blob.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobLocation {
     Dir(PathBuf),
     S3(videogen_blob::S3Location),
 }
 
-impl DatabaseSection {
+impl StorageOptions {
     /// The SQLite file, when the database is SQLite.
-    #[allow(dead_code, reason = "for serve's wiring of the new options")]
     pub fn sqlite_path(&self) -> Option<PathBuf> {
-        let rest = self.url.expose().strip_prefix("sqlite://")?;
+        let rest = self.database_url.expose().strip_prefix("sqlite://")?;
         Some(PathBuf::from(rest.split('?').next().unwrap_or(rest)))
     }
-}
 
-impl BlobSection {
-    #[allow(dead_code, reason = "for serve's wiring of the new options")]
-    pub fn location(&self) -> BlobLocation {
-        let url = self.url.expose();
-        if let Some(dir) = url.strip_prefix("file://") {
-            return BlobLocation::Dir(PathBuf::from(dir));
-        }
-        // Validated at load: anything else is a parsable s3:// URL.
-        match videogen_blob::BlobUrl::parse(url) {
-            Ok(videogen_blob::BlobUrl::S3(loc)) => BlobLocation::S3(loc),
-            Ok(videogen_blob::BlobUrl::Local(dir)) => BlobLocation::Dir(dir),
-            Err(_) => BlobLocation::Dir(PathBuf::from(url)),
+    /// Validated at load: a `file://` directory or a parsable `s3://` URL.
+    pub fn blob_location(&self) -> BlobLocation {
+        let url = self.blob_url.expose();
+        match (url.strip_prefix("file://"), videogen_blob::BlobUrl::parse(url)) {
+            (Some(dir), _) => BlobLocation::Dir(PathBuf::from(dir)),
+            (None, Ok(videogen_blob::BlobUrl::S3(loc))) => BlobLocation::S3(loc),
+            (None, Ok(videogen_blob::BlobUrl::Local(dir))) => BlobLocation::Dir(dir),
+            (None, Err(_)) => BlobLocation::Dir(PathBuf::from(url)),
         }
     }
 }
 
-impl Config {
-    /// Loads from the flags, the process environment and the `--config` file.
-    pub fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
-        Self::load_from(args, &|name| std::env::var(name).ok())
-    }
-
-    /// [`Config::load`] with the environment given as a lookup function.
-    pub fn load_from(args: &ConfigArgs, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
-        let env = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let (path, path_name) = match (&args.flags.config, env(CONFIG_ENV)) {
-            (Some(p), _) => (Some(p.clone()), "--config".to_owned()),
-            (None, Some(p)) => (Some(PathBuf::from(p)), CONFIG_ENV.to_owned()),
-            (None, None) => (None, String::new()),
-        };
-        let file = match &path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| anyhow::anyhow!("{path_name} {}: cannot read it: {e}", p.display()))?;
-                parse_file(p, &text)?
-            }
-            None => FileConfig::default(),
-        };
-        let mut loader = Loader {
-            env: &env,
-            file: path.clone(),
-            sources: BTreeMap::new(),
-            errors: Vec::new(),
-        };
-        let mut config = loader.resolve(&args.flags, file);
-        if !loader.errors.is_empty() {
-            anyhow::bail!("invalid configuration:\n  {}", loader.errors.join("\n  "));
-        }
-        config.sources = loader.sources;
-        config.file = path;
-        Ok(config)
-    }
-
-    pub fn source(&self, key: &str) -> Source {
-        self.sources.get(key).copied().unwrap_or(Source::Default)
-    }
-
-    /// The flags of the in-process workers' engine, for
-    /// [`EngineArgs::engine`] and [`EngineArgs::worker_config`].
-    pub fn engine_args(&self) -> EngineArgs {
-        let w = &self.workers;
-        EngineArgs {
-            step_ms: w.step_ms,
-            model_load_ms: w.model_load_ms,
-            checkpoint_policy: w.checkpoint_policy,
-            checkpoint_every_steps: w.checkpoint_every_steps,
-            checkpoint_every_secs: w.checkpoint_every.as_secs_f64(),
-            checkpoint_min_secs: w.checkpoint_min.as_secs_f64(),
-            checkpoint_max_secs: w.checkpoint_max.as_secs_f64(),
-            preemption_deadline_secs: w.preemption_deadline.as_secs_f64(),
-            blocked_hashes: self.moderation.blocked_hashes.clone(),
-        }
-    }
-
-    fn describe_source(&self, key: &str) -> String {
-        let flag = flag_of(key);
-        match self.source(key) {
-            Source::Flag => format!("flag --{flag}"),
-            Source::Env => format!("env {}", env_var(flag)),
-            Source::File => match &self.file {
-                Some(p) => format!("file {}", p.display()),
-                None => "file".to_owned(),
-            },
-            Source::Default => "default".to_owned(),
-        }
-    }
-
-    /// The effective configuration as TOML, secrets masked, each value with
-    /// a comment saying where it came from. It parses back as a config file.
-    pub fn to_toml(&self) -> anyhow::Result<String> {
-        let toml::Value::Table(root) = toml::Value::try_from(self)? else {
-            anyhow::bail!("the configuration did not serialize to a table");
-        };
-        let mut out = String::from(
-            "# Effective videogen serve configuration (secrets masked).\n\
-             # Precedence: flags, then VIDEOGEN_* environment variables, then the --config file, then defaults.\n",
-        );
-        if let Some(p) = &self.file {
-            writeln!(out, "# Config file: {}", p.display())?;
-        }
-        let mut section = "";
-        for (key, _) in OPTIONS {
-            let (sec, name) = key.split_once('.').unwrap_or(("", key));
-            if sec != section {
-                write!(out, "\n[{sec}]\n")?;
-                section = sec;
-            }
-            let value = match sec {
-                "" => root.get(name),
-                _ => root.get(sec).and_then(|t| t.get(name)),
-            };
-            let source = self.describe_source(key);
-            match value {
-                Some(v) => writeln!(out, "{name} = {v}  # {source}")?,
-                None => writeln!(out, "# {name} is unset  # {source}")?,
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// The TOML file: every key optional, unknown keys rejected.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<String>,
-    data_dir: Option<PathBuf>,
-    role: Option<Role>,
-    node_id: Option<String>,
-    public_url: Option<String>,
-    #[serde(default)]
-    database: FileDatabase,
-    #[serde(default)]
-    redis: FileRedis,
-    #[serde(default)]
-    blob: FileBlob,
-    #[serde(default)]
-    downloads: FileDownloads,
-    #[serde(default)]
-    scheduler: FileScheduler,
-    #[serde(default)]
-    workers: FileWorkers,
-    #[serde(default)]
-    moderation: FileModeration,
-    #[serde(default)]
-    api: FileApi,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDatabase {
-    url: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileRedis {
-    url: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileBlob {
-    url: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDownloads {
-    redirect: Option<bool>,
-    signed_url_ttl_secs: Option<f64>,
-    url_signing_key: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileScheduler {
-    lease_ttl_secs: Option<f64>,
-    max_attempts: Option<u32>,
-    housekeeping_secs: Option<f64>,
-    retention_secs: Option<f64>,
-    leader_lease_secs: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileWorkers {
-    count: Option<usize>,
-    step_ms: Option<u64>,
-    model_load_ms: Option<u64>,
-    checkpoint_policy: Option<PolicyKind>,
-    checkpoint_every_steps: Option<u32>,
-    checkpoint_every_secs: Option<f64>,
-    checkpoint_min_secs: Option<f64>,
-    checkpoint_max_secs: Option<f64>,
-    preemption_deadline_secs: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileModeration {
-    blocked_hashes: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileApi {
-    steps: Option<u32>,
-    poll_after_ms: Option<u64>,
-    rate_limit_per_minute: Option<u32>,
-}
-
-/// Parses the file; errors say where (file, line, column, key) without
-/// quoting the line, which may hold a secret.
-fn parse_file(path: &Path, text: &str) -> anyhow::Result<FileConfig> {
-    toml::from_str(text).map_err(|mut e| {
-        let at = e.span().map(|span| {
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!(":{line}:{column}")
-        });
-        e.set_input(None);
-        let message = e.to_string().trim().replace('\n', "; ");
-        anyhow::anyhow!(
-            "invalid config file {}{}: {message}",
-            path.display(),
-            at.unwrap_or_default()
-        )
-    })
-}
-
-struct Loader<'a> {
-    env: &'a dyn Fn(&str) -> Option<String>,
-    file: Option<PathBuf>,
-    sources: BTreeMap<&'static str, Source>,
-    errors: Vec<String>,
-}
-
-impl Loader<'_> {
-    /// The option as the user set it.
-    fn name(&self, key: &'static str) -> String {
-        let flag = flag_of(key);
-        match self.sources.get(key).copied().unwrap_or(Source::Default) {
-            Source::Flag => format!("--{flag}"),
-            Source::Env => format!("{} (--{flag})", env_var(flag)),
-            Source::File => {
-                let file = self.file.as_deref().map(Path::display);
-                format!(
-                    "`{key}` in {} (--{flag})",
-                    file.map(|f| f.to_string()).unwrap_or_default()
-                )
-            }
-            Source::Default => format!("--{flag} (default)"),
-        }
-    }
-
-    fn error(&mut self, key: &'static str, msg: impl fmt::Display) {
-        let name = self.name(key);
-        self.errors.push(format!("{name}: {msg}"));
-    }
-
-    /// The value of `key`: the flag, else its environment variable, else the file.
-    fn pick<T>(
-        &mut self,
-        key: &'static str,
-        flag: Option<T>,
-        file: Option<T>,
-        parse: fn(&str) -> Result<T, String>,
-    ) -> Option<T> {
-        if let Some(v) = flag {
-            self.sources.insert(key, Source::Flag);
-            return Some(v);
-        }
-        if let Some(raw) = (self.env)(&env_var(flag_of(key))) {
-            self.sources.insert(key, Source::Env);
-            return match parse(&raw) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    self.error(key, e);
-                    None
-                }
-            };
-        }
-        let source = if file.is_some() { Source::File } else { Source::Default };
-        self.sources.insert(key, source);
-        file
-    }
-
-    /// A validated value, or `default` after recording the error.
-    fn checked<T>(&mut self, key: &'static str, v: T, default: T, check: impl FnOnce(&T) -> Result<(), String>) -> T {
-        match check(&v) {
-            Ok(()) => v,
-            Err(e) => {
-                self.error(key, e);
-                default
-            }
-        }
-    }
-
-    fn secs(&mut self, key: &'static str, flag: Option<f64>, file: Option<f64>, default: f64) -> Duration {
-        let v = self.pick(key, flag, file, parse_num).unwrap_or(default);
-        self.duration(key, v).unwrap_or(Duration::from_secs_f64(default))
-    }
-
-    fn opt_secs(&mut self, key: &'static str, flag: Option<f64>, file: Option<f64>) -> Option<Duration> {
-        let v = self.pick(key, flag, file, parse_num)?;
-        self.duration(key, v)
-    }
-
-    fn duration(&mut self, key: &'static str, v: f64) -> Option<Duration> {
-        match Duration::try_from_secs_f64(v).ok().filter(|d| !d.is_zero()) {
-            Some(d) => Some(d),
-            None => {
-                self.error(key, format!("{v} is not a positive number of seconds"));
-                None
-            }
-        }
-    }
-
-    fn ranged<T: PartialOrd + fmt::Display + Copy>(&mut self, key: &'static str, v: T, range: RangeInclusive<T>) -> T {
-        let start = *range.start();
-        self.checked(key, v, start, |v| {
-            if range.contains(v) {
-                Ok(())
-            } else {
-                Err(format!("{v} is not in {}..={}", range.start(), range.end()))
-            }
-        })
-    }
-
-    fn resolve(&mut self, a: &Flags, f: FileConfig) -> Config {
-        let listen = self
-            .pick("listen", a.listen.clone(), f.listen, parse_str)
-            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-        let listen = self.checked("listen", listen, DEFAULT_LISTEN.to_owned(), |s| check_listen(s));
-        let data_dir = self
-            .pick("data_dir", a.data_dir.clone(), f.data_dir, parse_path)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-        let data_dir = self.checked("data_dir", data_dir, PathBuf::from(DEFAULT_DATA_DIR), |p| {
-            if p.as_os_str().is_empty() {
-                Err("must not be empty".to_owned())
-            } else {
-                Ok(())
-            }
-        });
-        let role = self.pick("role", a.role, f.role, parse_enum).unwrap_or(Role::All);
-        let node_id = self.pick("node_id", a.node_id.clone(), f.node_id, parse_str);
-        let node_id = node_id.and_then(|id| {
-            let ok = check_node_id(&id);
-            self.checked("node_id", Some(id), None, |_| ok)
-        });
-        let public_url = self.pick("public_url", a.public_url.clone(), f.public_url, parse_str);
-        let public_url = public_url.and_then(|u| {
-            let ok = check_public_url(&u);
-            self.checked("public_url", Some(u), None, |_| ok)
-        });
-
-        let database = self
-            .pick(
-                "database.url",
-                a.database_url.as_ref().map(|u| u.expose().to_owned()),
-                f.database.url,
-                parse_str,
-            )
-            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("videogen.db").display()));
-        if let Err(e) = check_database_url(&database) {
-            self.error("database.url", e);
-        }
-        let redis = self.pick(
-            "redis.url",
-            a.redis_url.as_ref().map(|u| u.expose().to_owned()),
-            f.redis.url,
-            parse_str,
-        );
-        if let Some(Err(e)) = redis.as_deref().map(check_redis_url) {
-            self.error("redis.url", e);
-        }
-        let blob = self
-            .pick("blob.url", a.blob_url.clone(), f.blob.url, parse_str)
-            .unwrap_or_else(|| format!("file://{}", data_dir.join("blobs").display()));
-        if let Err(e) = check_blob_url(&blob) {
-            self.error("blob.url", e);
-        }
-
-        let redirect = self
-            .pick(
-                "downloads.redirect",
-                a.download_redirect,
-                f.downloads.redirect,
-                parse_bool,
-            )
-            .unwrap_or(false);
-        let signed_url_ttl = self.secs(
-            "downloads.signed_url_ttl_secs",
-            a.signed_url_ttl_secs,
-            f.downloads.signed_url_ttl_secs,
-            DEFAULT_SIGNED_URL_TTL_SECS,
-        );
-        if signed_url_ttl.as_secs_f64() > SIGNED_URL_TTL_MAX_SECS {
-            self.error(
-                "downloads.signed_url_ttl_secs",
-                format!(
-                    "{} s is longer than 7 days ({SIGNED_URL_TTL_MAX_SECS} s), the most a signed URL may live",
-                    signed_url_ttl.as_secs_f64()
-                ),
-            );
-        }
-        let key = self.pick(
-            "downloads.url_signing_key",
-            a.url_signing_key.as_ref().map(|k| k.expose().to_owned()),
-            f.downloads.url_signing_key,
-            parse_str,
-        );
-        if let Some(k) = &key
-            && k.chars().count() < SIGNING_KEY_MIN_CHARS
-        {
-            self.error(
-                "downloads.url_signing_key",
-                format!(
-                    "is {} characters; it needs at least {SIGNING_KEY_MIN_CHARS} (e.g. `openssl rand -hex 32`)",
-                    k.chars().count()
-                ),
-            );
-        }
-        if redirect && blob.starts_with("file://") {
-            let mut missing = Vec::new();
-            if key.is_none() {
-                missing.push("--url-signing-key");
-            }
-            if public_url.is_none() {
-                missing.push("--public-url");
-            }
-            if !missing.is_empty() {
-                self.error(
-                    "downloads.redirect",
-                    format!(
-                        "with a file:// --blob-url, download redirects point at signed URLs that this node serves itself: \
-                         it needs {} ({})",
-                        missing.join(" and "),
-                        "--public-url is the base those URLs are built on, --url-signing-key signs them so they \
-                         cannot be forged or extended; or set --download-redirect=false",
-                    ),
-                );
-            }
-        }
-
-        let lease_ttl = self.secs(
-            "scheduler.lease_ttl_secs",
-            a.lease_ttl_secs,
-            f.scheduler.lease_ttl_secs,
-            DEFAULT_LEASE_TTL_SECS,
-        );
-        let max_attempts = self
-            .pick(
-                "scheduler.max_attempts",
-                a.max_attempts,
-                f.scheduler.max_attempts,
-                parse_num,
-            )
-            .unwrap_or(DEFAULT_MAX_ATTEMPTS);
-        let max_attempts = self.ranged("scheduler.max_attempts", max_attempts, MAX_ATTEMPTS_RANGE);
-        let housekeeping = self.secs(
-            "scheduler.housekeeping_secs",
-            a.housekeeping_secs,
-            f.scheduler.housekeeping_secs,
-            DEFAULT_HOUSEKEEPING_SECS,
-        );
-        let retention = self.opt_secs("scheduler.retention_secs", a.retention_secs, f.scheduler.retention_secs);
-        let leader_lease = self.secs(
-            "scheduler.leader_lease_secs",
-            a.leader_lease_secs,
-            f.scheduler.leader_lease_secs,
-            DEFAULT_LEADER_LEASE_SECS,
-        );
-
-        let w = f.workers;
-        let count = self
-            .pick("workers.count", a.workers, w.count, parse_num)
-            .unwrap_or(DEFAULT_WORKERS);
-        let step_ms = self
-            .pick("workers.step_ms", a.step_ms, w.step_ms, parse_num)
-            .unwrap_or(DEFAULT_STEP_MS);
-        let model_load_ms = self
-            .pick("workers.model_load_ms", a.model_load_ms, w.model_load_ms, parse_num)
-            .unwrap_or(DEFAULT_MODEL_LOAD_MS);
-        let checkpoint_policy = self
-            .pick(
-                "workers.checkpoint_policy",
-                a.checkpoint_policy,
-                w.checkpoint_policy,
-                parse_enum,
-            )
-            .unwrap_or(DEFAULT_CHECKPOINT_POLICY);
-        let checkpoint_every_steps = self
-            .pick(
-                "workers.checkpoint_every_steps",
-                a.checkpoint_every_steps,
-                w.checkpoint_every_steps,
-                parse_num,
-            )
-            .unwrap_or(DEFAULT_CHECKPOINT_EVERY_STEPS);
-        let checkpoint_every = self.secs(
-            "workers.checkpoint_every_secs",
-            a.checkpoint_every_secs,
-            w.checkpoint_every_secs,
-            DEFAULT_CHECKPOINT_EVERY_SECS,
-        );
-        let checkpoint_min = self.secs(
-            "workers.checkpoint_min_secs",
-            a.checkpoint_min_secs,
-            w.checkpoint_min_secs,
-            DEFAULT_CHECKPOINT_MIN_SECS,
-        );
-        let checkpoint_max = self.secs(
-            "workers.checkpoint_max_secs",
-            a.checkpoint_max_secs,
-            w.checkpoint_max_secs,
-            DEFAULT_CHECKPOINT_MAX_SECS,
-        );
-        if checkpoint_min > checkpoint_max {
-            self.error(
-                "workers.checkpoint_min_secs",
-                format!(
-                    "{} s exceeds --checkpoint-max-secs ({} s)",
-                    checkpoint_min.as_secs_f64(),
-                    checkpoint_max.as_secs_f64()
-                ),
-            );
-        }
-        let preemption_deadline = self.secs(
-            "workers.preemption_deadline_secs",
-            a.preemption_deadline_secs,
-            w.preemption_deadline_secs,
-            DEFAULT_PREEMPTION_DEADLINE_SECS,
-        );
-
-        let blocked_hashes = self.pick(
-            "moderation.blocked_hashes",
-            a.blocked_hashes.clone(),
-            f.moderation.blocked_hashes,
-            parse_path,
-        );
-        if let Some(p) = &blocked_hashes
-            && !p.is_file()
-        {
-            self.error(
-                "moderation.blocked_hashes",
-                format!("{} is not a readable file", p.display()),
-            );
-        }
-
-        let steps = self
-            .pick("api.steps", a.steps, f.api.steps, parse_num)
-            .unwrap_or(DEFAULT_STEPS);
-        let steps = self.ranged("api.steps", steps, STEPS_RANGE);
-        let poll_after_ms = self
-            .pick("api.poll_after_ms", a.poll_after_ms, f.api.poll_after_ms, parse_num)
-            .unwrap_or(DEFAULT_POLL_AFTER_MS);
-        let poll_after_ms = self.ranged("api.poll_after_ms", poll_after_ms, 1..=u64::from(u32::MAX));
-        let rate_limit_per_minute = self
-            .pick(
-                "api.rate_limit_per_minute",
-                a.rate_limit_per_minute,
-                f.api.rate_limit_per_minute,
-                parse_num,
-            )
-            .unwrap_or(DEFAULT_RATE_LIMIT_PER_MINUTE);
-
-        Config {
-            listen,
-            data_dir,
-            role,
-            node_id,
-            public_url,
-            database: DatabaseSection {
-                url: ServiceUrl::new(database),
-            },
-            redis: RedisSection {
-                url: redis.map(ServiceUrl::new),
-            },
-            blob: BlobSection {
-                url: ServiceUrl::new(blob),
-            },
-            downloads: DownloadsSection {
-                redirect,
-                signed_url_ttl,
-                url_signing_key: key.map(Secret::new),
-            },
-            scheduler: SchedulerSection {
-                lease_ttl,
-                max_attempts,
-                housekeeping,
-                retention,
-                leader_lease,
-            },
-            workers: WorkersSection {
-                count,
-                step_ms,
-                model_load_ms,
-                checkpoint_policy,
-                checkpoint_every_steps,
-                checkpoint_every,
-                checkpoint_min,
-                checkpoint_max,
-                preemption_deadline,
-            },
-            moderation: ModerationSection { blocked_hashes },
-            api: ApiSection {
-                steps,
-                poll_after_ms,
-                rate_limit_per_minute,
-            },
-            sources: BTreeMap::new(),
-            file: None,
-        }
-    }
-}
-
-fn parse_str(s: &str) -> Result<String, String> {
-    Ok(s.to_owned())
-}
-
-fn parse_path(s: &str) -> Result<PathBuf, String> {
-    Ok(PathBuf::from(s))
-}
-
-fn parse_num<T: FromStr>(s: &str) -> Result<T, String>
-where
-    T::Err: fmt::Display,
-{
-    s.parse().map_err(|e| format!("{s:?} is not a valid number ({e})"))
-}
-
-fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("{s:?} is not true or false")),
-    }
-}
-
-fn parse_enum<T: ValueEnum>(s: &str) -> Result<T, String> {
-    T::from_str(s, true).map_err(|_| {
-        let names: Vec<String> = T::value_variants()
-            .iter()
-            .filter_map(|v| v.to_possible_value())
-            .map(|p| p.get_name().to_owned())
-            .collect();
-        format!("{s:?} is not one of {}", names.join(", "))
-    })
-}
-
-fn check_listen(s: &str) -> Result<(), String> {
+fn check_listen(s: &String) -> Result<(), String> {
     match s.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
         _ => Err(format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:8080, [::]:8080)")),
@@ -1072,14 +953,10 @@ fn check_listen(s: &str) -> Result<(), String> {
 }
 
 fn check_node_id(s: &str) -> Result<(), String> {
-    let ok = (1..=64).contains(&s.len())
+    let good = (1..=64).contains(&s.len())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{s:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."))
-    }
+    ok(good, format!("{s:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."))
 }
 
 fn check_public_url(s: &str) -> Result<(), String> {
@@ -1087,21 +964,30 @@ fn check_public_url(s: &str) -> Result<(), String> {
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err(format!("{s:?} must be an http:// or https:// URL with a host"));
     }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("{s:?} must be a base URL, without query or fragment"));
-    }
-    Ok(())
+    ok(
+        url.query().is_none() && url.fragment().is_none(),
+        format!("{s:?} must be a base URL, without query or fragment"),
+    )
 }
 
-fn check_database_url(s: &str) -> Result<(), String> {
-    let shown = mask_url(s);
+fn check_signing_key(k: &Option<SecretString>) -> Result<(), String> {
+    let n = k
+        .as_ref()
+        .map_or(SIGNING_KEY_MIN_CHARS, |k| k.expose_secret().chars().count());
+    ok(
+        n >= SIGNING_KEY_MIN_CHARS,
+        format!("is {n} characters; it needs at least {SIGNING_KEY_MIN_CHARS} (e.g. `openssl rand -hex 32`)"),
+    )
+}
+
+fn check_database_url(u: &ServiceUrl) -> Result<(), String> {
+    let (s, shown) = (u.expose(), u.masked());
     if let Some(rest) = s.strip_prefix("sqlite://") {
-        if rest.split('?').next().unwrap_or_default().is_empty() {
-            return Err(format!(
-                "{shown:?} names no file: use sqlite://PATH (sqlite:///abs/path.db)"
-            ));
-        }
-        return Ok(());
+        let names_a_file = !rest.split('?').next().unwrap_or_default().is_empty();
+        return ok(
+            names_a_file,
+            format!("{shown:?} names no file: use sqlite://PATH (sqlite:///abs/path.db)"),
+        );
     }
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
         return reqwest::Url::parse(s)
@@ -1122,21 +1008,19 @@ fn check_redis_url(s: &str) -> Result<(), String> {
         ));
     }
     let url = reqwest::Url::parse(s).map_err(|e| format!("{shown:?} is not a valid Redis URL ({e})"))?;
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{shown:?} names no host"));
-    }
-    Ok(())
+    ok(
+        url.host_str().is_some_and(|h| !h.is_empty()),
+        format!("{shown:?} names no host"),
+    )
 }
 
-fn check_blob_url(s: &str) -> Result<(), String> {
-    let shown = mask_url(s);
+fn check_blob_url(u: &ServiceUrl) -> Result<(), String> {
+    let (s, shown) = (u.expose(), u.masked());
     if let Some(dir) = s.strip_prefix("file://") {
-        if dir.is_empty() {
-            return Err(format!(
-                "{shown:?} names no directory: use file:///abs/dir or file://rel/dir"
-            ));
-        }
-        return Ok(());
+        return ok(
+            !dir.is_empty(),
+            format!("{shown:?} names no directory: use file:///abs/dir or file://rel/dir"),
+        );
     }
     if s.starts_with("s3://") {
         // The parser `serve` opens the store with, so what passes here opens.
@@ -1150,180 +1034,25 @@ fn check_blob_url(s: &str) -> Result<(), String> {
 }
 
 /// `videogen config`.
-#[derive(Subcommand, Debug)]
+#[derive(clap::Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Print the effective configuration of `serve` (the same flags, VIDEOGEN_* variables and --config file) as
     /// TOML, secrets masked, each value's source in a comment. Exits non-zero on an invalid configuration, as
     /// `serve` would.
-    Print(ConfigArgs),
+    Print(ServeArgs),
 }
 
-pub fn run(cmd: ConfigCommand) -> anyhow::Result<()> {
-    match cmd {
-        ConfigCommand::Print(args) => {
-            let config = Config::load(&args)?;
-            let mut out = config.to_toml()?;
-            out.push('\n');
-            for name in ENV_ONLY_SECRETS {
-                let set = std::env::var_os(name).is_some_and(|v| !v.is_empty());
-                let state = if set { "set (not shown)" } else { "unset" };
-                writeln!(out, "# {name} (environment only): {state}")?;
-            }
-            print!("{out}");
-            Ok(())
-        }
+pub fn run(cmd: ConfigCommand, log: &Flags<LogOptions>) -> anyhow::Result<()> {
+    let ConfigCommand::Print(args) = cmd;
+    let mut out = Config::load(&args, log)?.to_toml();
+    out.push('\n');
+    for name in ENV_ONLY_SECRETS {
+        let set = std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        let state = if set { "set (not shown)" } else { "unset" };
+        let _ = writeln!(out, "# {name} (environment only): {state}");
     }
-}
-
-/// The flags of `serve` (and `config print`). Each also reads its
-/// environment variable and TOML key (shown in `--help`); unset ones fall
-/// back to the file, then to the default.
-#[derive(Debug, Clone, Default)]
-pub struct ConfigArgs {
-    pub flags: Flags,
-}
-
-impl FromArgMatches for ConfigArgs {
-    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
-        Flags::from_arg_matches(m).map(|flags| Self { flags })
-    }
-    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
-        self.flags.update_from_arg_matches(m)
-    }
-}
-
-impl Args for ConfigArgs {
-    fn augment_args(cmd: clap::Command) -> clap::Command {
-        annotate_help(Flags::augment_args(cmd))
-    }
-    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        annotate_help(Flags::augment_args_for_update(cmd))
-    }
-}
-
-/// Appends each option's environment variable and TOML key to its help.
-fn annotate_help(cmd: clap::Command) -> clap::Command {
-    cmd.mut_args(|arg| {
-        let Some(flag) = arg.get_long().map(str::to_owned) else {
-            return arg;
-        };
-        let Some((key, _)) = OPTIONS.iter().find(|(_, f)| *f == flag) else {
-            return arg;
-        };
-        let note = format!("[env: {}] [config: {key}]", env_var(&flag));
-        let help = arg.get_help().map(|h| format!("{h} {note}"));
-        let long_help = arg.get_long_help().map(|h| format!("{h}\n\n{note}"));
-        let arg = match help {
-            Some(h) => arg.help(h),
-            None => arg.help(note),
-        };
-        match long_help {
-            Some(h) => arg.long_help(h),
-            None => arg,
-        }
-    })
-}
-
-/// The flags themselves; all optional, so that an unset flag lets the
-/// environment, the file or the default decide.
-#[derive(Args, Debug, Clone, Default)]
-pub struct Flags {
-    /// TOML configuration file (every key: videogen.example.toml); flags and VIDEOGEN_* variables override it.
-    /// [env: VIDEOGEN_CONFIG]
-    #[arg(long, value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    /// Directory of the embedded database, blobs and node id (default: ./data).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Address to listen on, HOST:PORT (default: 127.0.0.1:8080; port 0 picks a free port, the real one is
-    /// printed).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub listen: Option<String>,
-    /// What this node runs (default: all).
-    #[arg(long, value_enum)]
-    pub role: Option<Role>,
-    /// This node's id (default: the one kept in the data dir, made on first start).
-    #[arg(long, value_name = "ID")]
-    pub node_id: Option<String>,
-    /// Base URL clients reach this node at, e.g. https://videogen.example.com (default: none).
-    #[arg(long, value_name = "URL")]
-    pub public_url: Option<String>,
-    /// Database: sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB (default: sqlite://DATA_DIR/videogen.db).
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<ServiceUrl>,
-    /// Redis, for cross-node events and rate limits: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss:// (default:
-    /// none).
-    #[arg(long, value_name = "URL")]
-    pub redis_url: Option<ServiceUrl>,
-    /// Blob store: file://DIR or s3://BUCKET?endpoint=URL&region=REGION, credentials from AWS_*
-    /// variables (default: file://DATA_DIR/blobs).
-    #[arg(long, value_name = "URL")]
-    pub blob_url: Option<String>,
-    /// Answer video downloads with a redirect to a signed URL instead of the bytes (default: false). With a
-    /// file:// blob store it needs --public-url and --url-signing-key.
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub download_redirect: Option<bool>,
-    /// Lifetime of a signed download URL, in seconds (default: 3600; at most 7 days).
-    #[arg(long, value_name = "SECS")]
-    pub signed_url_ttl_secs: Option<f64>,
-    /// Secret key signing the download URLs this node serves, at least 32 characters (default: none). Secret:
-    /// prefer the environment variable or the file to the flag, which other users can see in the process list.
-    #[arg(long, value_name = "KEY")]
-    pub url_signing_key: Option<Secret>,
-    /// Lease time-to-live in seconds; heartbeats renew it every third of it (default: 30).
-    #[arg(long, value_name = "SECS")]
-    pub lease_ttl_secs: Option<f64>,
-    /// Attempts before a job is dead-lettered, 1 to 100 (default: 3).
-    #[arg(long, value_name = "N")]
-    pub max_attempts: Option<u32>,
-    /// How often the reaper and the retention sweeper run, in seconds (default: 1).
-    #[arg(long, value_name = "SECS")]
-    pub housekeeping_secs: Option<f64>,
-    /// Override the retention of every tier, in seconds (default: free 1 d, paid 7 d, internal 30 d).
-    #[arg(long, value_name = "SECS")]
-    pub retention_secs: Option<f64>,
-    /// Lifetime of the scheduler leader's lease, in seconds, when several nodes run the scheduler (default: 5).
-    #[arg(long, value_name = "SECS")]
-    pub leader_lease_secs: Option<f64>,
-    /// In-process workers (default: 1; 0 for none).
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Minimum wall time of one reference-model step (speed knob), in ms (default: 100).
-    #[arg(long, value_name = "MS")]
-    pub step_ms: Option<u64>,
-    /// Simulated model load time, in ms, paid once per worker (default: 0).
-    #[arg(long, value_name = "MS")]
-    pub model_load_ms: Option<u64>,
-    /// How the checkpoint interval is chosen (default: fixed).
-    #[arg(long, value_enum)]
-    pub checkpoint_policy: Option<PolicyKind>,
-    /// Fixed policy: checkpoint every this many steps; 0: only by time (default: 5).
-    #[arg(long, value_name = "N")]
-    pub checkpoint_every_steps: Option<u32>,
-    /// Fixed policy: ... or every this many seconds, whichever is first (default: 10).
-    #[arg(long, value_name = "SECS")]
-    pub checkpoint_every_secs: Option<f64>,
-    /// Adaptive policy: shortest interval, in seconds (default: 5).
-    #[arg(long, value_name = "SECS")]
-    pub checkpoint_min_secs: Option<f64>,
-    /// Adaptive policy: longest interval, in seconds (default: 600).
-    #[arg(long, value_name = "SECS")]
-    pub checkpoint_max_secs: Option<f64>,
-    /// Longest a graceful stop may take from notice to release, in seconds (default: 25).
-    #[arg(long, value_name = "SECS")]
-    pub preemption_deadline_secs: Option<f64>,
-    /// File of 64-bit perceptual hashes (hex, one per line) that output moderation blocks (default: none).
-    #[arg(long, value_name = "PATH")]
-    pub blocked_hashes: Option<PathBuf>,
-    /// Denoising steps of every video, 1 to 1000 (default: 30, the reference model's).
-    #[arg(long, value_name = "N")]
-    pub steps: Option<u32>,
-    /// Poll interval suggested to SDK pollers (`openai-poll-after-ms`), in ms (default: 1000).
-    #[arg(long, value_name = "MS")]
-    pub poll_after_ms: Option<u64>,
-    /// Requests per minute per API key; 0: no limit (default: 0).
-    #[arg(long, value_name = "N")]
-    pub rate_limit_per_minute: Option<u32>,
+    print!("{out}");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1335,22 +1064,28 @@ mod tests {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        args: ConfigArgs,
+        args: ServeArgs,
+        #[command(flatten)]
+        log: Flags<LogOptions>,
     }
 
-    fn flags(argv: &[&str]) -> ConfigArgs {
+    fn flags(argv: &[&str]) -> Cli {
         let mut full = vec!["videogen"];
         full.extend_from_slice(argv);
-        Cli::try_parse_from(full).expect("flags parse").args
+        Cli::try_parse_from(full).expect("flags parse")
     }
 
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    fn env_of(pairs: &[(&str, &str)]) -> Env {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        move |k| map.get(k).cloned()
+        Box::new(move |k| map.get(k).cloned())
+    }
+
+    fn load_cli(cli: &Cli, env: &[(&str, &str)]) -> anyhow::Result<Config> {
+        Config::from_loader(Loader::with_env(&cli.args.file, env_of(env)), &cli.args, &cli.log)
     }
 
     fn load(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Config> {
-        Config::load_from(&flags(argv), &env_of(env))
+        load_cli(&flags(argv), env)
     }
 
     fn file(text: &str) -> tempfile::NamedTempFile {
@@ -1361,8 +1096,8 @@ mod tests {
 
     /// The printed values, without the comments on their sources.
     fn values(c: &Config) -> Vec<String> {
-        let out = c.to_toml().unwrap();
-        out.lines()
+        c.to_toml()
+            .lines()
             .filter(|l| !l.starts_with("# Config file:"))
             .map(|l| l.split("  # ").next().unwrap_or(l).to_owned())
             .collect()
@@ -1372,27 +1107,50 @@ mod tests {
         format!("{:#}", r.expect_err("the configuration is invalid"))
     }
 
+    fn all_options() -> impl Iterator<Item = &'static Opt> {
+        GROUPS.iter().flat_map(|g| g.iter())
+    }
+
     #[test]
-    fn defaults_follow_the_data_dir() {
+    fn defaults_follow_the_data_dir_and_the_libraries() {
         let c = load(&[], &[]).unwrap();
-        assert_eq!(c.data_dir, PathBuf::from("./data"));
-        assert_eq!(c.database.url.expose(), "sqlite://./data/videogen.db");
-        assert_eq!(c.blob.url.expose(), "file://./data/blobs");
+        assert_eq!(c.storage.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.storage.database_url.expose(), "sqlite://./data/videogen.db");
+        assert_eq!(c.storage.blob_url.expose(), "file://./data/blobs");
         let c = load(&["--data-dir", "/srv/vg"], &[]).unwrap();
-        assert_eq!(c.database.url.expose(), "sqlite:///srv/vg/videogen.db");
-        assert_eq!(c.database.sqlite_path(), Some(PathBuf::from("/srv/vg/videogen.db")));
-        assert_eq!(c.blob.url.expose(), "file:///srv/vg/blobs");
-        assert_eq!(c.blob.location(), BlobLocation::Dir(PathBuf::from("/srv/vg/blobs")));
-        assert_eq!(c.listen, DEFAULT_LISTEN);
-        assert_eq!(c.role, Role::All);
-        assert_eq!(c.api.steps, DEFAULT_STEPS);
-        assert_eq!(c.scheduler.lease_ttl, Duration::from_secs(30));
-        assert_eq!(c.downloads.signed_url_ttl, Duration::from_secs(3600));
-        assert_eq!(c.scheduler.leader_lease, Duration::from_secs(5));
-        assert_eq!(c.api.rate_limit_per_minute, 0);
-        assert!(c.redis.url.is_none() && c.node_id.is_none() && c.scheduler.retention.is_none());
-        assert_eq!(c.source("database.url"), Source::Default);
-        assert_eq!(c.source("data_dir"), Source::Flag);
+        assert_eq!(c.storage.database_url.expose(), "sqlite:///srv/vg/videogen.db");
+        assert_eq!(c.storage.sqlite_path(), Some(PathBuf::from("/srv/vg/videogen.db")));
+        assert_eq!(c.storage.blob_url.expose(), "file:///srv/vg/blobs");
+        assert_eq!(
+            c.storage.blob_location(),
+            BlobLocation::Dir(PathBuf::from("/srv/vg/blobs"))
+        );
+        let s = &c.server;
+        assert_eq!(s.listen, "127.0.0.1:8080");
+        assert_eq!(s.role, Role::All);
+        assert_eq!(s.steps, videogen_model::REFERENCE_DEFAULT_STEPS);
+        assert_eq!(s.lease_ttl, Duration::from_secs(30));
+        assert_eq!(s.max_attempts, 3);
+        assert_eq!(s.signed_url_ttl, Duration::from_secs(3600));
+        assert_eq!(s.leader_lease, Duration::from_secs(5));
+        assert_eq!(s.rate_limit_per_minute, 0);
+        assert_eq!((s.max_concurrent_requests, s.max_sse_streams), (1024, 1024));
+        assert_eq!(s.request_timeout, Duration::from_secs(30));
+        assert_eq!(s.worker_request_timeout, Duration::from_secs(120));
+        assert!(s.redis_url.is_none() && s.node_id.is_none() && s.retention.is_none());
+        assert_eq!(c.log.log_format, LogFormat::Text);
+        assert_eq!(c.origin.source("database.url"), Source::Default);
+        assert_eq!(c.origin.source("data_dir"), Source::Flag);
+        // The runtime's own defaults are the options' defaults.
+        let runtime = RuntimeConfig::default();
+        assert_eq!(
+            (s.lease_ttl, s.housekeeping),
+            (runtime.lease_ttl, runtime.housekeeping_interval)
+        );
+        let w = crate::worker::worker_config(&c.worker);
+        let d = WorkerConfig::default();
+        assert_eq!(format!("{:?}", w.checkpoint), format!("{:?}", d.checkpoint));
+        assert_eq!(w.preemption_deadline, d.preemption_deadline);
     }
 
     #[test]
@@ -1401,21 +1159,38 @@ mod tests {
         let path = f.path().to_str().unwrap();
         let env = [("VIDEOGEN_STEPS", "22"), ("VIDEOGEN_POLL_AFTER_MS", "400")];
         let c = load(&["--config", path, "--steps", "33"], &env).unwrap();
-        assert_eq!((c.api.steps, c.source("api.steps")), (33, Source::Flag));
-        assert_eq!((c.api.poll_after_ms, c.source("api.poll_after_ms")), (400, Source::Env));
+        assert_eq!((c.server.steps, c.origin.source("api.steps")), (33, Source::Flag));
         assert_eq!(
-            (c.scheduler.lease_ttl, c.source("scheduler.lease_ttl_secs")),
+            (c.server.poll_after_ms, c.origin.source("api.poll_after_ms")),
+            (400, Source::Env)
+        );
+        assert_eq!(
+            (c.server.lease_ttl, c.origin.source("scheduler.lease_ttl_secs")),
             (Duration::from_secs(12), Source::File)
         );
-        assert_eq!(c.scheduler.max_attempts, 7);
+        assert_eq!(c.server.max_attempts, 7);
         assert_eq!(
-            (c.scheduler.housekeeping, c.source("scheduler.housekeeping_secs")),
+            (c.server.housekeeping, c.origin.source("scheduler.housekeeping_secs")),
             (Duration::from_secs(1), Source::Default)
         );
         // The file may also come from VIDEOGEN_CONFIG; an empty variable is unset.
         let c = load(&[], &[("VIDEOGEN_CONFIG", path), ("VIDEOGEN_STEPS", "")]).unwrap();
-        assert_eq!((c.api.steps, c.source("api.steps")), (11, Source::File));
-        assert_eq!(c.file.as_deref(), Some(f.path()));
+        assert_eq!((c.server.steps, c.origin.source("api.steps")), (11, Source::File));
+        assert_eq!(c.origin.file.as_deref(), Some(f.path()));
+        // The new options and the log format take the same layers.
+        let f = file("[http]\nrequest_timeout = \"45s\"\nmax_sse_streams = 7\n[log]\nformat = \"json\"\n");
+        let c = load(
+            &["--config", f.path().to_str().unwrap(), "--max-concurrent-requests", "9"],
+            &[("VIDEOGEN_WORKER_REQUEST_TIMEOUT", "2m 30s")],
+        )
+        .unwrap();
+        assert_eq!(c.server.request_timeout, Duration::from_secs(45));
+        assert_eq!(c.server.worker_request_timeout, Duration::from_secs(150));
+        assert_eq!((c.server.max_concurrent_requests, c.server.max_sse_streams), (9, 7));
+        assert_eq!(
+            (c.log.log_format, c.origin.source("log.format")),
+            (LogFormat::Json, Source::File)
+        );
     }
 
     #[test]
@@ -1460,33 +1235,21 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(c.workers.count, 0);
-        assert_eq!(c.scheduler.lease_ttl, Duration::from_millis(1500));
-        assert_eq!(c.scheduler.retention, Some(Duration::from_secs(60)));
-        assert_eq!(c.scheduler.housekeeping, Duration::from_millis(200));
-        let e = c.engine_args();
-        assert_eq!(e.checkpoint_policy, PolicyKind::Adaptive);
-        assert_eq!((e.step_ms, e.model_load_ms, e.checkpoint_every_steps), (5, 10, 2));
-        assert_eq!((e.checkpoint_min_secs, e.checkpoint_max_secs), (1.0, 9.0));
-        e.worker_config().expect("a valid worker config");
-    }
-
-    #[test]
-    fn engine_defaults_match_the_worker_command() {
-        #[derive(Parser)]
-        struct W {
-            #[command(flatten)]
-            e: EngineArgs,
-        }
-        let w = W::try_parse_from(["worker"]).unwrap().e;
-        let c = load(&[], &[]).unwrap().engine_args();
-        assert_eq!((c.step_ms, c.model_load_ms), (w.step_ms, w.model_load_ms));
-        assert_eq!(c.checkpoint_policy, w.checkpoint_policy);
-        assert_eq!(c.checkpoint_every_steps, w.checkpoint_every_steps);
-        assert_eq!(c.checkpoint_every_secs, w.checkpoint_every_secs);
-        assert_eq!(c.checkpoint_min_secs, w.checkpoint_min_secs);
-        assert_eq!(c.checkpoint_max_secs, w.checkpoint_max_secs);
-        assert_eq!(c.preemption_deadline_secs, w.preemption_deadline_secs);
+        assert_eq!(c.server.workers, 0);
+        assert_eq!(c.server.lease_ttl, Duration::from_millis(1500));
+        assert_eq!(c.server.retention, Some(Duration::from_secs(60)));
+        assert_eq!(c.server.housekeeping, Duration::from_millis(200));
+        let w = &c.worker;
+        assert_eq!(w.checkpoint_policy, PolicyKind::Adaptive);
+        assert_eq!((w.step_ms, w.model_load_ms, w.checkpoint_every_steps), (5, 10, 2));
+        assert_eq!(
+            (w.checkpoint_min, w.checkpoint_max),
+            (Duration::from_secs(1), Duration::from_secs(9))
+        );
+        assert!(matches!(
+            crate::worker::worker_config(w).checkpoint,
+            CheckpointPolicy::Adaptive { min, max, .. } if min == Duration::from_secs(1) && max == Duration::from_secs(9)
+        ));
     }
 
     #[test]
@@ -1499,9 +1262,24 @@ mod tests {
         let f = file("listen = \"127.0.0.1:1\"\n[databse]\nurl = \"sqlite://x\"\n");
         let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
         assert!(e.contains("databse"), "{e}");
+        let f = file("lissen = \"127.0.0.1:1\"\n");
+        let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
+        assert!(
+            e.contains("unknown key `lissen` at the top level") && e.contains(":1:1"),
+            "{e}"
+        );
         let f = file("[api]\nsteps = \"many\"\n");
         let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
-        assert!(e.contains("in `api.steps`") && e.contains(":2:"), "{e}");
+        assert!(
+            e.contains("`api.steps` in ") && e.contains(":2:") && e.contains("(--steps)"),
+            "{e}"
+        );
+        let f = file("[api]\nsteps = [1]\n");
+        let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
+        assert!(e.contains("`api.steps` in ") && e.contains("expected a string"), "{e}");
+        let f = file("[api\nsteps = 1\n");
+        let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
+        assert!(e.contains("invalid config file") && e.contains(":1:"), "{e}");
         let e = err(load(&["--config", "/nonexistent/videogen.toml"], &[]));
         assert!(e.contains("--config /nonexistent/videogen.toml"), "{e}");
     }
@@ -1541,6 +1319,11 @@ mod tests {
                 "--checkpoint-min-secs",
             ),
             (&["--blocked-hashes", "/nonexistent/hashes.txt"], "--blocked-hashes"),
+            (&["--request-timeout", "0s"], "--request-timeout"),
+            (&["--request-timeout", "soon"], "--request-timeout"),
+            (&["--worker-request-timeout", "30s"], "--worker-request-timeout"),
+            (&["--max-concurrent-requests", "0"], "--max-concurrent-requests"),
+            (&["--max-sse-streams", "0"], "--max-sse-streams"),
         ] {
             let e = err(load(argv, &[]));
             assert!(e.contains(&format!("{name}:")), "{argv:?}: {e}");
@@ -1552,6 +1335,11 @@ mod tests {
         );
         let e = err(load(&[], &[("VIDEOGEN_WORKERS", "two")]));
         assert!(e.contains("VIDEOGEN_WORKERS (--workers)"), "{e}");
+        let e = err(load(&[], &[("VIDEOGEN_LOG_FORMAT", "xml")]));
+        assert!(
+            e.contains("VIDEOGEN_LOG_FORMAT (--log-format)") && e.contains("text, json"),
+            "{e}"
+        );
         // All the errors at once.
         let e = err(load(&["--steps", "0", "--max-attempts", "0"], &[]));
         assert!(e.contains("--steps:") && e.contains("--max-attempts:"), "{e}");
@@ -1571,9 +1359,9 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(c.database.sqlite_path(), None);
+        assert_eq!(c.storage.sqlite_path(), None);
         assert_eq!(
-            c.blob.location(),
+            c.storage.blob_location(),
             BlobLocation::S3(videogen_blob::S3Location {
                 bucket: "videos".into(),
                 endpoint: Some("http://minio:9000".into()),
@@ -1603,16 +1391,16 @@ mod tests {
             &[("VIDEOGEN_URL_SIGNING_KEY", &key)],
         )
         .unwrap();
-        assert!(c.downloads.redirect);
+        assert!(c.server.download_redirect);
         // S3 signs its own URLs.
         let c = load(&["--download-redirect=true", "--blob-url", "s3://videos"], &[]).unwrap();
-        assert!(c.downloads.redirect);
+        assert!(c.server.download_redirect);
         let c = load(
             &["--download-redirect=false"],
             &[("VIDEOGEN_DOWNLOAD_REDIRECT", "true")],
         )
         .unwrap();
-        assert!(!c.downloads.redirect);
+        assert!(!c.server.download_redirect);
     }
 
     #[test]
@@ -1629,7 +1417,7 @@ mod tests {
             &[("VIDEOGEN_REDIS_URL", "redis://:redis-pass@cache:6379")],
         )
         .unwrap();
-        let out = c.to_toml().unwrap();
+        let out = c.to_toml();
         let debug = format!("{c:?}");
         for secret in [key, "pg-pass-1", "pg-pass-2", "redis-pass"] {
             assert!(!out.contains(secret), "{secret} printed:\n{out}");
@@ -1645,35 +1433,48 @@ mod tests {
         );
         assert!(out.contains("url_signing_key = \"****\"  # file "), "{out}");
         assert!(out.contains("lease_ttl_secs = 30  # default"), "{out}");
+        assert!(out.contains("request_timeout = \"30s\"  # default"), "{out}");
         assert!(out.contains("# node_id is unset  # default"), "{out}");
         // Every key is printed, and the output is a valid config file.
-        for (key, _) in OPTIONS {
-            let name = key.rsplit('.').next().unwrap();
+        for o in all_options() {
+            let name = o.key.rsplit('.').next().unwrap();
             assert!(
                 out.contains(&format!("\n{name} = ")) || out.contains(&format!("# {name} is unset")),
-                "{key}"
+                "{}",
+                o.key
             );
         }
-        let reparsed: FileConfig = toml::from_str(&out).expect("print output parses as a config file");
-        assert_eq!(reparsed.scheduler.lease_ttl_secs, Some(30.0));
+        let reparsed: toml::Table = toml::from_str(&out).expect("print output parses as TOML");
+        assert_eq!(reparsed["scheduler"]["lease_ttl_secs"].as_integer(), Some(30));
     }
 
     #[test]
-    fn printed_defaults_reload_to_the_same_config() {
-        let c = load(&["--retention-secs", "0.5", "--checkpoint-policy", "adaptive"], &[]).unwrap();
-        let f = file(&c.to_toml().unwrap());
+    fn printed_config_reloads_to_the_same_config() {
+        let c = load(
+            &[
+                "--retention-secs",
+                "0.5",
+                "--checkpoint-policy",
+                "adaptive",
+                "--request-timeout",
+                "1m 5s",
+            ],
+            &[],
+        )
+        .unwrap();
+        let f = file(&c.to_toml());
         let again = load(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
         assert_eq!(values(&c), values(&again));
-        assert_eq!(again.scheduler.retention, Some(Duration::from_millis(500)));
-        assert_eq!(again.workers.checkpoint_policy, PolicyKind::Adaptive);
-        assert_eq!(format!("{:?}", c.api), format!("{:?}", again.api));
-        assert_eq!(format!("{:?}", c.scheduler), format!("{:?}", again.scheduler));
-        assert_eq!(format!("{:?}", c.workers), format!("{:?}", again.workers));
+        assert_eq!(again.server.retention, Some(Duration::from_millis(500)));
+        assert_eq!(again.server.request_timeout, Duration::from_secs(65));
+        assert_eq!(again.worker.checkpoint_policy, PolicyKind::Adaptive);
+        assert_eq!(format!("{:?}", c.server), format!("{:?}", again.server));
+        assert_eq!(format!("{:?}", c.worker), format!("{:?}", again.worker));
     }
 
     #[test]
     fn parsed_flags_do_not_show_secrets_in_debug() {
-        let args = flags(&[
+        let cli = flags(&[
             "--url-signing-key",
             "flag-signing-key-0123456789abcdefXYZ",
             "--database-url",
@@ -1681,14 +1482,14 @@ mod tests {
             "--redis-url",
             "redis://:flag-redis-pass@cache",
         ]);
-        let debug = format!("{args:?}");
+        let debug = format!("{:?}", cli.args);
         for secret in ["flag-signing-key", "flag-db-pass", "flag-redis-pass"] {
             assert!(!debug.contains(secret), "{secret} in {debug}");
         }
-        let c = Config::load_from(&args, &env_of(&[])).unwrap();
-        assert_eq!(c.database.url.expose(), "postgres://vg:flag-db-pass@db/vg");
+        let c = load_cli(&cli, &[]).unwrap();
+        assert_eq!(c.storage.database_url.expose(), "postgres://vg:flag-db-pass@db/vg");
         assert_eq!(
-            c.downloads.url_signing_key.as_ref().map(Secret::expose),
+            c.server.url_signing_key.as_ref().map(ExposeSecret::expose_secret),
             Some("flag-signing-key-0123456789abcdefXYZ")
         );
     }
@@ -1707,28 +1508,35 @@ mod tests {
     }
 
     #[test]
-    fn every_option_has_a_flag_with_its_env_and_key_in_help() {
+    fn every_option_has_a_flag_with_its_env_key_and_default_in_help() {
         let mut cmd = Cli::command();
         cmd.build();
-        for (key, flag) in OPTIONS {
-            let arg = cmd
-                .get_arguments()
-                .find(|a| a.get_long() == Some(flag))
-                .unwrap_or_else(|| panic!("no --{flag}"));
-            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-            assert!(help.contains(&env_var(flag)) && help.contains(key), "--{flag}: {help}");
-            assert!(help.contains("default"), "--{flag} documents its default: {help}");
+        let mut keys = Vec::new();
+        for o in all_options() {
+            let arg = cmd.get_arguments().find(|a| a.get_long() == Some(o.flag));
+            let help = arg
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                help.contains(&env_var(o.flag)) && help.contains(o.key),
+                "--{}: {help}",
+                o.flag
+            );
+            assert!(
+                help.contains("[default: "),
+                "--{} documents its default: {help}",
+                o.flag
+            );
+            assert!(!keys.contains(&o.key), "{} declared twice", o.key);
+            keys.push(o.key);
         }
-        let keys: Vec<&str> = OPTIONS.iter().map(|(k, _)| *k).collect();
         let c = load(&[], &[]).unwrap();
-        for key in c.sources.keys() {
-            assert!(keys.contains(key), "{key} is not in OPTIONS");
-        }
-        assert_eq!(c.sources.len(), OPTIONS.len(), "every option is resolved");
+        assert_eq!(c.origin.sources.len(), keys.len(), "every option is resolved");
     }
 
     #[test]
-    fn example_file_lists_every_option_with_its_default() {
+    fn example_file_parses_and_lists_every_option_with_its_default() {
         let text = include_str!("../../../videogen.example.toml");
         let f = file(text);
         let with = load(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
@@ -1747,10 +1555,11 @@ mod tests {
                 });
             }
         }
-        for (key, _) in OPTIONS {
+        for o in all_options() {
             assert!(
-                documented.iter().any(|d| d == key),
-                "{key} is not in videogen.example.toml"
+                documented.iter().any(|d| d == o.key),
+                "{} is not in videogen.example.toml",
+                o.key
             );
         }
     }

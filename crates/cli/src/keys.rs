@@ -3,9 +3,10 @@
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use std::path::PathBuf;
 use videogen_core::store::Store;
 use videogen_core::{Clock, SystemClock, TenantId, Tier};
+
+use crate::config::{ConfigFile, Flags, Loader, StorageOptions};
 
 /// Credentials read per page by `keys list`.
 const LIST_PAGE: u32 = 500;
@@ -24,33 +25,36 @@ pub enum KeysCommand {
     },
 }
 
-/// Where the server's database is: the same `--database-url` as `serve`,
-/// else the embedded SQLite file in `--data-dir`.
+/// Where the server's database is: the same `--data-dir`, `--database-url`
+/// and `--config` as `serve` (flags, `VIDEOGEN_*` variables, file).
 #[derive(Args)]
 pub struct DataDirArg {
-    /// Data directory of the server.
-    #[arg(long, env = "VIDEOGEN_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// The server's database (sqlite://PATH or postgres://...); default: DATA_DIR/videogen.db.
-    #[arg(long, env = "VIDEOGEN_DATABASE_URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    file: ConfigFile,
+    #[command(flatten)]
+    storage: Flags<StorageOptions>,
 }
 
 impl DataDirArg {
-    /// Opens (and migrates) the database.
+    /// Opens the server's database. An SQLite file that does not exist is
+    /// an error, not a new empty database whose keys no server would know.
     pub async fn open(&self) -> anyhow::Result<std::sync::Arc<dyn Store>> {
-        let url = match &self.database_url {
-            Some(u) => u.clone(),
-            None => format!("sqlite://{}", self.data_dir.join("videogen.db").display()),
-        };
-        let store = videogen_store::AnyStore::open(&url, videogen_store::PgOptions::default())
+        let mut loader = Loader::new(&self.file);
+        let storage: StorageOptions = loader.resolve(&self.storage);
+        loader.finish()?;
+        let url = &storage.database_url;
+        if let Some(path) = storage.sqlite_path()
+            && !path.exists()
+        {
+            anyhow::bail!(
+                "no database at {}: point at the server's with --data-dir DIR (or VIDEOGEN_DATA_DIR) or \
+                 --database-url URL, or start `videogen serve` once to create it",
+                path.display()
+            );
+        }
+        let store = videogen_store::AnyStore::open(url.expose(), videogen_store::PgOptions::default())
             .await
-            .with_context(|| {
-                format!(
-                    "opening the database (--database-url or --data-dir {})",
-                    self.data_dir.display()
-                )
-            })?;
+            .with_context(|| format!("opening the database {}", url.masked()))?;
         Ok(store.store())
     }
 }
@@ -59,7 +63,8 @@ impl DataDirArg {
 pub struct CreateArgs {
     #[arg(long, required_unless_present = "worker")]
     tenant: Option<String>,
-    #[arg(long, default_value = "free")]
+    /// Service tier: it sets the scheduling weight and how long videos are kept.
+    #[arg(long, default_value = "free", value_parser = tier_parser())]
     tier: Tier,
     /// Admin keys may use administrative endpoints.
     #[arg(long)]
@@ -72,6 +77,12 @@ pub struct CreateArgs {
     name: Option<String>,
     #[command(flatten)]
     dir: DataDirArg,
+}
+
+/// `free`, `paid`, `internal`: the tiers the server knows.
+fn tier_parser() -> impl clap::builder::TypedValueParser<Value = Tier> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Tier::ALL.map(Tier::as_str)).try_map(|s: String| s.parse::<Tier>())
 }
 
 fn status(revoked_at_ms: Option<i64>) -> &'static str {

@@ -21,6 +21,7 @@ mod fanout;
 mod generate;
 mod jobs;
 mod keys;
+mod process;
 mod serve;
 mod worker;
 
@@ -29,6 +30,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "videogen", version, about = "Self-hosted text-to-video generation platform")]
 struct Cli {
+    #[command(flatten)]
+    log: config::Flags<config::LogOptions>,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,12 +39,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the platform: HTTP API, scheduler and workers.
-    Serve(serve::ServeArgs),
+    Serve(config::ServeArgs),
     /// Show the configuration `serve` would run with.
     #[command(subcommand)]
     Config(config::ConfigCommand),
     /// Apply the database migrations (`serve` also applies them on start) and exit.
-    Migrate(serve::ServeArgs),
+    Migrate(config::ServeArgs),
     /// Manage API keys and worker tokens.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -61,17 +64,30 @@ enum Command {
     Bench(videogen_bench::BenchCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+/// Runs the command; an error is one `error: …` line on stderr (its causes
+/// joined with `: `), never a backtrace, and exit status 1.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let log = cli.log;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-            Command::Config(cmd) => config::run(cmd),
-            Command::Migrate(args) => serve::migrate(args).await,
+            Command::Serve(args) => serve::run(args, &log).await,
+            Command::Config(cmd) => config::run(cmd, &log),
+            Command::Migrate(args) => serve::migrate(args, &log).await,
             Command::Keys(cmd) => keys::run(cmd).await,
             Command::Jobs(cmd) => jobs::run(cmd).await,
-            Command::Worker(args) => worker::run(args).await,
+            Command::Worker(args) => worker::run(args, &log).await,
             Command::Generate(args) => generate::run(args).await,
             #[cfg(feature = "bench")]
             Command::Bench(cmd) => videogen_bench::run(cmd).await,

@@ -1,7 +1,6 @@
 //! `videogen serve`: wires the embedded platform together and runs it.
 
 use anyhow::Context;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +15,8 @@ use videogen_protocol::{ControlPlane, WorkerInfo};
 use videogen_sched::SchedulerConfig;
 use videogen_worker::Worker;
 
-use crate::config::{BlobLocation, Config, Role};
+use crate::config::{BlobLocation, Config, Flags, LogOptions, Role, ServeArgs};
+use crate::process::{install_metrics, wait_for_signal};
 use videogen_control::leader::{self, LeaderConfig};
 
 /// Tenant of the bootstrap admin key.
@@ -25,10 +25,6 @@ const ADMIN_TENANT: &str = "admin";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// How long in-flight HTTP requests get to finish on shutdown.
 const HTTP_DRAIN_GRACE: Duration = Duration::from_secs(5);
-
-/// The flags of `serve`: the options of [`Config`], each also settable by a
-/// `VIDEOGEN_*` variable or the `--config` file.
-pub use crate::config::ConfigArgs as ServeArgs;
 
 /// This node's identity, kept in the data dir so a restart can reclaim the
 /// leases its previous incarnation's in-process workers held.
@@ -115,35 +111,21 @@ async fn bootstrap_worker_token(store: &dyn Store) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let seconds = [
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    ];
-    PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)?
-        .install_recorder()
-        .context("installing the metrics recorder")
-}
-
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let cfg = Config::load(&args)?;
-    let lease_ttl = cfg.scheduler.lease_ttl;
-    let housekeeping_interval = cfg.scheduler.housekeeping;
-    let retention = cfg.scheduler.retention;
-    let engine_args = cfg.engine_args();
-    let engine = engine_args.engine()?;
-    let worker_config = engine_args.worker_config()?;
+pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()> {
+    let cfg = Config::load(&args, log)?;
+    crate::process::init_logging(cfg.log.log_format);
+    let lease_ttl = cfg.server.lease_ttl;
+    let housekeeping_interval = cfg.server.housekeeping;
+    let retention = cfg.server.retention;
+    let engine = crate::worker::engine(&cfg.worker)?;
+    let worker_config = crate::worker::worker_config(&cfg.worker);
 
     let metrics = install_metrics()?;
     // Redis, when configured, fans "job changed" signals out between nodes;
     // PostgreSQL then only announces runnable jobs (see `fanout`).
     let redis = cfg
-        .redis
-        .url
+        .server
+        .redis_url
         .as_ref()
         .map(|u| videogen_redis::RedisFanout::connect(u.expose()))
         .transpose()
@@ -151,26 +133,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let pg = videogen_store::PgOptions {
         notify_changes: redis.is_none(),
     };
-    let any_store = videogen_store::AnyStore::open(cfg.database.url.expose(), pg)
+    let any_store = videogen_store::AnyStore::open(cfg.storage.database_url.expose(), pg)
         .await
-        .with_context(|| format!("opening the database {}", cfg.database.url.masked()))?;
+        .with_context(|| format!("opening the database {}", cfg.storage.database_url.masked()))?;
     let store = any_store.store();
-    let blob: Arc<dyn videogen_core::blob::BlobStore> = match cfg.blob.location() {
+    let blob: Arc<dyn videogen_core::blob::BlobStore> = match cfg.storage.blob_location() {
         // A relative directory (the default under `--data-dir`) is fine here.
         BlobLocation::Dir(dir) => Arc::new(videogen_blob::LocalBlobStore::new(&dir)?),
-        BlobLocation::S3(_) => videogen_blob::open_url(cfg.blob.url.expose()).context("--blob-url")?,
+        BlobLocation::S3(_) => videogen_blob::open_url(cfg.storage.blob_url.expose()).context("--blob-url")?,
     };
     bootstrap_admin_key(store.as_ref()).await?;
     bootstrap_worker_token(store.as_ref()).await?;
-    let node = match &cfg.node_id {
+    let node = match &cfg.server.node_id {
         Some(id) => id.clone(),
-        None => node_id(&cfg.data_dir)?,
+        None => node_id(&cfg.storage.data_dir)?,
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     let mut config = RuntimeConfig {
         lease_ttl,
-        max_attempts: cfg.scheduler.max_attempts,
+        max_attempts: cfg.server.max_attempts,
         housekeeping_interval,
         ..RuntimeConfig::default()
     };
@@ -192,11 +174,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         fleet: Arc::new(FleetStats::default()),
     });
     let control: Arc<dyn ControlPlane> = Arc::new(LocalControl::new(rt.clone()));
-    let runs_workers = cfg.role == Role::All;
+    let runs_workers = cfg.server.role == Role::All;
     let leader = LeaderConfig {
         node: node.clone(),
-        ttl: cfg.scheduler.leader_lease,
-        contend: cfg.role != Role::Api,
+        ttl: cfg.server.leader_lease,
+        contend: cfg.server.role != Role::Api,
     };
 
     // Recovery: this node's previous in-process workers are gone; their jobs
@@ -221,13 +203,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if runs_workers {
-        for i in 0..cfg.workers.count {
+        for i in 0..cfg.server.workers {
             let info = WorkerInfo {
                 id: WorkerId::new(&node, &format!("w{i}")),
                 loaded_models: Vec::new(),
                 spot: false,
                 memory_class: None,
-                model_load_ms: cfg.workers.model_load_ms,
+                model_load_ms: cfg.worker.model_load_ms,
             };
             let w = Worker::new(control.clone(), engine.clone(), info, worker_config.clone());
             tasks.spawn(w.run(shutdown.clone()));
@@ -250,23 +232,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         clock,
         limits: Limits::default(),
         models: vec![engine.model.id().to_owned()],
-        default_steps: cfg.api.steps,
+        default_steps: cfg.server.steps,
         metrics: Some(metrics),
-        poll_after_ms: cfg.api.poll_after_ms,
+        poll_after_ms: cfg.server.poll_after_ms,
         control: Some(control),
         downloads: downloads(&cfg),
         submit_limit: submit_limit(&cfg)?,
     };
-    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+    let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
         .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
+        .with_context(|| format!("binding {}", cfg.server.listen))?;
     let addr = listener.local_addr()?;
     println!(
         "videogen listening on http://{addr} (role {:?}, {} store, data dir {}, {} worker(s))",
-        cfg.role,
+        cfg.server.role,
         any_store.backend(),
-        cfg.data_dir.display(),
-        if runs_workers { cfg.workers.count } else { 0 }
+        cfg.storage.data_dir.display(),
+        if runs_workers { cfg.server.workers } else { 0 }
     );
     std::io::stdout().flush()?;
 
@@ -299,11 +281,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 /// The per-tenant submission limit, counted in Redis when configured (so it
 /// holds across API nodes), else on this node.
 fn submit_limit(cfg: &Config) -> anyhow::Result<Option<videogen_api::state::SubmitLimit>> {
-    let per_minute = cfg.api.rate_limit_per_minute;
+    let per_minute = cfg.server.rate_limit_per_minute;
     if per_minute == 0 {
         return Ok(None);
     }
-    let limiter: Arc<dyn videogen_core::rate_limit::RateLimiter> = match &cfg.redis.url {
+    let limiter: Arc<dyn videogen_core::rate_limit::RateLimiter> = match &cfg.server.redis_url {
         Some(u) => Arc::new(videogen_redis::RedisRateLimiter::connect(u.expose()).context("--redis-url")?),
         None => Arc::new(videogen_core::rate_limit::LocalRateLimiter::new()),
     };
@@ -313,45 +295,28 @@ fn submit_limit(cfg: &Config) -> anyhow::Result<Option<videogen_api::state::Subm
 /// How downloads are handed out (see [`videogen_api::state::Downloads`]).
 fn downloads(cfg: &Config) -> videogen_api::state::Downloads {
     videogen_api::state::Downloads {
-        redirect: cfg.downloads.redirect,
-        ttl: cfg.downloads.signed_url_ttl,
+        redirect: cfg.server.download_redirect,
+        ttl: cfg.server.signed_url_ttl,
         signing_key: cfg
-            .downloads
+            .server
             .url_signing_key
             .as_ref()
-            .map(|k| Arc::from(k.expose().as_bytes())),
-        public_base_url: cfg.public_url.clone(),
+            .map(|k| Arc::from(secrecy::ExposeSecret::expose_secret(k).as_bytes())),
+        public_base_url: cfg.server.public_url.clone(),
     }
 }
 
 /// `videogen migrate`: opens the configured database, which applies any
 /// missing migration (under a lock, so it is safe beside running nodes).
-pub async fn migrate(args: ServeArgs) -> anyhow::Result<()> {
-    let cfg = Config::load(&args)?;
-    let store = videogen_store::AnyStore::open(cfg.database.url.expose(), videogen_store::PgOptions::default())
+pub async fn migrate(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()> {
+    let cfg = Config::load(&args, log)?;
+    let store = videogen_store::AnyStore::open(cfg.storage.database_url.expose(), videogen_store::PgOptions::default())
         .await
-        .with_context(|| format!("migrating {}", cfg.database.url.masked()))?;
+        .with_context(|| format!("migrating {}", cfg.storage.database_url.masked()))?;
     println!(
         "{} database {} is up to date",
         store.backend(),
-        cfg.database.url.masked()
+        cfg.storage.database_url.masked()
     );
     Ok(())
-}
-
-pub async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    ctrl_c.await.unwrap_or(());
 }

@@ -1,7 +1,9 @@
 //! `videogen worker`: a worker process that runs jobs for a server over its
 //! internal HTTP API, holding only a worker token (no database or bucket
-//! credentials). Also the model/engine flags `serve` shares for its
-//! in-process workers.
+//! credentials). Its model, moderation and checkpoint options are
+//! [`WorkerOptions`], the same ones `serve` gives its in-process workers
+//! (flags, `VIDEOGEN_*` variables, the `[workers]` and `[moderation]`
+//! sections of `--config`).
 //!
 //! SIGTERM (a spot instance's notice) or `POST /preempt` on `--notice-listen`
 //! (standing in for the cloud metadata notice) stop it gracefully: each slot
@@ -10,9 +12,8 @@
 
 use anyhow::Context;
 use axum::routing::{get, post};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use metrics_exporter_prometheus::PrometheusHandle;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -22,97 +23,45 @@ use videogen_protocol::{ControlPlane, WorkerInfo};
 use videogen_sched::checkpoint::CheckpointPolicy;
 use videogen_worker::{Engine, RemoteControl, Worker, WorkerConfig};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyKind {
-    /// Every `--checkpoint-every-steps` steps or `--checkpoint-every-secs` seconds.
-    Fixed,
-    /// Young–Daly `sqrt(2·C·MTBF)` from the measured checkpoint cost and the
-    /// fleet's preemption rate, within `--checkpoint-min-secs`..`--checkpoint-max-secs`.
-    Adaptive,
+use crate::config::{ConfigFile, Flags, Loader, LogOptions, PolicyKind, WorkerOptions};
+
+/// The adaptive policy's stand-in MTBF until the fleet publishes an estimate.
+const ADAPTIVE_DEFAULT_MTBF: Duration = Duration::from_secs(3600);
+
+/// The model and moderator of a worker slot.
+pub fn engine(o: &WorkerOptions) -> anyhow::Result<Arc<Engine>> {
+    let moderator = match &o.blocked_hashes {
+        Some(p) => videogen_safety::DenylistModerator::from_hash_file(p)
+            .with_context(|| format!("reading --blocked-hashes {}", p.display()))?,
+        None => videogen_safety::DenylistModerator::new(),
+    };
+    let model = ReferenceModel::new(ReferenceConfig {
+        step_time: Duration::from_millis(o.step_ms),
+        load_time: Duration::from_millis(o.model_load_ms),
+    });
+    Ok(Arc::new(Engine {
+        model: Arc::new(model),
+        moderator: Arc::new(moderator),
+    }))
 }
 
-/// The model, moderation and checkpoint flags of a worker slot.
-#[derive(Args, Debug, Clone)]
-pub struct EngineArgs {
-    /// Minimum wall time of one reference-model step (speed knob), in ms.
-    #[arg(long, default_value_t = 100)]
-    pub step_ms: u64,
-    /// Simulated model load time, in ms (paid once per worker process).
-    #[arg(long, default_value_t = 0)]
-    pub model_load_ms: u64,
-    /// How the checkpoint interval is chosen.
-    #[arg(long, value_enum, default_value_t = PolicyKind::Fixed)]
-    pub checkpoint_policy: PolicyKind,
-    /// Fixed policy: checkpoint every this many steps (0: only by time).
-    #[arg(long, default_value_t = 5)]
-    pub checkpoint_every_steps: u32,
-    /// Fixed policy: ... or every this many seconds, whichever is first.
-    #[arg(long, default_value_t = 10.0)]
-    pub checkpoint_every_secs: f64,
-    /// Adaptive policy: shortest interval.
-    #[arg(long, default_value_t = 5.0)]
-    pub checkpoint_min_secs: f64,
-    /// Adaptive policy: longest interval.
-    #[arg(long, default_value_t = 600.0)]
-    pub checkpoint_max_secs: f64,
-    /// Longest a graceful stop may take from notice to release (GCE gives 30 s, AWS 120 s).
-    #[arg(long, default_value_t = 25.0)]
-    pub preemption_deadline_secs: f64,
-    /// File of 64-bit perceptual hashes (hex, one per line) that output moderation blocks.
-    #[arg(long, env = "VIDEOGEN_BLOCKED_HASHES")]
-    pub blocked_hashes: Option<PathBuf>,
-}
-
-pub fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .with_context(|| format!("--{name} must be a positive number of seconds"))
-}
-
-impl EngineArgs {
-    pub fn engine(&self) -> anyhow::Result<Arc<Engine>> {
-        let moderator = match &self.blocked_hashes {
-            Some(p) => videogen_safety::DenylistModerator::from_hash_file(p)
-                .with_context(|| format!("reading --blocked-hashes {}", p.display()))?,
-            None => videogen_safety::DenylistModerator::new(),
-        };
-        let model = ReferenceModel::new(ReferenceConfig {
-            step_time: Duration::from_millis(self.step_ms),
-            load_time: Duration::from_millis(self.model_load_ms),
-        });
-        Ok(Arc::new(Engine {
-            model: Arc::new(model),
-            moderator: Arc::new(moderator),
-        }))
-    }
-
-    pub fn worker_config(&self) -> anyhow::Result<WorkerConfig> {
-        let checkpoint = match self.checkpoint_policy {
-            PolicyKind::Fixed => CheckpointPolicy::Fixed {
-                every_steps: self.checkpoint_every_steps,
-                every: secs("checkpoint-every-secs", self.checkpoint_every_secs)?,
-            },
-            PolicyKind::Adaptive => {
-                let min = secs("checkpoint-min-secs", self.checkpoint_min_secs)?;
-                let max = secs("checkpoint-max-secs", self.checkpoint_max_secs)?;
-                anyhow::ensure!(
-                    min <= max,
-                    "--checkpoint-min-secs must not exceed --checkpoint-max-secs"
-                );
-                CheckpointPolicy::Adaptive {
-                    min,
-                    max,
-                    default_mtbf: Duration::from_secs(3600),
-                }
-            }
-        };
-        Ok(WorkerConfig {
-            checkpoint,
-            preemption_deadline: secs("preemption-deadline-secs", self.preemption_deadline_secs)?,
-            ..WorkerConfig::default()
-        })
+/// The runtime knobs of a worker slot (validated when the options loaded).
+pub fn worker_config(o: &WorkerOptions) -> WorkerConfig {
+    let checkpoint = match o.checkpoint_policy {
+        PolicyKind::Fixed => CheckpointPolicy::Fixed {
+            every_steps: o.checkpoint_every_steps,
+            every: o.checkpoint_every,
+        },
+        PolicyKind::Adaptive => CheckpointPolicy::Adaptive {
+            min: o.checkpoint_min,
+            max: o.checkpoint_max,
+            default_mtbf: ADAPTIVE_DEFAULT_MTBF,
+        },
+    };
+    WorkerConfig {
+        checkpoint,
+        preemption_deadline: o.preemption_deadline,
+        ..WorkerConfig::default()
     }
 }
 
@@ -137,16 +86,19 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub notice_listen: Option<String>,
     #[command(flatten)]
-    pub engine: EngineArgs,
+    pub file: ConfigFile,
+    #[command(flatten)]
+    pub engine: Flags<WorkerOptions>,
 }
 
-pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let engine = args.engine.engine()?;
-    let config = args.engine.worker_config()?;
+pub async fn run(args: WorkerArgs, log: &Flags<LogOptions>) -> anyhow::Result<()> {
+    let mut loader = Loader::new(&args.file);
+    let options: WorkerOptions = loader.resolve(&args.engine);
+    let log: LogOptions = loader.resolve(log);
+    loader.finish()?;
+    crate::process::init_logging(log.log_format);
+    let engine = engine(&options)?;
+    let config = worker_config(&options);
     let control: Arc<dyn ControlPlane> = Arc::new(RemoteControl::new(&args.server, &args.token)?);
     let name = args.name.clone().unwrap_or_else(default_name);
     anyhow::ensure!(
@@ -156,7 +108,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
 
     if let Some(addr) = &args.notice_listen {
-        let metrics = crate::serve::install_metrics()?;
+        let metrics = crate::process::install_metrics()?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding --notice-listen {addr}"))?;
@@ -171,7 +123,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             loaded_models: Vec::new(),
             spot: args.spot,
             memory_class: None,
-            model_load_ms: args.engine.model_load_ms,
+            model_load_ms: options.model_load_ms,
         };
         let w = Worker::new(control.clone(), engine.clone(), info, config.clone());
         slots.spawn(w.run(shutdown.clone()));
@@ -185,7 +137,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        crate::serve::wait_for_signal().await;
+        crate::process::wait_for_signal().await;
         tracing::info!("stop requested: slots checkpoint and release their jobs");
         stop.cancel();
     });

@@ -96,6 +96,8 @@ pub enum Seconds {
 }
 
 impl Seconds {
+    pub const ALL: [Seconds; 3] = [Seconds::S4, Seconds::S8, Seconds::S12];
+
     pub fn get(self) -> u32 {
         match self {
             Seconds::S4 => 4,
