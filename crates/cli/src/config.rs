@@ -434,14 +434,14 @@ options! {
         poll_after_ms: u64 [Num] = "api.poll_after_ms", "poll-after-ms", 1000; check |v: &u64| in_range(*v, 1, u64::from(u32::MAX));
         /// Requests per minute per API key; 0: no limit.
         rate_limit_per_minute: u32 [Num] = "api.rate_limit_per_minute", "rate-limit-per-minute", 0;
-        /// HTTP requests served at once; more wait.
-        max_concurrent_requests: usize [Num] = "http.max_concurrent_requests", "max-concurrent-requests", 1024; check |v: &usize| in_range(*v, 1, 1 << 20);
+        /// HTTP requests handled at once, each for tenant routes and for the worker API; more get 503 at once.
+        max_concurrent_requests: usize [Num] = "http.max_concurrent_requests", "max-concurrent-requests", videogen_api::layers::ServerLimits::default().concurrent_requests_max; check |v: &usize| in_range(*v, 1, 1 << 20);
         /// Longest a public API request may take (SSE streams excepted), e.g. 30s.
-        request_timeout: Duration [Human] = "http.request_timeout", "request-timeout", Duration::from_secs(30);
+        request_timeout: Duration [Human] = "http.request_timeout", "request-timeout", videogen_api::layers::ServerLimits::default().request_timeout;
         /// Longest an internal worker API request may take; must exceed the longest acquire long-poll (30 s).
-        worker_request_timeout: Duration [Human] = "http.worker_request_timeout", "worker-request-timeout", Duration::from_secs(120); check |d: &Duration| ok(*d > videogen_protocol::wire::MAX_ACQUIRE_WAIT, format!("{} must exceed the longest acquire long-poll ({})", humantime::format_duration(*d), humantime::format_duration(videogen_protocol::wire::MAX_ACQUIRE_WAIT)));
+        worker_request_timeout: Duration [Human] = "http.worker_request_timeout", "worker-request-timeout", videogen_api::layers::ServerLimits::default().worker_request_timeout; check |d: &Duration| ok(*d > videogen_protocol::wire::MAX_ACQUIRE_WAIT, format!("{} must exceed the longest acquire long-poll ({})", humantime::format_duration(*d), humantime::format_duration(videogen_protocol::wire::MAX_ACQUIRE_WAIT)));
         /// Server-sent event streams open at once; more are refused.
-        max_sse_streams: usize [Num] = "http.max_sse_streams", "max-sse-streams", 1024; check |v: &usize| in_range(*v, 1, 1 << 20);
+        max_sse_streams: usize [Num] = "http.max_sse_streams", "max-sse-streams", videogen_api::layers::ServerLimits::default().sse_streams_max; check |v: &usize| in_range(*v, 1, 1 << 20);
     }
 }
 

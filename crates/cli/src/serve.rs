@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use videogen_api::layers::ServerLimits;
 use videogen_api::{AppState, Limits};
 use videogen_control::fleet::FleetStats;
 use videogen_control::{Dispatcher, LocalControl, Runtime, RuntimeConfig, housekeeping};
@@ -230,7 +231,15 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
         dispatcher,
         bus,
         clock,
-        limits: Limits::default(),
+        limits: Limits {
+            server: ServerLimits {
+                concurrent_requests_max: cfg.server.max_concurrent_requests,
+                request_timeout: cfg.server.request_timeout,
+                worker_request_timeout: cfg.server.worker_request_timeout,
+                sse_streams_max: cfg.server.max_sse_streams,
+            },
+            ..Limits::default()
+        },
         models: vec![engine.model.id().to_owned()],
         default_steps: cfg.server.steps,
         metrics: Some(metrics),
