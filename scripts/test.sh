@@ -14,4 +14,11 @@ export VIDEOGEN_SDK_PYTHON="$PWD/$VENV/bin/python"
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Unused dependencies: cargo-machete, pinned, built once under target/tools.
+MACHETE="target/tools/bin/cargo-machete"
+if [ ! -x "$MACHETE" ] || ! "$MACHETE" --version 2>/dev/null | grep -q '0.9.2'; then
+  cargo install -q --locked cargo-machete --version 0.9.2 --root target/tools
+fi
+"$MACHETE"
 cargo test --workspace --locked

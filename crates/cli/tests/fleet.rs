@@ -65,6 +65,9 @@ impl Drop for WorkerProc {
 
 /// The job's event log (kind, data), read from the database file (WAL lets
 /// a reader in while the server writes; SSE would stream until the job ends).
+/// The attempt, and a `requeued` event's `resume_step`, are the columns the
+/// trigger recorded beside the payload, added as `JobEvent::to_json` shows
+/// them to clients.
 async fn events(s: &Server, id: &str) -> Vec<(String, Value)> {
     let db = rusqlite::Connection::open_with_flags(
         s.data_dir.join("videogen.db"),
@@ -72,14 +75,18 @@ async fn events(s: &Server, id: &str) -> Vec<(String, Value)> {
     )
     .unwrap();
     let mut stmt = db
-        .prepare("SELECT kind, data_json FROM job_events WHERE job_id = ?1 ORDER BY seq")
+        .prepare("SELECT kind, data_json, checkpoint_step, attempt FROM job_events WHERE job_id = ?1 ORDER BY seq")
         .unwrap();
     stmt.query_map([id], |r| {
+        let kind: String = r.get(0)?;
         let data: String = r.get(1)?;
-        Ok((
-            r.get::<_, String>(0)?,
-            serde_json::from_str(&data).unwrap_or(Value::Null),
-        ))
+        let mut data = serde_json::from_str(&data).unwrap_or(Value::Null);
+        if kind == "requeued" {
+            let step: Option<i64> = r.get(2)?;
+            data["resume_step"] = step.unwrap_or(0).into();
+        }
+        data["attempt"] = r.get::<_, i64>(3)?.into();
+        Ok((kind, data))
     })
     .unwrap()
     .collect::<Result<_, _>>()
