@@ -46,12 +46,17 @@ async function drained(pool, handled, jobs) {
 async function main() {
   const a = parseArgs(process.argv.slice(2));
   const pool = new Pool({ connectionString: a.url, max: a.producers + 2 });
-  pool.on("error", (e) => console.error(`pool: ${e}`));
+  // graphile-worker wants error handlers on the pool and on each client.
+  const handle = (p, name) => {
+    p.on("error", (e) => console.error(`${name}: ${e}`));
+    p.on("connect", (c) => c.on("error", (e) => console.error(`${name} client: ${e}`)));
+  };
+  handle(pool, "pool");
   const utils = await makeWorkerUtils({ pgPool: pool, logger: quiet });
   await utils.migrate();
   const handled = { n: 0 };
   const runnerPool = new Pool({ connectionString: a.url, max: Math.max(10, a.workers + 2) });
-  runnerPool.on("error", (e) => console.error(`runner pool: ${e}`));
+  handle(runnerPool, "runner pool");
   const runnerOptions = {
     pgPool: runnerPool,
     concurrency: a.workers,

@@ -96,8 +96,8 @@ pub struct DispatchArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     peers: Vec<peers::Peer>,
     /// Jobs of a peer run with the most workers (fewer workers get
-    /// proportionally fewer, at least 1,000).
-    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    /// proportionally fewer, at least 250).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     peer_jobs: u64,
     /// Where setup.sh installed the peers (default: target/peers of this checkout).
     #[arg(long)]

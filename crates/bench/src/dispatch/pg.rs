@@ -73,6 +73,8 @@ pub(super) struct PgPlan<'a> {
 
 /// Fewest jobs a pipeline run gets.
 const MIN_JOBS: u64 = 1_000;
+/// Fewest jobs a peer run gets (the slowest peers drain tens of jobs/s with one worker here).
+const PEER_MIN_JOBS: u64 = 250;
 
 #[derive(Debug, Serialize)]
 pub(super) struct PgReport {
@@ -133,7 +135,7 @@ pub(super) async fn run(plan: &PgPlan<'_>) -> anyhow::Result<PgReport> {
     let (mut pipelines, mut pgbench, mut peer_runs, mut peer_errors) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=plan.rounds.max(1) {
         for &w in plan.workers {
-            let jobs = scaled(plan.jobs, w, most);
+            let jobs = scaled(plan.jobs, w, most, MIN_JOBS);
             progress(&format!(
                 "round {round}: PostgreSQL pipeline, {w} worker(s), {} submits in flight, {jobs} jobs",
                 plan.submitters
@@ -157,7 +159,7 @@ pub(super) async fn run(plan: &PgPlan<'_>) -> anyhow::Result<PgReport> {
 
             for &peer in plan.peers {
                 for mode in PeerMode::ALL {
-                    let jobs = scaled(plan.peer_jobs, w, most);
+                    let jobs = scaled(plan.peer_jobs, w, most, PEER_MIN_JOBS);
                     progress(&format!(
                         "round {round}: {} ({mode:?}), {w} worker(s), {jobs} jobs",
                         peer.name()
@@ -212,9 +214,9 @@ pub(super) async fn run(plan: &PgPlan<'_>) -> anyhow::Result<PgReport> {
 }
 
 /// `jobs` for the run with the most workers; proportionally fewer for fewer
-/// workers (at least [`MIN_JOBS`]), so runs take similar time.
-fn scaled(jobs: u64, workers: usize, most: usize) -> u64 {
-    (jobs * workers as u64 / most.max(1) as u64).max(MIN_JOBS).min(jobs)
+/// workers (at least `min`), so runs take similar time.
+fn scaled(jobs: u64, workers: usize, most: usize, min: u64) -> u64 {
+    (jobs * workers as u64 / most.max(1) as u64).max(min).min(jobs)
 }
 
 async fn pipeline(
@@ -348,9 +350,10 @@ mod tests {
 
     #[test]
     fn fewer_workers_get_proportionally_fewer_jobs() {
-        assert_eq!(scaled(20_000, 8, 8), 20_000);
-        assert_eq!(scaled(20_000, 1, 8), 2_500);
-        assert_eq!(scaled(4_000, 1, 8), MIN_JOBS);
-        assert_eq!(scaled(500, 1, 8), 500);
+        assert_eq!(scaled(20_000, 8, 8, MIN_JOBS), 20_000);
+        assert_eq!(scaled(20_000, 1, 8, MIN_JOBS), 2_500);
+        assert_eq!(scaled(4_000, 1, 8, MIN_JOBS), MIN_JOBS);
+        assert_eq!(scaled(500, 1, 8, MIN_JOBS), 500);
+        assert_eq!(scaled(1_000, 1, 8, PEER_MIN_JOBS), PEER_MIN_JOBS);
     }
 }
