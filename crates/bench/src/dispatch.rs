@@ -150,6 +150,11 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
         args.peers.is_empty() || args.database_url.is_some(),
         "--peers needs --database-url (the peers run on PostgreSQL)"
     );
+    // A peer asked for but not installed stops the bench before it measures anything.
+    let peer_setup = peers::PeerSetup::new(args.peers_dir.clone());
+    for peer in &args.peers {
+        peer.check(&peer_setup).map_err(anyhow::Error::msg)?;
+    }
     let machine = Machine::detect();
     let parent = match &args.data_dir {
         Some(d) => {
@@ -196,7 +201,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
             rounds: usize::try_from(args.pg_rounds)?,
             peers: &args.peers,
             peer_jobs: args.peer_jobs,
-            peer_setup: peers::PeerSetup::new(args.peers_dir.clone()),
+            peer_setup,
         };
         postgres = Some(pg::run(&plan).await?);
     }

@@ -120,10 +120,6 @@ pub(super) struct PgbenchRun {
 }
 
 pub(super) async fn run(plan: &PgPlan<'_>) -> anyhow::Result<PgReport> {
-    // A peer asked for but not installed stops the bench before it measures anything.
-    for peer in plan.peers {
-        peer.check(&plan.peer_setup).map_err(anyhow::Error::msg)?;
-    }
     let server = PgServer::new(plan.url);
     let settings = server.settings().await?;
     let pgbench_skipped = pgbench_version().err();
