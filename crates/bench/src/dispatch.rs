@@ -379,13 +379,13 @@ fn print_postgres(r: &pg::PgReport) {
 fn print_peers(r: &pg::PgReport) {
     println!("\npeers on the same server, a fresh database per run:");
     println!(
-        "{:<6} {:<38} {:>8} {:>8} {:>11} {:>8} {:>11}",
+        "{:<6} {:<48} {:>8} {:>8} {:>11} {:>8} {:>11}",
         "round", "run", "jobs", "wall s", "jobs/s", "x ours", "enqueue s"
     );
     for p in &r.peers {
         let ratio = p.ratio_to_ours.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"));
         println!(
-            "{:<6} {:<38} {:>8} {:>8.2} {:>11.0} {:>8} {:>11.2}",
+            "{:<6} {:<48} {:>8} {:>8.2} {:>11.0} {:>8} {:>11.2}",
             p.round,
             format!("{} {} {}, {} worker(s)", p.peer, p.version, p.mode, p.workers),
             p.jobs,
