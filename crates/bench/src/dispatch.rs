@@ -18,7 +18,8 @@
 //! With `--database-url`, the same pipeline also runs on PostgreSQL (`pg`):
 //! a fresh database per run, several submits in flight (each one waits for a
 //! durable commit), and `pgbench` running a bare `SKIP LOCKED` claim loop as
-//! that backend's baseline.
+//! that backend's baseline; with `--peers`, other PostgreSQL job queues
+//! (graphile-worker, pgqueuer, procrastinate) in the same interleaved run.
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -38,6 +39,7 @@ use videogen_store::SqliteStore;
 
 use crate::{Machine, Percentiles, print_json};
 
+mod peers;
 mod pg;
 
 /// The issue's target for the full pipeline on a 2-core machine.
@@ -81,6 +83,25 @@ pub struct DispatchArgs {
     /// Duration of each pgbench baseline run, in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     pgbench_seconds: u64,
+    /// Whether the pgbench table has a partial index on its queued rows
+    /// (without one each claim steps over every row claimed before it).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pgbench_partial_index: bool,
+    /// Times the PostgreSQL sequence (ours, pgbench, peers, per worker
+    /// count) runs; ratios compare runs of the same round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pg_rounds: u64,
+    /// Other PostgreSQL job queues to run between ours, comma-separated
+    /// (needs `--database-url` and `bash crates/bench/peers/setup.sh`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    peers: Vec<peers::Peer>,
+    /// Jobs of a peer run with the most workers (fewer workers get
+    /// proportionally fewer, at least 250).
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    peer_jobs: u64,
+    /// Where setup.sh installed the peers (default: target/peers of this checkout).
+    #[arg(long)]
+    peers_dir: Option<PathBuf>,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -125,6 +146,15 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
         !args.workers.is_empty() && !args.workers.contains(&0),
         "--workers must be positive counts"
     );
+    anyhow::ensure!(
+        args.peers.is_empty() || args.database_url.is_some(),
+        "--peers needs --database-url (the peers run on PostgreSQL)"
+    );
+    // A peer asked for but not installed stops the bench before it measures anything.
+    let peer_setup = peers::PeerSetup::new(args.peers_dir.clone());
+    for peer in &args.peers {
+        peer.check(&peer_setup).map_err(anyhow::Error::msg)?;
+    }
     let machine = Machine::detect();
     let parent = match &args.data_dir {
         Some(d) => {
@@ -167,6 +197,11 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
             submitters: usize::try_from(args.pg_submitters)?,
             notify_changes: args.pg_notify_changes,
             pgbench_seconds: args.pgbench_seconds,
+            pgbench_partial_index: args.pgbench_partial_index,
+            rounds: usize::try_from(args.pg_rounds)?,
+            peers: &args.peers,
+            peer_jobs: args.peer_jobs,
+            peer_setup,
         };
         postgres = Some(pg::run(&plan).await?);
     }
@@ -196,11 +231,13 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<()> {
         postgres,
     };
     if args.json {
-        print_json(&report)
+        print_json(&report)?;
     } else {
         print_report(&report);
-        Ok(())
     }
+    let failed = report.postgres.as_ref().map_or(0, |p| p.peer_errors.len());
+    anyhow::ensure!(failed == 0, "{failed} peer run(s) failed (see the report)");
+    Ok(())
 }
 
 fn progress(msg: &str) {
@@ -273,22 +310,30 @@ fn print_postgres(r: &pg::PgReport) {
     match &r.pgbench_skipped {
         Some(why) => println!("pgbench baseline skipped: {why}"),
         None => {
-            println!("{:<38} {:>8} {:>11} {:>11}", "baseline", "s", "claims/s", "latency ms");
+            println!(
+                "{:<6} {:<38} {:>5} {:>10} {:>11} {:>11} {:>11}",
+                "round", "baseline", "s", "claims/s", "latency ms", "first 1 s", "last 1 s"
+            );
             for b in &r.pgbench {
                 let latency = b.latency_ms.map_or_else(|| "-".to_owned(), |l| format!("{l:.3}"));
+                let tps = |t: Option<&f64>| t.map_or_else(|| "-".to_owned(), |t| format!("{t:.0}"));
+                let index = if b.partial_index { "" } else { ", no index" };
                 println!(
-                    "{:<38} {:>8} {:>11.0} {:>11}",
-                    format!("pgbench SKIP LOCKED claim, {} client(s)", b.clients),
+                    "{:<6} {:<38} {:>5} {:>10.0} {:>11} {:>11} {:>11}",
+                    b.round,
+                    format!("pgbench SKIP LOCKED claim, {} client(s){index}", b.clients),
                     b.seconds,
                     b.claims_per_sec,
-                    latency
+                    latency,
+                    tps(b.progress_tps.first()),
+                    tps(b.progress_tps.last())
                 );
             }
         }
     }
     println!(
-        "{:<38} {:>8} {:>11} {:>10} {:>10} {:>8} {:>14}",
-        "run", "wall s", "jobs/s", "x pgbench", "writes/tx", "x base", "submits done s"
+        "{:<6} {:<38} {:>8} {:>11} {:>10} {:>10} {:>8} {:>14}",
+        "round", "run", "wall s", "jobs/s", "x pgbench", "writes/tx", "x base", "submits done s"
     );
     for p in &r.pipelines {
         let ratio = p.ratio_to_pgbench.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"));
@@ -297,8 +342,15 @@ fn print_postgres(r: &pg::PgReport) {
             .submits_done_s
             .map_or_else(|| "-".to_owned(), |s| format!("{s:.2}"));
         println!(
-            "{:<38} {:>8.2} {:>11.0} {:>10} {:>10.1} {:>8.2} {:>14}",
-            p.run.name, p.run.wall_s, p.run.jobs_per_sec, ratio, p.writes_per_commit, p.run.ratio_to_baseline, submits
+            "{:<6} {:<38} {:>8.2} {:>11.0} {:>10} {:>10.1} {:>8.2} {:>14}",
+            p.round,
+            p.run.name,
+            p.run.wall_s,
+            p.run.jobs_per_sec,
+            ratio,
+            p.writes_per_commit,
+            p.run.ratio_to_baseline,
+            submits
         );
     }
     println!(
@@ -306,6 +358,9 @@ fn print_postgres(r: &pg::PgReport) {
          writes/tx: store writes per group commit; x base: over the SQLite baseline above)",
         r.submitters
     );
+    if !r.peers.is_empty() || !r.peer_errors.is_empty() {
+        print_peers(r);
+    }
     println!("\nper-operation latency, ms (PostgreSQL store calls include waiting for their group commit):");
     println!(
         "{:<38} {:<10} {:>8} {:>8} {:>8} {:>8} {:>8}",
@@ -318,6 +373,36 @@ fn print_postgres(r: &pg::PgReport) {
                 p.run.name, op, q.mean_ms, q.p50_ms, q.p99_ms, q.p999_ms, q.max_ms
             );
         }
+    }
+}
+
+fn print_peers(r: &pg::PgReport) {
+    println!("\npeers on the same server, a fresh database per run:");
+    println!(
+        "{:<6} {:<48} {:>8} {:>8} {:>11} {:>8} {:>11}",
+        "round", "run", "jobs", "wall s", "jobs/s", "x ours", "enqueue s"
+    );
+    for p in &r.peers {
+        let ratio = p.ratio_to_ours.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"));
+        println!(
+            "{:<6} {:<48} {:>8} {:>8.2} {:>11.0} {:>8} {:>11.2}",
+            p.round,
+            format!("{} {} {}, {} worker(s)", p.peer, p.version, p.mode, p.workers),
+            p.jobs,
+            p.wall_s,
+            p.jobs_per_sec,
+            ratio,
+            p.enqueue_s
+        );
+    }
+    println!(
+        "(matching: {} producers, one durable enqueue each, until the last completion is committed; \
+         batch: bulk insert first (enqueue s, not timed), then the drain; x ours: jobs/s over our \
+         PostgreSQL pipeline's with as many workers, same round)",
+        r.submitters
+    );
+    for e in &r.peer_errors {
+        println!("FAILED: {e}");
     }
 }
 
