@@ -111,8 +111,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body =
-        serde_json::json!({ "status": if ok { "ready" } else { "unavailable" }, "queued": state.dispatcher.queued() });
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "unavailable" },
+        "queued": state.dispatcher.queued(),
+        // Workers long-polling this node right now (`/internal/v1/acquire`
+        // and in-process slots).
+        "workers_waiting": state.dispatcher.waiting(),
+    });
     (status, axum::Json(body)).into_response()
 }
 

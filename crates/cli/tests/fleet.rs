@@ -136,16 +136,18 @@ async fn sigterm_checkpoints_and_releases_at_once_and_another_worker_resumes() {
     s.wait_until(ADMIN_KEY, &id, LONG, |v| v["progress"].as_u64().unwrap_or(0) >= 20)
         .await;
 
-    // The spot notice. With a 30 s TTL, re-queueing within seconds can only
-    // come from the graceful release, not from the reaper.
-    let notice = Instant::now();
+    // The spot notice. With a 30 s TTL the reaper cannot take the job back
+    // within the 10 s wait, and the event says who re-queued it: the
+    // release ("released"), not the reaper ("lease_expired").
     w1.signal(Signal::SIGTERM);
     let evs = wait_for_event(&s, &id, Duration::from_secs(10), |k, d| {
         k == "requeued" && d["reason"] == "released"
     })
     .await;
-    let requeue_s = notice.elapsed().as_secs_f64();
-    assert!(requeue_s < 5.0, "notice to re-queued took {requeue_s:.2} s");
+    assert!(
+        !evs.iter().any(|(k, d)| k == "requeued" && d["reason"] != "released"),
+        "re-queued by anything but the release: {evs:?}"
+    );
     let steps = checkpoint_steps(&evs);
     let saved = *steps.last().expect("a checkpoint was committed on notice");
     assert!(saved > 0, "{evs:?}");
@@ -285,8 +287,9 @@ async fn the_worker_api_takes_only_worker_tokens_and_fences_every_write() {
     };
     // A tenant key cannot take jobs.
     assert_eq!(acquire(ADMIN_KEY).await.unwrap().status(), 401);
-    // Nothing queued: the long poll ends with 204 after its wait.
-    let t = Instant::now();
+    // Nothing queued: the long poll ends with 204. (That it waits exactly
+    // its `wait_ms` is checked in process under a paused clock:
+    // videogen-control's `an_acquire_with_nothing_queued_waits_out_its_wait`.)
     let none = http
         .post(s.url("/internal/v1/acquire"))
         .bearer_auth(WORKER_TOKEN)
@@ -295,11 +298,10 @@ async fn the_worker_api_takes_only_worker_tokens_and_fences_every_write() {
         .await
         .unwrap();
     assert_eq!(none.status(), 204);
-    assert!(t.elapsed() >= Duration::from_millis(250));
 
     // A long poll already waiting gets the job as soon as it is submitted.
     let waiting = tokio::spawn(acquire(WORKER_TOKEN));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.wait_for_waiting_workers(1, Duration::from_secs(10)).await;
     let (_, v) = s.submit(ADMIN_KEY, body("a probe", 1)).await;
     let id = v["id"].as_str().unwrap().to_owned();
     let got = waiting.await.unwrap().unwrap();

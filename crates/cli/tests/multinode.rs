@@ -171,11 +171,12 @@ async fn api_nodes_and_the_scheduler_leader_die_and_nothing_is_lost_or_doubled()
             streams.push(tokio::spawn(async move { sse_until_terminal(&http, &base, &id).await }));
         }
         assert!(accepted.insert(key, id).is_none());
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Kill the scheduler leader while jobs are running; B must take over.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let first = accepted.get("job-0").expect("job-0 accepted").clone();
+    api2.wait_until(ADMIN_KEY, &first, Duration::from_secs(60), |v| v["status"] != "queued")
+        .await;
     sched_a.kill9();
     let took_over = Instant::now();
     loop {

@@ -7,7 +7,7 @@
 //! store's compare-and-set lease then returns `None` and the worker asks again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,8 @@ pub struct Dispatcher {
     wake: Notify,
     /// Idle workers waiting right now, per model they have loaded (warm).
     warm_waiting: Mutex<HashMap<String, usize>>,
+    /// Workers inside [`Dispatcher::next_with`] right now, warm or cold.
+    waiting: AtomicUsize,
     clock: Arc<dyn Clock>,
 }
 
@@ -46,6 +48,7 @@ impl Dispatcher {
             active: AtomicBool::new(false),
             wake: Notify::new(),
             warm_waiting: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
             clock,
         }
     }
@@ -132,7 +135,7 @@ impl Dispatcher {
         shutdown: &CancellationToken,
         defer: &(dyn Fn(&QueuedJob) -> Option<std::time::Duration> + Sync),
     ) -> Option<QueuedJob> {
-        let _warm = WarmGuard::register(&self.warm_waiting, loaded_models);
+        let _warm = WarmGuard::register(&self.warm_waiting, &self.waiting, loaded_models);
         loop {
             let notified = self.wake.notified();
             tokio::pin!(notified);
@@ -211,6 +214,12 @@ impl Dispatcher {
         self.sched().len()
     }
 
+    /// Workers waiting in [`Dispatcher::next`] right now (for health pages
+    /// and for tests that must know a worker is waiting before they act).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
     fn publish_depth(&self) {
         let d = self.depth();
         metrics::gauge!("videogen_queue_depth", "tier" => "free").set(d.free as f64);
@@ -228,24 +237,27 @@ enum Pick {
     Nothing,
 }
 
-/// Counts a waiting worker as warm for its models while it waits.
+/// Counts a waiting worker, and as warm for its models, while it waits.
 struct WarmGuard<'a> {
     map: &'a Mutex<HashMap<String, usize>>,
+    waiting: &'a AtomicUsize,
     models: &'a [String],
 }
 
 impl<'a> WarmGuard<'a> {
-    fn register(map: &'a Mutex<HashMap<String, usize>>, models: &'a [String]) -> Self {
+    fn register(map: &'a Mutex<HashMap<String, usize>>, waiting: &'a AtomicUsize, models: &'a [String]) -> Self {
         let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
         for model in models {
             *m.entry(model.clone()).or_default() += 1;
         }
-        Self { map, models }
+        waiting.fetch_add(1, Ordering::SeqCst);
+        Self { map, waiting, models }
     }
 }
 
 impl Drop for WarmGuard<'_> {
     fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
         let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
         for model in self.models {
             if let Some(n) = m.get_mut(model) {
@@ -285,7 +297,7 @@ mod tests {
             let stop = stop.clone();
             tokio::spawn(async move { d.next(&[], &stop).await })
         };
-        tokio::task::yield_now().await;
+        until_waiting(&d, 1).await;
         let j = job(Tier::Free, 0);
         d.enqueue(j.clone());
         let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
@@ -311,8 +323,8 @@ mod tests {
                 }
             });
         }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        // Both wait (the warm one counted as warm) before the job comes.
+        until_waiting(&d, 2).await;
         let j = job(Tier::Free, 0);
         d.enqueue(j.clone());
         let (who, id) = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
@@ -331,40 +343,108 @@ mod tests {
         stop.cancel();
     }
 
-    #[tokio::test]
+    /// Lets spawned workers run until `n` of them wait in the dispatcher.
+    async fn until_waiting(d: &Dispatcher, n: usize) {
+        for _ in 0..1000 {
+            if d.waiting() >= n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("{} workers waiting, not {n}", d.waiting());
+    }
+
+    /// A cold worker whose defer rule says "a warm worker frees up within
+    /// 200 ms" until `warm_free`; every draw it steps aside from is sent on
+    /// the returned channel.
+    fn cold_worker(
+        d: &Arc<Dispatcher>,
+        stop: &CancellationToken,
+        warm_free: &Arc<AtomicBool>,
+    ) -> (
+        tokio::task::JoinHandle<Option<QueuedJob>>,
+        tokio::sync::mpsc::UnboundedReceiver<VideoId>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (d, stop, warm_free) = (d.clone(), stop.clone(), warm_free.clone());
+        let task = tokio::spawn(async move {
+            let defer = move |j: &QueuedJob| {
+                let wait = (!warm_free.load(Ordering::SeqCst)).then_some(STEP_ASIDE);
+                if wait.is_some() {
+                    let _ = tx.send(j.id.clone());
+                }
+                wait
+            };
+            d.next_with(&[], &stop, &defer).await
+        });
+        (task, rx)
+    }
+
+    const STEP_ASIDE: std::time::Duration = std::time::Duration::from_millis(200);
+
+    #[tokio::test(start_paused = true)]
     async fn a_cold_worker_steps_aside_while_a_warm_one_is_about_to_be_free() {
         let d = Arc::new(Dispatcher::new(
             SchedulerConfig::default(),
             Arc::new(ManualClock::new(0)),
         ));
         let stop = CancellationToken::new();
+        let warm_free = Arc::new(AtomicBool::new(false));
+        let (cold, mut stepped_aside) = cold_worker(&d, &stop, &warm_free);
+        // Waiting before the job comes, so the enqueue's wake-up is its one
+        // reason to draw (an enqueue with nobody waiting leaves a permit that
+        // would make it draw twice).
+        until_waiting(&d, 1).await;
         let j = job(Tier::Free, 0);
         d.enqueue(j.clone());
-        // The defer rule: "a warm worker frees up within 200 ms", until it has.
-        let warm_free = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let cold = {
-            let (d, stop, warm_free) = (d.clone(), stop.clone(), warm_free.clone());
-            tokio::spawn(async move {
-                let defer = move |_: &QueuedJob| {
-                    (!warm_free.load(std::sync::atomic::Ordering::SeqCst))
-                        .then_some(std::time::Duration::from_millis(200))
-                };
-                d.next_with(&[], &stop, &defer).await
-            })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        // The cold worker drew the job and put it back.
+        assert_eq!(stepped_aside.recv().await, Some(j.id.clone()));
+        assert_eq!(d.queued(), 1);
         // The warm worker, free now, finds the job still queued.
         let warm = d.next(&["videogen-ref".to_owned()], &stop).await;
         assert_eq!(warm.map(|w| w.id), Some(j.id));
-        warm_free.store(true, std::sync::atomic::Ordering::SeqCst);
+        warm_free.store(true, Ordering::SeqCst);
         // The cold worker takes the next one: nothing to wait for any more.
         let k = job(Tier::Free, 1);
         d.enqueue(k.clone());
-        let got = tokio::time::timeout(std::time::Duration::from_secs(5), cold)
-            .await
-            .unwrap()
-            .unwrap();
+        let got = cold.await.unwrap();
         assert_eq!(got.map(|g| g.id), Some(k.id));
+        assert!(stepped_aside.try_recv().is_err(), "stepped aside only once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_worker_that_stepped_aside_draws_again_when_the_wait_is_over() {
+        let d = Arc::new(Dispatcher::new(
+            SchedulerConfig::default(),
+            Arc::new(ManualClock::new(0)),
+        ));
+        let stop = CancellationToken::new();
+        let warm_free = Arc::new(AtomicBool::new(false));
+        let (cold, mut stepped_aside) = cold_worker(&d, &stop, &warm_free);
+        // Waiting before the job comes, so the enqueue's wake-up is its one
+        // reason to draw (an enqueue with nobody waiting leaves a permit that
+        // would make it draw twice).
+        until_waiting(&d, 1).await;
+        let j = job(Tier::Free, 0);
+        d.enqueue(j.clone());
+        assert_eq!(stepped_aside.recv().await, Some(j.id.clone()));
+
+        // Just short of the wait: the job stays queued, nobody draws.
+        tokio::time::advance(STEP_ASIDE - std::time::Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(stepped_aside.try_recv().is_err());
+        assert!(!cold.is_finished());
+        assert_eq!(d.queued(), 1);
+
+        // The wait is over: it draws again and, the warm worker having never
+        // turned up, the rule (still "soon") sends it aside once more.
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        assert_eq!(stepped_aside.recv().await, Some(j.id.clone()));
+        // Once the rule lets go, the next wait's end hands it the job.
+        warm_free.store(true, Ordering::SeqCst);
+        tokio::time::advance(STEP_ASIDE).await;
+        assert_eq!(cold.await.unwrap().map(|g| g.id), Some(j.id));
+        assert_eq!(d.queued(), 0);
     }
 
     #[tokio::test]

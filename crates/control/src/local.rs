@@ -523,4 +523,36 @@ mod tests {
             Err(BlobError::NotFound(_))
         ));
     }
+
+    fn probe_worker() -> WorkerInfo {
+        WorkerInfo {
+            id: WorkerId::new("n", "probe"),
+            loaded_models: Vec::new(),
+            spot: false,
+            memory_class: None,
+            model_load_ms: 0,
+        }
+    }
+
+    /// The long poll's length is the worker's `wait`, on Tokio's clock: it
+    /// answers "nothing" exactly when the wait is over, not before.
+    #[tokio::test(start_paused = true)]
+    async fn an_acquire_with_nothing_queued_waits_out_its_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path()).await;
+        let control = Arc::new(LocalControl::new(rt.clone()));
+        let wait = Duration::from_millis(300);
+        let poll = {
+            let control = control.clone();
+            tokio::spawn(async move { control.acquire(&probe_worker(), wait).await })
+        };
+        tokio::time::advance(wait - Duration::from_millis(1)).await;
+        tokio::task::yield_now().await;
+        assert!(!poll.is_finished(), "answered before its wait was over");
+        assert_eq!(rt.dispatcher.waiting(), 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let got = poll.await.unwrap().unwrap();
+        assert!(got.is_none(), "nothing was queued");
+        assert_eq!(rt.dispatcher.waiting(), 0);
+    }
 }

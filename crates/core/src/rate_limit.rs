@@ -5,8 +5,10 @@
 
 use async_trait::async_trait;
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
 
 /// The answer for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,14 +61,28 @@ const MIN_SWEEP_AT: usize = 1024;
 
 /// Per-key fixed windows that start at the key's first hit.
 ///
+/// Time comes from an injected [`Clock`] ([`SystemClock`] unless built with
+/// [`LocalRateLimiter::with_clock`]), so tests move it by hand. A clock that
+/// steps back by more than a window starts the window over rather than
+/// holding a key closed for as long as the step.
+///
 /// Memory is bounded: expired windows are swept whenever the map doubles
 /// (amortised O(1) per check), and at `max_keys` live windows the one closest
 /// to expiry is evicted, which lets that key start over early rather than
 /// letting a flood of distinct keys grow memory without bound.
-#[derive(Debug)]
 pub struct LocalRateLimiter {
     max_keys: usize,
+    clock: Arc<dyn Clock>,
     state: Mutex<Windows>,
+}
+
+impl std::fmt::Debug for LocalRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRateLimiter")
+            .field("max_keys", &self.max_keys)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -78,7 +94,8 @@ struct Windows {
 
 #[derive(Debug, Clone, Copy)]
 struct Window {
-    ends: Instant,
+    /// Unix milliseconds.
+    ends_ms: i64,
     hits: u64,
 }
 
@@ -96,9 +113,15 @@ impl LocalRateLimiter {
     }
 
     pub fn with_max_keys(max_keys: usize) -> Self {
+        Self::with_clock(Arc::new(SystemClock), max_keys)
+    }
+
+    /// Reads time from `clock`; tests pass a [`crate::clock::ManualClock`].
+    pub fn with_clock(clock: Arc<dyn Clock>, max_keys: usize) -> Self {
         let max_keys = max_keys.max(1);
         Self {
             max_keys,
+            clock,
             state: Mutex::new(Windows {
                 map: HashMap::new(),
                 sweep_at: MIN_SWEEP_AT.min(max_keys),
@@ -108,7 +131,7 @@ impl LocalRateLimiter {
 
     /// The synchronous core of [`RateLimiter::check`]; it never waits.
     pub fn check_now(&self, key: &str, limit: u32, window: Duration) -> Decision {
-        self.check_at(key, limit, window, Instant::now())
+        self.check_at(key, limit, window, self.clock.now_ms())
     }
 
     /// Windows currently tracked, expired ones not yet swept included.
@@ -120,23 +143,31 @@ impl LocalRateLimiter {
         self.len() == 0
     }
 
-    fn check_at(&self, key: &str, limit: u32, window: Duration, now: Instant) -> Decision {
+    /// [`LocalRateLimiter::check_now`] at `now_ms` (Unix milliseconds)
+    /// instead of the clock's reading.
+    pub fn check_at(&self, key: &str, limit: u32, window: Duration, now_ms: i64) -> Decision {
         let window_ms = window_ms(window);
-        let window = Duration::from_millis(window_ms);
+        let span_ms = i64::try_from(window_ms).unwrap_or(i64::MAX);
         let id = (key.to_owned(), window_ms);
         let mut state = self.lock();
         if !state.map.contains_key(&id) {
-            state.make_room(now, self.max_keys);
+            state.make_room(now_ms, self.max_keys);
         }
-        let entry = state.map.entry(id).or_insert(Window { ends: now, hits: 0 });
-        if now >= entry.ends {
+        let entry = state.map.entry(id).or_insert(Window {
+            ends_ms: now_ms,
+            hits: 0,
+        });
+        // Earlier than a window before this window started.
+        let stepped_back = now_ms < entry.ends_ms.saturating_sub(span_ms.saturating_mul(2));
+        if now_ms >= entry.ends_ms || stepped_back {
             *entry = Window {
-                ends: now + window,
+                ends_ms: now_ms.saturating_add(span_ms),
                 hits: 0,
             };
         }
         entry.hits = entry.hits.saturating_add(1);
-        Decision::from_hits(entry.hits, limit, entry.ends - now)
+        let reset_after_ms = u64::try_from(entry.ends_ms.saturating_sub(now_ms)).unwrap_or(0);
+        Decision::from_hits(entry.hits, limit, Duration::from_millis(reset_after_ms))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
@@ -147,13 +178,13 @@ impl LocalRateLimiter {
 
 impl Windows {
     /// Called before inserting a new key.
-    fn make_room(&mut self, now: Instant, max_keys: usize) {
+    fn make_room(&mut self, now_ms: i64, max_keys: usize) {
         if self.map.len() >= self.sweep_at {
-            self.map.retain(|_, w| now < w.ends);
+            self.map.retain(|_, w| now_ms < w.ends_ms);
             self.sweep_at = (self.map.len() * 2).clamp(MIN_SWEEP_AT.min(max_keys), max_keys);
         }
         if self.map.len() >= max_keys {
-            let soonest = self.map.iter().min_by_key(|(_, w)| w.ends).map(|(id, _)| id.clone());
+            let soonest = self.map.iter().min_by_key(|(_, w)| w.ends_ms).map(|(id, _)| id.clone());
             if let Some(id) = soonest {
                 self.map.remove(&id);
             }
@@ -184,24 +215,25 @@ mod tests {
     }
 
     const MIN: Duration = Duration::from_secs(60);
+    const MIN_MS: i64 = 60_000;
 
     #[test]
     fn allows_up_to_the_limit_then_denies_until_the_window_ends() {
         let limiter = LocalRateLimiter::new();
-        let t0 = Instant::now();
+        let t0: i64 = 1_700_000_000_000;
         for i in 0..3 {
             let d = limiter.check_at("k", 3, MIN, t0);
             assert!(d.allowed);
             assert_eq!(d.remaining, 2 - i);
             assert_eq!(d.reset_after, MIN);
         }
-        let later = t0 + Duration::from_secs(59);
+        let later = t0 + 59_000;
         let d = limiter.check_at("k", 3, MIN, later);
         assert!(!d.allowed);
         assert_eq!(d.remaining, 0);
         assert_eq!(d.reset_after, Duration::from_secs(1));
 
-        let d = limiter.check_at("k", 3, MIN, t0 + MIN);
+        let d = limiter.check_at("k", 3, MIN, t0 + MIN_MS);
         assert!(d.allowed, "a new window starts over");
         assert_eq!(d.remaining, 2);
     }
@@ -209,7 +241,7 @@ mod tests {
     #[test]
     fn keys_and_window_lengths_count_separately() {
         let limiter = LocalRateLimiter::new();
-        let t0 = Instant::now();
+        let t0: i64 = 1_700_000_000_000;
         assert!(limiter.check_at("a", 1, MIN, t0).allowed);
         assert!(!limiter.check_at("a", 1, MIN, t0).allowed);
         assert!(limiter.check_at("b", 1, MIN, t0).allowed);
@@ -227,25 +259,25 @@ mod tests {
     #[test]
     fn expired_windows_are_evicted() {
         let limiter = LocalRateLimiter::with_max_keys(10);
-        let t0 = Instant::now();
+        let t0: i64 = 1_700_000_000_000;
         for i in 0..10 {
             limiter.check_at(&format!("k{i}"), 1, MIN, t0);
         }
         assert_eq!(limiter.len(), 10);
         // All ten windows have ended; the next new key sweeps them away.
-        limiter.check_at("fresh", 1, MIN, t0 + MIN);
+        limiter.check_at("fresh", 1, MIN, t0 + MIN_MS);
         assert_eq!(limiter.len(), 1);
     }
 
     #[test]
     fn memory_stays_bounded_when_every_window_is_live() {
         let limiter = LocalRateLimiter::with_max_keys(10);
-        let t0 = Instant::now();
+        let t0: i64 = 1_700_000_000_000;
         for i in 0..10u64 {
             // k0 ends soonest.
-            limiter.check_at(&format!("k{i}"), 1, MIN, t0 + Duration::from_millis(i));
+            limiter.check_at(&format!("k{i}"), 1, MIN, t0 + i64::try_from(i).unwrap());
         }
-        let now = t0 + Duration::from_millis(20);
+        let now = t0 + 20;
         for i in 10..1000 {
             limiter.check_at(&format!("k{i}"), 1, MIN, now);
             assert!(limiter.len() <= 10);
@@ -258,19 +290,51 @@ mod tests {
     #[test]
     fn sweeps_only_when_the_map_has_grown() {
         let limiter = LocalRateLimiter::with_max_keys(100_000);
-        let t0 = Instant::now();
+        let t0: i64 = 1_700_000_000_000;
         for i in 0..2000 {
             limiter.check_at(&format!("k{i}"), 1, Duration::from_millis(10), t0);
         }
         // The sweep at 1024 keys found nothing expired; the next sweep comes at 2048.
         assert_eq!(limiter.len(), 2000);
         for i in 2000..2049 {
-            limiter.check_at(&format!("k{i}"), 1, MIN, t0 + Duration::from_secs(1));
+            limiter.check_at(&format!("k{i}"), 1, MIN, t0 + 1_000);
         }
         assert_eq!(
             limiter.len(),
             49,
             "the sweep at 2048 dropped every expired 10 ms window"
         );
+    }
+
+    #[test]
+    fn reads_time_from_the_injected_clock() {
+        futures::executor::block_on(reads_time_from_the_injected_clock_async());
+    }
+
+    async fn reads_time_from_the_injected_clock_async() {
+        let clock = crate::clock::ManualClock::new(1_700_000_000_000);
+        let limiter = LocalRateLimiter::with_clock(Arc::new(clock.clone()), 10);
+        assert!(limiter.check("k", 1, MIN).await.allowed);
+        clock.advance_ms(MIN_MS - 1);
+        let d = limiter.check("k", 1, MIN).await;
+        assert!(!d.allowed);
+        assert_eq!(d.reset_after, Duration::from_millis(1));
+        clock.advance_ms(1);
+        assert!(limiter.check("k", 1, MIN).await.allowed, "the window ended");
+    }
+
+    #[test]
+    fn a_clock_stepping_back_past_a_window_starts_it_over() {
+        let limiter = LocalRateLimiter::new();
+        let t0: i64 = 1_700_000_000_000;
+        assert!(limiter.check_at("k", 1, MIN, t0).allowed);
+        // Back by less than a window: still the same window, still closed.
+        let d = limiter.check_at("k", 1, MIN, t0 - 1_000);
+        assert!(!d.allowed);
+        assert_eq!(d.reset_after, Duration::from_secs(61));
+        // Back by more: a fresh window of one minute, not one of hours.
+        let d = limiter.check_at("k", 1, MIN, t0 - 3_600_000);
+        assert!(d.allowed);
+        assert_eq!(d.reset_after, MIN);
     }
 }

@@ -86,15 +86,38 @@ pub struct FanoutStats {
     pub published: u64,
     /// Wake-ups dropped: queue full, Redis down, or the PUBLISH failed.
     pub dropped: u64,
+    /// Subscriptions established (the first one included); each sent a
+    /// [`FanoutMsg::Resync`].
+    pub subscriptions: u64,
+    /// Subscriptions lost (closed, failed or unanswered PING) plus attempts
+    /// to subscribe that failed.
+    pub subscription_failures: u64,
+    /// Health-check PINGs answered.
+    pub health_checks: u64,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     published: AtomicU64,
     dropped: AtomicU64,
+    subscriptions: AtomicU64,
+    subscription_failures: AtomicU64,
+    health_checks: AtomicU64,
 }
 
 impl Counters {
+    pub(crate) fn subscribed(&self) {
+        self.subscriptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn subscription_failed(&self) {
+        self.subscription_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn health_checked(&self) {
+        self.health_checks.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn published(&self, n: u64) {
         self.published.fetch_add(n, Ordering::Relaxed);
     }
@@ -171,6 +194,7 @@ impl RedisFanout {
             client,
             channel.clone(),
             events.clone(),
+            counters.clone(),
             config,
             stop.clone(),
         ));
@@ -213,6 +237,9 @@ impl RedisFanout {
         FanoutStats {
             published: self.inner.counters.published.load(Ordering::Relaxed),
             dropped: self.inner.counters.dropped.load(Ordering::Relaxed),
+            subscriptions: self.inner.counters.subscriptions.load(Ordering::Relaxed),
+            subscription_failures: self.inner.counters.subscription_failures.load(Ordering::Relaxed),
+            health_checks: self.inner.counters.health_checks.load(Ordering::Relaxed),
         }
     }
 }

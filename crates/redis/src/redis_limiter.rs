@@ -1,6 +1,7 @@
 //! Rate limits shared by every API node through Redis counters.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
@@ -9,6 +10,7 @@ use crate::backoff::Backoff;
 use crate::error::RedisError;
 use crate::link::Link;
 use crate::telemetry;
+use videogen_core::clock::{Clock, SystemClock};
 use videogen_core::rate_limit::{Decision, LocalRateLimiter, RateLimiter, window_ms};
 
 /// INCR and the first hit's PEXPIRE in one atomic step, so a crash between
@@ -51,19 +53,32 @@ impl Default for RedisRateLimiterConfig {
 /// Fixed-window counters in Redis, shared by all nodes that use the same
 /// server and prefix.
 ///
-/// Windows are aligned to the Unix epoch using each node's clock, so nodes
-/// agree on the current window as long as their clocks do (NTP skew only blurs
-/// the boundary by the skew). On any Redis error or timeout the check is
+/// Windows are aligned to the Unix epoch using each node's clock (an injected
+/// [`Clock`], [`SystemClock`] unless built with
+/// [`RedisRateLimiter::connect_with_clock`]), so nodes agree on the current
+/// window as long as their clocks do (NTP skew only blurs the boundary by the
+/// skew). On any Redis error or timeout the check is
 /// answered by an embedded [`LocalRateLimiter`]: limits then hold per node
 /// (so up to N × limit across N nodes) until Redis is back, and a request is
 /// never failed or held up because of Redis.
-#[derive(Debug)]
 pub struct RedisRateLimiter {
     link: Link,
     script: Script,
     prefix: String,
     op_timeout: Duration,
+    clock: Arc<dyn Clock>,
     fallback: LocalRateLimiter,
+}
+
+impl std::fmt::Debug for RedisRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisRateLimiter")
+            .field("link", &self.link)
+            .field("prefix", &self.prefix)
+            .field("op_timeout", &self.op_timeout)
+            .field("fallback", &self.fallback)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisRateLimiter {
@@ -75,6 +90,16 @@ impl RedisRateLimiter {
     /// Validates `url`; the connection is made on the first check (and remade
     /// after failures), so Redis may be down now.
     pub fn connect_with(url: &str, config: RedisRateLimiterConfig) -> Result<Self, RedisError> {
+        Self::connect_with_clock(url, config, Arc::new(SystemClock))
+    }
+
+    /// Windows (and the fallback's) follow `clock`; tests pass a
+    /// [`videogen_core::ManualClock`] so a window ends when they say.
+    pub fn connect_with_clock(
+        url: &str,
+        config: RedisRateLimiterConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, RedisError> {
         let client = redis::Client::open(url).map_err(RedisError::InvalidUrl)?;
         let backoff = Backoff::new(config.backoff_min, config.backoff_max);
         Ok(Self {
@@ -82,7 +107,8 @@ impl RedisRateLimiter {
             script: Script::new(COUNT_HIT),
             prefix: config.prefix,
             op_timeout: config.op_timeout,
-            fallback: LocalRateLimiter::with_max_keys(config.fallback_max_keys),
+            fallback: LocalRateLimiter::with_clock(Arc::clone(&clock), config.fallback_max_keys),
+            clock,
         })
     }
 
@@ -97,9 +123,8 @@ impl RedisRateLimiter {
 impl RateLimiter for RedisRateLimiter {
     async fn check(&self, key: &str, limit: u32, window: Duration) -> Decision {
         let window_ms = window_ms(window);
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // Before the epoch reads as the epoch: a broken clock still counts.
+        let now_ms = u64::try_from(self.clock.now_ms()).unwrap_or(0);
         let window_start = now_ms - now_ms % window_ms;
         let reset_after = Duration::from_millis(window_start + window_ms - now_ms);
         let counter = format!("{}rl:{key}:{window_ms}:{window_start}", self.prefix);

@@ -1,5 +1,6 @@
 //! Keeps one pub/sub subscription alive forever and forwards what it hears.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -8,7 +9,7 @@ use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::fanout::{FanoutConfig, FanoutMsg, Wakeup};
+use crate::fanout::{Counters, FanoutConfig, FanoutMsg, Wakeup};
 use crate::telemetry;
 
 /// Why a subscription ended.
@@ -23,6 +24,7 @@ pub(crate) async fn run(
     client: Client,
     channel: String,
     events: broadcast::Sender<FanoutMsg>,
+    counters: Arc<Counters>,
     config: FanoutConfig,
     stop: CancellationToken,
 ) {
@@ -38,11 +40,15 @@ pub(crate) async fn run(
             Ok((sink, stream)) => {
                 backoff.reset();
                 tracing::info!(%channel, "redis subscription established");
+                // Counted before the Resync goes out, so a listener that got
+                // it sees the count.
+                counters.subscribed();
                 // Anything published while we were not subscribed is lost.
                 let _ = events.send(FanoutMsg::Resync);
-                match forward(sink, stream, &events, &config, &stop).await {
+                match forward(sink, stream, &events, &counters, &config, &stop).await {
                     Ended::Stopped => return,
                     Ended::Lost(why) => {
+                        counters.subscription_failed();
                         telemetry::count_error("subscribe");
                         tracing::warn!(%channel, error = %why, "redis subscription lost; reconnecting");
                         // Failed reconnects until the next success stay quiet.
@@ -51,6 +57,7 @@ pub(crate) async fn run(
                 }
             }
             Err(why) => {
+                counters.subscription_failed();
                 telemetry::count_error("subscribe");
                 if !down_logged {
                     tracing::warn!(%channel, error = %why, "redis subscription unavailable; retrying");
@@ -82,6 +89,7 @@ async fn forward(
     mut sink: PubSubSink,
     mut stream: PubSubStream,
     events: &broadcast::Sender<FanoutMsg>,
+    counters: &Counters,
     config: &FanoutConfig,
     stop: &CancellationToken,
 ) -> Ended {
@@ -107,7 +115,7 @@ async fn forward(
             }
             _ = health.tick() => {
                 match tokio::time::timeout(config.op_timeout, sink.ping::<redis::Value>()).await {
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => counters.health_checked(),
                     Ok(Err(err)) => return Ended::Lost(format!("PING failed: {err}")),
                     Err(_elapsed) => return Ended::Lost("PING timed out".to_owned()),
                 }

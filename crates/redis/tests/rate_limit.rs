@@ -1,34 +1,67 @@
 //! RedisRateLimiter against a real, private redis-server: two limiters stand
 //! for two API nodes.
+//!
+//! Windows follow a [`ManualClock`], so no test depends on where the wall
+//! clock sits in a window. Where a test bounds how long a check may wait
+//! (Redis down or frozen), it pauses Tokio's clock: the only way such a check
+//! can return is through the limiter's own timers, so virtual time measures
+//! exactly what the limiter waited, whatever the machine's load.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::time::Instant;
+use videogen_core::ManualClock;
 use videogen_core::rate_limit::{Decision, RateLimiter};
 use videogen_redis::{RedisError, RedisRateLimiter, RedisRateLimiterConfig};
 use videogen_testkit::redis::{RedisServer, dead_url, unique_prefix};
 
 const HOUR: Duration = Duration::from_secs(3600);
+/// An hour boundary: windows of an hour or less start here.
+const T0_MS: i64 = 1_700_002_800_000;
 
-fn node(url: &str, prefix: &str) -> RedisRateLimiter {
-    let config = RedisRateLimiterConfig {
+fn config(prefix: &str) -> RedisRateLimiterConfig {
+    RedisRateLimiterConfig {
         prefix: prefix.to_owned(),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
         ..RedisRateLimiterConfig::default()
-    };
-    RedisRateLimiter::connect_with(url, config).unwrap()
+    }
+}
+
+fn node(url: &str, prefix: &str, clock: &ManualClock) -> RedisRateLimiter {
+    node_with(url, config(prefix), clock)
+}
+
+fn node_with(url: &str, config: RedisRateLimiterConfig, clock: &ManualClock) -> RedisRateLimiter {
+    RedisRateLimiter::connect_with_clock(url, config, Arc::new(clock.clone())).unwrap()
+}
+
+/// Tokio's timers fire on whole milliseconds, rounded up: a paused clock
+/// shows a timeout of `t` as up to `t` + 1 ms.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// One check, and the (virtual, under a paused clock) time it waited.
+async fn timed_check(limiter: &RedisRateLimiter, key: &str, limit: u32) -> (Decision, Duration) {
+    let t = Instant::now();
+    let d = limiter.check(key, limit, HOUR).await;
+    (d, t.elapsed())
 }
 
 #[tokio::test]
 async fn two_nodes_share_one_limit() {
     let server = RedisServer::start();
     let prefix = unique_prefix("share");
-    let nodes = [node(&server.url(), &prefix), node(&server.url(), &prefix)];
+    let clock = ManualClock::new(T0_MS + 1_000);
+    let nodes = [
+        node(&server.url(), &prefix, &clock),
+        node(&server.url(), &prefix, &clock),
+    ];
     let mut allowed = 0;
     for i in 0..12 {
         let d = nodes[i % 2].check("tenant-a", 5, HOUR).await;
-        assert!(d.reset_after <= HOUR);
+        assert_eq!(d.reset_after, HOUR - Duration::from_secs(1));
         if d.allowed {
             allowed += 1;
             assert_eq!(d.remaining, 5 - allowed);
@@ -44,41 +77,35 @@ async fn two_nodes_share_one_limit() {
 #[tokio::test]
 async fn the_window_resets() {
     let server = RedisServer::start();
-    let limiter = node(&server.url(), &unique_prefix("reset"));
-    let window = Duration::from_millis(400);
-    // Start early in a window, so the first three checks share it.
-    let mut attempt = 0;
-    let first = loop {
-        attempt += 1;
-        let d = limiter.check(&format!("k{attempt}"), 2, window).await;
-        if d.reset_after >= Duration::from_millis(250) {
-            break d;
-        }
-        tokio::time::sleep(d.reset_after + Duration::from_millis(5)).await;
-    };
-    let key = format!("k{attempt}");
+    let clock = ManualClock::new(T0_MS + 600_000);
+    let limiter = node(&server.url(), &unique_prefix("reset"), &clock);
+    let first = limiter.check("k", 2, HOUR).await;
     assert!(first.allowed);
-    assert!(limiter.check(&key, 2, window).await.allowed);
-    let denied = limiter.check(&key, 2, window).await;
+    assert_eq!(first.reset_after, Duration::from_secs(3000));
+    clock.advance_ms(2_999_999);
+    assert!(limiter.check("k", 2, HOUR).await.allowed);
+    let denied = limiter.check("k", 2, HOUR).await;
     assert!(!denied.allowed);
+    assert_eq!(denied.reset_after, Duration::from_millis(1));
 
-    tokio::time::sleep(denied.reset_after + Duration::from_millis(20)).await;
-    let d = limiter.check(&key, 2, window).await;
+    clock.advance_ms(1);
+    let d = limiter.check("k", 2, HOUR).await;
     assert!(d.allowed, "a new window starts over");
     assert_eq!(d.remaining, 1);
+    assert_eq!(d.reset_after, HOUR);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn falls_back_to_local_counting_when_redis_is_down() {
-    let limiter = node(&dead_url(), &unique_prefix("down"));
-    let started = Instant::now();
-    for _ in 0..50 {
-        let t = Instant::now();
-        let d = limiter.check("tenant-a", 100, HOUR).await;
+    let clock = ManualClock::new(T0_MS);
+    let limiter = node(&dead_url(), &unique_prefix("down"), &clock);
+    let op_timeout = RedisRateLimiterConfig::default().op_timeout;
+    for i in 0..50 {
+        let (d, waited) = timed_check(&limiter, "tenant-a", 100).await;
         assert!(d.allowed);
-        assert!(t.elapsed() < Duration::from_millis(250), "check took {:?}", t.elapsed());
+        assert_eq!(d.remaining, 99 - i, "counted by the local fallback");
+        assert!(waited <= op_timeout + TIMER_TICK, "check {i} waited {waited:?}");
     }
-    eprintln!("50 checks with Redis down took {:?}", started.elapsed());
     // The fallback still limits, per node.
     let verdicts: Vec<bool> = verdicts_of(&limiter, "tenant-b", 3, 5).await;
     assert_eq!(verdicts, [true, true, true, false, false]);
@@ -88,69 +115,67 @@ async fn falls_back_to_local_counting_when_redis_is_down() {
 async fn survives_a_restart_and_goes_back_to_shared_counting() {
     let mut server = RedisServer::start();
     let prefix = unique_prefix("restart");
-    let a = node(&server.url(), &prefix);
-    let b = node(&server.url(), &prefix);
+    let clock = ManualClock::new(T0_MS);
+    // Generous, so the reconnect below never races the timeout on a busy
+    // machine; the paused clock still checks that it bounds each check.
+    let op_timeout = Duration::from_secs(5);
+    let config = RedisRateLimiterConfig {
+        op_timeout,
+        ..config(&prefix)
+    };
+    let a = node_with(&server.url(), config.clone(), &clock);
+    let b = node_with(&server.url(), config.clone(), &clock);
     assert_eq!(a.check("k1", 10, HOUR).await.remaining, 9);
     assert_eq!(b.check("k1", 10, HOUR).await.remaining, 8, "shared through Redis");
 
     server.kill();
-    let t = Instant::now();
-    let d = a.check("k1", 10, HOUR).await;
-    assert!(d.allowed);
-    assert!(
-        t.elapsed() < Duration::from_millis(250),
-        "fallback took {:?}",
-        t.elapsed()
-    );
+    tokio::time::pause();
+    for (name, limiter) in [("a", &a), ("b", &b)] {
+        let (d, waited) = timed_check(limiter, "k1", 10).await;
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 9, "{name}: counted by its own fallback");
+        assert!(waited <= op_timeout + TIMER_TICK, "{name}: fallback waited {waited:?}");
+    }
 
     server.restart();
-    // Once the backoff ends, both nodes count in Redis again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut round = 0;
-    loop {
-        round += 1;
-        let key = format!("after-{round}");
-        let first = a.check(&key, 10, HOUR).await;
-        let second = b.check(&key, 10, HOUR).await;
-        if (first.remaining, second.remaining) == (9, 8) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never went back to shared counting");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Both nodes' backoff ends; the next check of each counts in Redis again.
+    tokio::time::advance(config.backoff_max + Duration::from_millis(1)).await;
+    tokio::time::resume();
+    let first = a.check("after", 10, HOUR).await;
+    let second = b.check("after", 10, HOUR).await;
+    assert_eq!((first.remaining, second.remaining), (9, 8), "back to shared counting");
 }
 
 #[tokio::test]
 async fn a_frozen_server_costs_one_timeout_then_nothing() {
     let server = RedisServer::start();
-    let limiter = node(&server.url(), &unique_prefix("frozen"));
-    assert!(limiter.check("k", 10, HOUR).await.allowed);
+    let clock = ManualClock::new(T0_MS);
+    let limiter = node(&server.url(), &unique_prefix("frozen"), &clock);
+    assert_eq!(limiter.check("k", 10, HOUR).await.remaining, 9);
+    assert_eq!(limiter.check("k", 10, HOUR).await.remaining, 8);
 
     server.pause();
+    tokio::time::pause();
     let op_timeout = RedisRateLimiterConfig::default().op_timeout;
-    let t = Instant::now();
-    assert!(limiter.check("k", 10, HOUR).await.allowed);
-    let first = t.elapsed();
-    assert!(
-        first < op_timeout + Duration::from_millis(150),
-        "first check took {first:?}"
-    );
+    // Nothing answers now: only the limiter's timeout can end this check.
+    let (d, first) = timed_check(&limiter, "k", 10).await;
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 9, "answered by the local fallback");
+    assert!(first <= op_timeout + TIMER_TICK, "first check waited {first:?}");
     // Backing off now: no more waiting on the frozen server.
-    let t = Instant::now();
-    assert!(limiter.check("k", 10, HOUR).await.allowed);
-    assert!(
-        t.elapsed() < Duration::from_millis(20),
-        "second check took {:?}",
-        t.elapsed()
-    );
-    eprintln!("frozen server: first check {first:?}, then {:?}", t.elapsed());
+    let (d, second) = timed_check(&limiter, "k", 10).await;
+    assert!(d.allowed);
+    assert_eq!(d.remaining, 8, "the fallback counts on");
+    assert_eq!(second, Duration::ZERO, "the second check waited on the frozen server");
+    tokio::time::resume();
     server.resume();
 }
 
 #[tokio::test]
 async fn flushall_only_resets_the_counts() {
     let server = RedisServer::start();
-    let limiter = node(&server.url(), &unique_prefix("flush"));
+    let clock = ManualClock::new(T0_MS);
+    let limiter = node(&server.url(), &unique_prefix("flush"), &clock);
     assert_eq!(verdicts_of(&limiter, "k", 2, 3).await, [true, true, false]);
     assert_eq!(server.command("FLUSHALL"), "+OK\r\n");
     // Fail-open: the count starts over, and nothing errors.
@@ -160,7 +185,8 @@ async fn flushall_only_resets_the_counts() {
 #[tokio::test]
 async fn is_usable_as_a_trait_object() {
     let server = RedisServer::start();
-    let limiter: Box<dyn RateLimiter> = Box::new(node(&server.url(), &unique_prefix("dyn")));
+    let clock = ManualClock::new(T0_MS);
+    let limiter: Box<dyn RateLimiter> = Box::new(node(&server.url(), &unique_prefix("dyn"), &clock));
     let d: Decision = limiter.check("k", 1, HOUR).await;
     assert!(d.allowed);
 }

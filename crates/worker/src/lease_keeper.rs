@@ -31,6 +31,9 @@ pub struct LeaseKeeper {
 pub struct Signals {
     /// The lease is gone (cancelled, or another attempt owns the job): stop.
     pub lost: CancellationToken,
+    /// Fired before `lost` when the control plane said why: the job was
+    /// cancelled (rather than given to another attempt).
+    pub cancelled: CancellationToken,
     /// The control plane asks for a checkpoint and the job back.
     pub release: CancellationToken,
 }
@@ -61,6 +64,7 @@ impl LeaseKeeper {
                         Directive::Continue => {}
                         Directive::Release => signals.release.cancel(),
                         Directive::Cancel => {
+                            signals.cancelled.cancel();
                             signals.lost.cancel();
                             break;
                         }

@@ -22,7 +22,10 @@ use videogen_core::{AttemptEvent, CheckpointRef, Job, JobError, Lease, Phase, Pr
 use videogen_model::{Generation, GenerationRequest, Model, ModelError, RgbImage};
 
 use crate::lease_keeper::{LeaseKeeper, Signals};
-use videogen_protocol::{AssetKind, Assignment, ControlError, ControlPlane, ReleaseCause, RetryOutcome, WorkerInfo};
+use videogen_protocol::{
+    AssetKind, Assignment, ControlError, ControlPlane, Directive, HeartbeatReply, ReleaseCause, RetryOutcome,
+    WorkerInfo,
+};
 use videogen_sched::checkpoint::{CheckpointClock, CheckpointCostEstimator, CheckpointPolicy};
 
 /// Share of the progress bar given to denoising; decode/encode/upload take the rest.
@@ -100,6 +103,34 @@ impl From<ModelError> for Stop {
     }
 }
 
+/// How an attempt ended, as counted in `videogen_attempts_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Completed,
+    /// The job was cancelled while the attempt ran.
+    Cancelled,
+    /// Another attempt owns the job now (the lease expired and was reclaimed).
+    LeaseLost,
+    Released,
+    Failed,
+    Retry,
+    DeadLettered,
+}
+
+impl Outcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::LeaseLost => "lease_lost",
+            Outcome::Released => "released",
+            Outcome::Failed => "failed",
+            Outcome::Retry => "retry",
+            Outcome::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
 fn join_error(e: tokio::task::JoinError) -> Stop {
     Stop::Retryable(format!("worker task failed: {e}"))
 }
@@ -147,7 +178,9 @@ impl Worker {
                 _ = shutdown.cancelled() => return,
             };
             match acquired {
-                Ok(Some(a)) => self.run_attempt(a, &shutdown).await,
+                Ok(Some(a)) => {
+                    self.run_attempt(a, &shutdown).await;
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(worker = %self.info.id, error = %e, "acquire failed; retrying");
@@ -160,7 +193,7 @@ impl Worker {
         }
     }
 
-    async fn run_attempt(&mut self, a: Assignment, shutdown: &CancellationToken) {
+    async fn run_attempt(&mut self, a: Assignment, shutdown: &CancellationToken) -> Outcome {
         let Assignment { lease, job, ttl_ms } = a;
         let id = lease.job_id.clone();
         let started = Instant::now();
@@ -200,6 +233,7 @@ impl Worker {
             cost: &mut self.checkpoint_cost,
         };
         let outcome = attempt.run(&job).await;
+        let keeper_progress = keeper.current();
         keeper.stop().await;
         if outcome.is_ok() && !self.info.loaded_models.contains(&job.spec.model) {
             // Warm now: the scheduler may prefer this worker for the model.
@@ -208,33 +242,62 @@ impl Worker {
         let label = match outcome {
             Ok(()) => {
                 metrics::histogram!("videogen_generation_seconds").record(started.elapsed().as_secs_f64());
-                "completed"
+                Outcome::Completed
             }
             Err(Stop::LeaseLost) => {
-                tracing::info!(job = %id, attempt = lease.attempt, "lease lost; abandoning attempt");
-                "lease_lost"
+                if self.was_cancelled(&lease, &signals, keeper_progress).await {
+                    tracing::info!(job = %id, attempt = lease.attempt, "job cancelled; abandoning attempt");
+                    Outcome::Cancelled
+                } else {
+                    tracing::info!(job = %id, attempt = lease.attempt, "lease lost; abandoning attempt");
+                    Outcome::LeaseLost
+                }
             }
-            Err(Stop::Released) => "released",
+            Err(Stop::Released) => Outcome::Released,
             Err(Stop::Fatal(err)) => {
                 tracing::warn!(job = %id, code = %err.code, "attempt failed: {}", err.message);
                 if let Err(e) = self.control.fail(&lease, &err).await {
                     tracing::warn!(job = %id, error = %e, "could not record the failure; the lease will expire");
                 }
-                "failed"
+                Outcome::Failed
             }
             Err(Stop::Retryable(msg)) => {
                 tracing::warn!(job = %id, attempt = lease.attempt, "attempt error: {msg}");
                 match self.control.retry(&lease, &msg).await {
-                    Ok(RetryOutcome::Requeued) => "retry",
-                    Ok(RetryOutcome::DeadLettered) => "dead_lettered",
+                    Ok(RetryOutcome::Requeued) => Outcome::Retry,
+                    Ok(RetryOutcome::DeadLettered) => Outcome::DeadLettered,
                     Err(e) => {
                         tracing::warn!(job = %id, error = %e, "could not re-queue; the lease will expire");
-                        "retry"
+                        Outcome::Retry
                     }
                 }
             }
         };
-        metrics::counter!("videogen_attempts_total", "outcome" => label).increment(1);
+        metrics::counter!("videogen_attempts_total", "outcome" => label.as_str()).increment(1);
+        label
+    }
+
+    /// Whether a lost lease was lost to a cancel. The keeper knows when a
+    /// heartbeat said so; a fenced write that found the lease stale first
+    /// (say, the checkpoint upload racing the cancel) does not say why, so
+    /// one heartbeat asks: a cancelled job answers `cancel`, a job owned by
+    /// another attempt answers 409. The lease is stale either way, so the
+    /// heartbeat cannot renew anything.
+    async fn was_cancelled(&self, lease: &Lease, signals: &Signals, last: Progress) -> bool {
+        if signals.cancelled.is_cancelled() {
+            return true;
+        }
+        if signals.lost.is_cancelled() {
+            // The keeper got a 409: another attempt owns the job.
+            return false;
+        }
+        matches!(
+            self.control.heartbeat(lease, &last).await,
+            Ok(HeartbeatReply {
+                directive: Directive::Cancel,
+                ..
+            })
+        )
     }
 }
 
@@ -669,3 +732,6 @@ mod tests {
         assert_eq!(percent_for_step(15, 30), 45);
     }
 }
+
+#[cfg(test)]
+mod fault_tests;

@@ -138,6 +138,24 @@ impl Server {
         }
     }
 
+    /// Polls `/readyz` until at least `n` workers long-poll this node, so a
+    /// test acts only once they wait.
+    pub async fn wait_for_waiting_workers(&self, n: u64, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let r = self.http.get(self.url("/readyz")).send().await.unwrap();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            if v["workers_waiting"].as_u64().is_some_and(|w| w >= n) {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{n} workers not waiting after {timeout:?}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Polls until `pred` holds for the video.
     pub async fn wait_until(&self, key: &str, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
