@@ -76,6 +76,11 @@ impl ReferenceModel {
     pub fn config(&self) -> &ReferenceConfig {
         &self.cfg
     }
+
+    /// Whether the one load (the `load_time` stand-in) has finished.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.is_completed()
+    }
 }
 
 impl Default for ReferenceModel {
