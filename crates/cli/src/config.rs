@@ -692,19 +692,8 @@ pub struct ConfigFile {
 /// The flags of a group, as given on the command line, by key (all optional,
 /// so that an unset flag lets the variable, the file or the default decide).
 /// `Debug` shows which are set, never their values.
+#[derive(Clone)]
 pub struct Flags<G>(BTreeMap<&'static str, String>, PhantomData<fn() -> G>);
-
-impl<G> Clone for Flags<G> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone(), PhantomData)
-    }
-}
-
-impl<G> Default for Flags<G> {
-    fn default() -> Self {
-        Self(BTreeMap::new(), PhantomData)
-    }
-}
 
 impl<G> fmt::Debug for Flags<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -716,7 +705,7 @@ impl<G> fmt::Debug for Flags<G> {
 
 impl<G: Group> FromArgMatches for Flags<G> {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        let mut flags = Self::default();
+        let mut flags = Self(BTreeMap::new(), PhantomData);
         flags.update_from_arg_matches(m).map(|()| flags)
     }
     fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
@@ -745,7 +734,7 @@ impl<G: Group> Args for Flags<G> {
 }
 
 /// The flags of `serve`, `migrate` and `config print`.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub file: ConfigFile,
@@ -882,10 +871,11 @@ fn check_listen(s: &String) -> Result<(), String> {
 }
 
 fn check_node_id(s: &str) -> Result<(), String> {
-    let good = (1..=64).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    ok(good, format!("{s:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."))
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    ok(
+        (1..=64).contains(&s.len()) && s.chars().all(allowed),
+        format!("{s:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."),
+    )
 }
 
 fn check_public_url(s: &str) -> Result<(), String> {
@@ -893,35 +883,29 @@ fn check_public_url(s: &str) -> Result<(), String> {
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err(format!("{s:?} must be an http:// or https:// URL with a host"));
     }
-    ok(
-        url.query().is_none() && url.fragment().is_none(),
-        format!("{s:?} must be a base URL, without query or fragment"),
-    )
+    let msg = format!("{s:?} must be a base URL, without query or fragment");
+    ok(url.query().is_none() && url.fragment().is_none(), msg)
 }
 
 fn check_signing_key(k: &Option<SecretString>) -> Result<(), String> {
     let n = k
         .as_ref()
         .map_or(SIGNING_KEY_MIN_CHARS, |k| k.expose_secret().chars().count());
-    ok(
-        n >= SIGNING_KEY_MIN_CHARS,
-        format!("is {n} characters; it needs at least {SIGNING_KEY_MIN_CHARS} (e.g. `openssl rand -hex 32`)"),
-    )
+    let msg = format!("is {n} characters; it needs at least {SIGNING_KEY_MIN_CHARS} (e.g. `openssl rand -hex 32`)");
+    ok(n >= SIGNING_KEY_MIN_CHARS, msg)
 }
 
 fn check_database_url(u: &ServiceUrl) -> Result<(), String> {
     let (s, shown) = (u.expose(), u.masked());
     if let Some(rest) = s.strip_prefix("sqlite://") {
-        let names_a_file = !rest.split('?').next().unwrap_or_default().is_empty();
-        return ok(
-            names_a_file,
-            format!("{shown:?} names no file: use sqlite://PATH (sqlite:///abs/path.db)"),
-        );
+        let msg = format!("{shown:?} names no file: use sqlite://PATH (sqlite:///abs/path.db)");
+        return ok(!rest.split('?').next().unwrap_or_default().is_empty(), msg);
     }
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        return reqwest::Url::parse(s)
-            .map(drop)
-            .map_err(|e| format!("{shown:?} is not a valid PostgreSQL URL ({e})"));
+        let e = reqwest::Url::parse(s).err();
+        return e.map_or(Ok(()), |e| {
+            Err(format!("{shown:?} is not a valid PostgreSQL URL ({e})"))
+        });
     }
     Err(format!(
         "{shown:?} is not a supported database: use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB \
@@ -937,25 +921,20 @@ fn check_redis_url(s: &str) -> Result<(), String> {
         ));
     }
     let url = reqwest::Url::parse(s).map_err(|e| format!("{shown:?} is not a valid Redis URL ({e})"))?;
-    ok(
-        url.host_str().is_some_and(|h| !h.is_empty()),
-        format!("{shown:?} names no host"),
-    )
+    let msg = format!("{shown:?} names no host");
+    ok(url.host_str().is_some_and(|h| !h.is_empty()), msg)
 }
 
 fn check_blob_url(u: &ServiceUrl) -> Result<(), String> {
     let (s, shown) = (u.expose(), u.masked());
     if let Some(dir) = s.strip_prefix("file://") {
-        return ok(
-            !dir.is_empty(),
-            format!("{shown:?} names no directory: use file:///abs/dir or file://rel/dir"),
-        );
+        let msg = format!("{shown:?} names no directory: use file:///abs/dir or file://rel/dir");
+        return ok(!dir.is_empty(), msg);
     }
     if s.starts_with("s3://") {
         // The parser `serve` opens the store with, so what passes here opens.
-        return videogen_blob::BlobUrl::parse(s)
-            .map(drop)
-            .map_err(|e| format!("{shown:?}: {e}"));
+        let e = videogen_blob::BlobUrl::parse(s).err();
+        return e.map_or(Ok(()), |e| Err(format!("{shown:?}: {e}")));
     }
     Err(format!(
         "{shown:?} is not a supported blob store: use file://DIR or s3://BUCKET?endpoint=URL&region=REGION"
