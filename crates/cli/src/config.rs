@@ -1,34 +1,29 @@
 //! The configuration: every option declared once, in the `options!` lists
 //! below, with its type, TOML key, flag, help, default and check.
 //!
-//! Every option has three names: a flag (`--lease-ttl-secs`), an environment
-//! variable (`VIDEOGEN_LEASE_TTL_SECS`: `VIDEOGEN_` and the flag in upper
-//! case) and a key in the TOML file named by `--config` or `VIDEOGEN_CONFIG`
-//! (`scheduler.lease_ttl_secs`). A value is taken from the first of these that
-//! sets it: flag, environment, file, default. An empty variable counts as
-//! unset. Flags are clap arguments built from the lists; values from every
-//! layer are text read by the option's [`Kind`], so each layer accepts the
-//! same spellings.
-//!
-//! Options come in groups, each a struct: [`StorageOptions`] (`serve`,
-//! `migrate`, `keys`), [`ServerOptions`] (`serve`), [`WorkerOptions`] (the
-//! slots of `serve` and `videogen worker`), [`LogOptions`] (every command).
-//! Defaults that a library owns are taken from it (`RuntimeConfig`,
-//! `WorkerConfig`, `ReferenceConfig`), so no number is written twice.
-//!
-//! Everything is checked at load, before anything is opened: an invalid
-//! value stops start-up with a message naming the option the way it was set
-//! (flag, variable, or key with file, line and column); an unknown key in the
-//! file is an error naming it. `videogen config print` shows the effective
-//! configuration as TOML with where each value came from; secrets (the
-//! signing key, passwords in URLs) are masked there and in `Debug`.
+//! An option has a flag (`--lease-ttl-secs`), an environment variable
+//! (`VIDEOGEN_LEASE_TTL_SECS`) and a key in the TOML file named by `--config`
+//! or `VIDEOGEN_CONFIG` (`scheduler.lease_ttl_secs`); the first that sets it
+//! wins: flag, environment, file, default. An empty variable is unset. Every
+//! layer is text read by the option's [`Kind`], so each accepts the same
+//! spellings. Groups: [`StorageOptions`] (`serve`, `migrate`, `keys`),
+//! [`ServerOptions`] (`serve`), [`WorkerOptions`] (`serve`'s slots and
+//! `videogen worker`), [`LogOptions`] (every command). Library defaults are
+//! taken from the library. Everything is checked at load and every error is
+//! reported at once, naming the option as it was set (flag, variable, or key
+//! with file, line and column); unknown file keys are errors. `config print`
+//! shows the effective TOML with each value's source; secrets are masked
+//! there and in `Debug`.
 
 use clap::builder::PossibleValuesParser;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt::{self, Display, Write as _};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 use videogen_control::RuntimeConfig;
 use videogen_sched::checkpoint::CheckpointPolicy;
@@ -60,50 +55,25 @@ pub trait Kind<T> {
     }
 }
 
-/// Whole numbers. Plain text (`String`, `PathBuf`). Durations in seconds, `1.5`
-/// (`*_secs` keys). Durations as `30s`, `2m` (humantime). Booleans; a bare flag
-/// means true. Enumerations. Secrets. Service URLs (credentials masked).
-pub struct Num;
-pub struct Text;
+/// `FromStr` values shown through serde (numbers, text, paths, [`ServiceUrl`]).
+/// Durations in seconds, `1.5` (`*_secs` keys). Durations as `30s`, `2m`
+/// (humantime). Booleans (also yes/no, on/off, 1/0; a bare flag is true).
+/// [`ValueEnum`]s. Secrets. An optional value of another kind.
+pub struct Plain;
 pub struct Secs;
 pub struct Human;
 pub struct Bool;
 pub struct Choice;
 pub struct Secret;
-pub struct Url;
+pub struct Maybe<K>(PhantomData<K>);
 
-macro_rules! num_kinds {
-    ($($t:ty),*) => {$(
-        impl Kind<$t> for Num {
-            const VALUE_NAME: &'static str = "N";
-            fn parse(s: &str) -> Result<$t, String> {
-                s.parse().map_err(|e| format!("{s:?} is not a valid number ({e})"))
-            }
-            fn show(v: &$t) -> Option<toml::Value> {
-                i64::try_from(*v).ok().map(toml::Value::Integer)
-            }
-        }
-    )*};
-}
-num_kinds!(u32, u64, usize);
-
-impl Kind<String> for Text {
-    const VALUE_NAME: &'static str = "TEXT";
-    fn parse(s: &str) -> Result<String, String> {
-        Ok(s.to_owned())
+impl<T: FromStr<Err: Display> + Serialize> Kind<T> for Plain {
+    const VALUE_NAME: &'static str = "VALUE";
+    fn parse(s: &str) -> Result<T, String> {
+        s.parse().map_err(|e| format!("{s:?} is not valid ({e})"))
     }
-    fn show(v: &String) -> Option<toml::Value> {
-        Some(toml::Value::String(v.clone()))
-    }
-}
-
-impl Kind<PathBuf> for Text {
-    const VALUE_NAME: &'static str = "PATH";
-    fn parse(s: &str) -> Result<PathBuf, String> {
-        Ok(PathBuf::from(s))
-    }
-    fn show(v: &PathBuf) -> Option<toml::Value> {
-        Some(toml::Value::String(v.display().to_string()))
+    fn show(v: &T) -> Option<toml::Value> {
+        toml::Value::try_from(v).ok()
     }
 }
 
@@ -111,10 +81,8 @@ impl Kind<Duration> for Secs {
     const VALUE_NAME: &'static str = "SECS";
     fn parse(s: &str) -> Result<Duration, String> {
         let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
-        Duration::try_from_secs_f64(v)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("{v} is not a positive number of seconds"))
+        let d = Duration::try_from_secs_f64(v).ok().filter(|d| !d.is_zero());
+        d.ok_or_else(|| format!("{v} is not a positive number of seconds"))
     }
     fn show(d: &Duration) -> Option<toml::Value> {
         Some(match (d.subsec_nanos(), i64::try_from(d.as_secs())) {
@@ -127,10 +95,8 @@ impl Kind<Duration> for Secs {
 impl Kind<Duration> for Human {
     const VALUE_NAME: &'static str = "DURATION";
     fn parse(s: &str) -> Result<Duration, String> {
-        humantime::parse_duration(s)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("{s:?} is not a positive duration (e.g. 30s, 2m, 1h 30m)"))
+        let d = humantime::parse_duration(s).ok().filter(|d| !d.is_zero());
+        d.ok_or_else(|| format!("{s:?} is not a positive duration (e.g. 30s, 2m, 1h 30m)"))
     }
     fn show(d: &Duration) -> Option<toml::Value> {
         Some(toml::Value::String(humantime::format_duration(*d).to_string()))
@@ -154,29 +120,23 @@ impl Kind<bool> for Bool {
     }
 }
 
-fn choice_names<T: ValueEnum>() -> Vec<String> {
-    let names = T::value_variants().iter().filter_map(ValueEnum::to_possible_value);
-    names.map(|p| p.get_name().to_owned()).collect()
+impl<T: ValueEnum> Kind<T> for Choice {
+    const VALUE_NAME: &'static str = "NAME";
+    fn parse(s: &str) -> Result<T, String> {
+        let names = T::value_variants().iter().filter_map(|v| v.to_possible_value());
+        let names: Vec<String> = names.map(|p| p.get_name().to_owned()).collect();
+        T::from_str(s, true).map_err(|_| format!("{s:?} is not one of {}", names.join(", ")))
+    }
+    fn show(v: &T) -> Option<toml::Value> {
+        v.to_possible_value()
+            .map(|p| toml::Value::String(p.get_name().to_owned()))
+    }
+    fn arg(a: Arg) -> Arg {
+        a.value_parser(PossibleValuesParser::new(
+            T::value_variants().iter().filter_map(|v| v.to_possible_value()),
+        ))
+    }
 }
-
-macro_rules! choice_kinds {
-    ($($t:ty),*) => {$(
-        impl Kind<$t> for Choice {
-            const VALUE_NAME: &'static str = "NAME";
-            fn parse(s: &str) -> Result<$t, String> {
-                <$t>::from_str(s, true)
-                    .map_err(|_| format!("{s:?} is not one of {}", choice_names::<$t>().join(", ")))
-            }
-            fn show(v: &$t) -> Option<toml::Value> {
-                v.to_possible_value().map(|p| toml::Value::String(p.get_name().to_owned()))
-            }
-            fn arg(a: Arg) -> Arg {
-                a.value_parser(PossibleValuesParser::new(<$t>::value_variants().iter().filter_map(ValueEnum::to_possible_value)))
-            }
-        }
-    )*};
-}
-choice_kinds!(Role, PolicyKind, LogFormat);
 
 impl Kind<SecretString> for Secret {
     const VALUE_NAME: &'static str = "KEY";
@@ -188,17 +148,7 @@ impl Kind<SecretString> for Secret {
     }
 }
 
-impl Kind<ServiceUrl> for Url {
-    const VALUE_NAME: &'static str = "URL";
-    fn parse(s: &str) -> Result<ServiceUrl, String> {
-        Ok(ServiceUrl::new(s))
-    }
-    fn show(v: &ServiceUrl) -> Option<toml::Value> {
-        Some(toml::Value::String(v.masked()))
-    }
-}
-
-impl<T, K: Kind<T>> Kind<Option<T>> for K {
+impl<T, K: Kind<T>> Kind<Option<T>> for Maybe<K> {
     const VALUE_NAME: &'static str = K::VALUE_NAME;
     fn parse(s: &str) -> Result<Option<T>, String> {
         K::parse(s).map(Some)
@@ -212,7 +162,7 @@ impl<T, K: Kind<T>> Kind<Option<T>> for K {
 }
 
 /// A service URL that may hold credentials (`postgres://user:pass@host/db`,
-/// `?password=`): `Debug` and `Display` mask them.
+/// `?password=`): `Debug`, `Display` and `Serialize` mask them.
 #[derive(Clone)]
 pub struct ServiceUrl(SecretString);
 
@@ -227,6 +177,19 @@ impl ServiceUrl {
     /// The URL with any password masked.
     pub fn masked(&self) -> String {
         mask_url(self.expose())
+    }
+}
+
+impl FromStr for ServiceUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(s))
+    }
+}
+
+impl Serialize for ServiceUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
     }
 }
 
@@ -384,14 +347,14 @@ options! {
     /// Where the data lives: `serve`, `migrate` and `keys` read the same.
     StorageOptions {
         /// Directory of the embedded database, blobs and node id.
-        data_dir: PathBuf [Text] = "data_dir", "data-dir", PathBuf::from("./data");
+        data_dir: PathBuf [Plain] = "data_dir", "data-dir", PathBuf::from("./data");
             check |p: &PathBuf| ok(!p.as_os_str().is_empty(), "must not be empty");
         /// Database: sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB (postgresql:// too).
-        database_url: ServiceUrl [Url] = "database.url", "database-url",
+        database_url: ServiceUrl [Plain] = "database.url", "database-url",
             ServiceUrl::new(format!("sqlite://{}", data_dir.join("videogen.db").display()));
             doc "sqlite://DATA_DIR/videogen.db"; check check_database_url;
         /// Blob store: file://DIR or s3://BUCKET?endpoint=URL&region=REGION, credentials from AWS_* variables.
-        blob_url: ServiceUrl [Url] = "blob.url", "blob-url",
+        blob_url: ServiceUrl [Plain] = "blob.url", "blob-url",
             ServiceUrl::new(format!("file://{}", data_dir.join("blobs").display()));
             doc "file://DATA_DIR/blobs"; check check_blob_url;
     }
@@ -401,47 +364,47 @@ options! {
     /// What `serve` alone reads: the node, its API and its scheduler.
     ServerOptions {
         /// Address to listen on, HOST:PORT (port 0 picks a free port; the real one is printed).
-        listen: String [Text] = "listen", "listen", "127.0.0.1:8080".to_owned(); check check_listen;
+        listen: String [Plain] = "listen", "listen", "127.0.0.1:8080".to_owned(); check check_listen;
         /// What this node runs.
         role: Role [Choice] = "role", "role", Role::All;
         /// This node's id, 1 to 64 of A-Z a-z 0-9 - _ . (unset: the one kept in the data dir, made on first start).
-        node_id: Option<String> [Text] = "node_id", "node-id", None; check |v: &Option<String>| v.as_deref().map_or(Ok(()), check_node_id);
+        node_id: Option<String> [Maybe<Plain>] = "node_id", "node-id", None; check |v: &Option<String>| v.as_deref().map_or(Ok(()), check_node_id);
         /// Base URL clients reach this node at, e.g. https://videogen.example.com; signed download URLs are built on it.
-        public_url: Option<String> [Text] = "public_url", "public-url", None; check |v: &Option<String>| v.as_deref().map_or(Ok(()), check_public_url);
+        public_url: Option<String> [Maybe<Plain>] = "public_url", "public-url", None; check |v: &Option<String>| v.as_deref().map_or(Ok(()), check_public_url);
         /// Redis, for cross-node events and rate limits: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss:// (TLS).
-        redis_url: Option<ServiceUrl> [Url] = "redis.url", "redis-url", None; check |v: &Option<ServiceUrl>| v.as_ref().map_or(Ok(()), |u| check_redis_url(u.expose()));
+        redis_url: Option<ServiceUrl> [Maybe<Plain>] = "redis.url", "redis-url", None; check |v: &Option<ServiceUrl>| v.as_ref().map_or(Ok(()), |u| check_redis_url(u.expose()));
         /// Answer video downloads with a redirect to a signed URL instead of the bytes. With a file:// blob store it needs --public-url and --url-signing-key.
         download_redirect: bool [Bool] = "downloads.redirect", "download-redirect", false;
         /// Lifetime of a signed download URL, in seconds, at most 7 days.
         signed_url_ttl: Duration [Secs] = "downloads.signed_url_ttl_secs", "signed-url-ttl-secs", Duration::from_secs(3600); check |d: &Duration| ok(*d <= SIGNED_URL_TTL_MAX, format!("{} s is longer than 7 days ({} s), the most a signed URL may live", d.as_secs_f64(), SIGNED_URL_TTL_MAX.as_secs()));
         /// Secret key signing the download URLs this node serves, at least 32 characters (e.g. `openssl rand -hex 32`). Prefer the variable or the file to the flag, which other users can see in the process list.
-        url_signing_key: Option<SecretString> [Secret] = "downloads.url_signing_key", "url-signing-key", None; check check_signing_key;
+        url_signing_key: Option<SecretString> [Maybe<Secret>] = "downloads.url_signing_key", "url-signing-key", None; check check_signing_key;
         /// Lease time-to-live in seconds; heartbeats renew it every third of it.
         lease_ttl: Duration [Secs] = "scheduler.lease_ttl_secs", "lease-ttl-secs", RuntimeConfig::default().lease_ttl;
         /// Attempts before a job is dead-lettered, 1 to 100.
-        max_attempts: u32 [Num] = "scheduler.max_attempts", "max-attempts", RuntimeConfig::default().max_attempts; check |v: &u32| in_range(*v, 1, 100);
+        max_attempts: u32 [Plain] = "scheduler.max_attempts", "max-attempts", RuntimeConfig::default().max_attempts; check |v: &u32| in_range(*v, 1, 100);
         /// How often the reaper and the retention sweeper run, in seconds.
         housekeeping: Duration [Secs] = "scheduler.housekeeping_secs", "housekeeping-secs", RuntimeConfig::default().housekeeping_interval;
         /// Retention of every tier's videos, in seconds (unset: per tier, free 1 d, paid 7 d, internal 30 d).
-        retention: Option<Duration> [Secs] = "scheduler.retention_secs", "retention-secs", None;
+        retention: Option<Duration> [Maybe<Secs>] = "scheduler.retention_secs", "retention-secs", None;
         /// Lifetime of the scheduler leader's lease, in seconds, when several nodes run the scheduler.
         leader_lease: Duration [Secs] = "scheduler.leader_lease_secs", "leader-lease-secs", Duration::from_secs(5);
         /// In-process workers (0: none; run `videogen worker` processes).
-        workers: usize [Num] = "workers.count", "workers", 1;
+        workers: usize [Plain] = "workers.count", "workers", 1;
         /// Denoising steps of every video, 1 to 1000.
-        steps: u32 [Num] = "api.steps", "steps", videogen_model::REFERENCE_DEFAULT_STEPS; check |v: &u32| in_range(*v, 1, 1000);
+        steps: u32 [Plain] = "api.steps", "steps", videogen_model::REFERENCE_DEFAULT_STEPS; check |v: &u32| in_range(*v, 1, 1000);
         /// Poll interval suggested to SDK pollers (`openai-poll-after-ms`), in ms.
-        poll_after_ms: u64 [Num] = "api.poll_after_ms", "poll-after-ms", 1000; check |v: &u64| in_range(*v, 1, u64::from(u32::MAX));
+        poll_after_ms: u64 [Plain] = "api.poll_after_ms", "poll-after-ms", 1000; check |v: &u64| in_range(*v, 1, u64::from(u32::MAX));
         /// Requests per minute per API key; 0: no limit.
-        rate_limit_per_minute: u32 [Num] = "api.rate_limit_per_minute", "rate-limit-per-minute", 0;
+        rate_limit_per_minute: u32 [Plain] = "api.rate_limit_per_minute", "rate-limit-per-minute", 0;
         /// HTTP requests handled at once, each for tenant routes and for the worker API; more get 503 at once.
-        max_concurrent_requests: usize [Num] = "http.max_concurrent_requests", "max-concurrent-requests", videogen_api::layers::ServerLimits::default().concurrent_requests_max; check |v: &usize| in_range(*v, 1, 1 << 20);
+        max_concurrent_requests: usize [Plain] = "http.max_concurrent_requests", "max-concurrent-requests", videogen_api::layers::ServerLimits::default().concurrent_requests_max; check |v: &usize| in_range(*v, 1, 1 << 20);
         /// Longest a public API request may take (SSE streams excepted), e.g. 30s.
         request_timeout: Duration [Human] = "http.request_timeout", "request-timeout", videogen_api::layers::ServerLimits::default().request_timeout;
         /// Longest an internal worker API request may take; must exceed the longest acquire long-poll (30 s).
         worker_request_timeout: Duration [Human] = "http.worker_request_timeout", "worker-request-timeout", videogen_api::layers::ServerLimits::default().worker_request_timeout; check |d: &Duration| ok(*d > videogen_protocol::wire::MAX_ACQUIRE_WAIT, format!("{} must exceed the longest acquire long-poll ({})", humantime::format_duration(*d), humantime::format_duration(videogen_protocol::wire::MAX_ACQUIRE_WAIT)));
         /// Server-sent event streams open at once; more are refused.
-        max_sse_streams: usize [Num] = "http.max_sse_streams", "max-sse-streams", videogen_api::layers::ServerLimits::default().sse_streams_max; check |v: &usize| in_range(*v, 1, 1 << 20);
+        max_sse_streams: usize [Plain] = "http.max_sse_streams", "max-sse-streams", videogen_api::layers::ServerLimits::default().sse_streams_max; check |v: &usize| in_range(*v, 1, 1 << 20);
     }
 }
 
@@ -450,13 +413,13 @@ options! {
     /// in-process workers and `videogen worker` read the same.
     WorkerOptions {
         /// Minimum wall time of one reference-model step (speed knob), in ms.
-        step_ms: u64 [Num] = "workers.step_ms", "step-ms", millis(videogen_model::ReferenceConfig::default().step_time);
+        step_ms: u64 [Plain] = "workers.step_ms", "step-ms", millis(videogen_model::ReferenceConfig::default().step_time);
         /// Simulated model load time, in ms, paid once per worker.
-        model_load_ms: u64 [Num] = "workers.model_load_ms", "model-load-ms", millis(videogen_model::ReferenceConfig::default().load_time);
+        model_load_ms: u64 [Plain] = "workers.model_load_ms", "model-load-ms", millis(videogen_model::ReferenceConfig::default().load_time);
         /// How the checkpoint interval is chosen.
         checkpoint_policy: PolicyKind [Choice] = "workers.checkpoint_policy", "checkpoint-policy", PolicyKind::Fixed;
         /// Fixed policy: checkpoint every this many steps; 0: only by time.
-        checkpoint_every_steps: u32 [Num] = "workers.checkpoint_every_steps", "checkpoint-every-steps", fixed_default().0;
+        checkpoint_every_steps: u32 [Plain] = "workers.checkpoint_every_steps", "checkpoint-every-steps", fixed_default().0;
         /// Fixed policy: ... or every this many seconds, whichever is first.
         checkpoint_every: Duration [Secs] = "workers.checkpoint_every_secs", "checkpoint-every-secs", fixed_default().1;
         /// Adaptive policy: shortest interval, in seconds.
@@ -466,7 +429,7 @@ options! {
         /// Longest a graceful stop may take from notice to release, in seconds (GCE gives 30 s, AWS 120 s).
         preemption_deadline: Duration [Secs] = "workers.preemption_deadline_secs", "preemption-deadline-secs", WorkerConfig::default().preemption_deadline;
         /// File of 64-bit perceptual hashes (hex, one per line) that output moderation blocks.
-        blocked_hashes: Option<PathBuf> [Text] = "moderation.blocked_hashes", "blocked-hashes", None; check |p: &Option<PathBuf>| p.as_ref().map_or(Ok(()), |p| ok(p.is_file(), format!("{} is not a readable file", p.display())));
+        blocked_hashes: Option<PathBuf> [Maybe<Plain>] = "moderation.blocked_hashes", "blocked-hashes", None; check |p: &Option<PathBuf>| p.as_ref().map_or(Ok(()), |p| ok(p.is_file(), format!("{} is not a readable file", p.display())));
     }
 }
 
@@ -506,18 +469,24 @@ fn fixed_default() -> (u32, Duration) {
     }
 }
 
+fn all_options() -> impl Iterator<Item = &'static Opt> {
+    GROUPS.iter().flat_map(|g| g.iter())
+}
+
+/// `key` split at its last dot: (section, name); top-level keys have section "".
+fn split(key: &str) -> (&str, &str) {
+    key.rsplit_once('.').unwrap_or(("", key))
+}
+
 /// The environment: a variable's value by name.
 pub type Env = Box<dyn Fn(&str) -> Option<String>>;
-
-/// A value from the file: its text (or why it has none) and `:line:column`.
-type FileValue = (Result<String, String>, String);
 
 /// The layers below the flags, and what resolving has found so far.
 pub struct Loader {
     env: Env,
-    file: Option<PathBuf>,
-    file_values: BTreeMap<String, FileValue>,
-    sources: BTreeMap<&'static str, (Source, &'static str)>,
+    /// Each key of the file: its text (or why it has none) and `:line:column`.
+    file_values: BTreeMap<String, (Result<String, String>, String)>,
+    origin: Origin,
     errors: Vec<String>,
     flags: BTreeMap<&'static str, String>,
 }
@@ -533,14 +502,16 @@ impl Loader {
         let env: Env = Box::new(move |name| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()));
         let (path, named_by) = match (&file.config, env(CONFIG_ENV)) {
             (Some(p), _) => (Some(p.clone()), "--config"),
-            (None, Some(p)) => (Some(PathBuf::from(p)), CONFIG_ENV),
-            (None, None) => (None, ""),
+            (None, p) => (p.map(PathBuf::from), CONFIG_ENV),
+        };
+        let origin = Origin {
+            sources: BTreeMap::new(),
+            file: path.clone(),
         };
         let mut loader = Self {
             env,
-            file: path.clone(),
             file_values: BTreeMap::new(),
-            sources: BTreeMap::new(),
+            origin,
             errors: Vec::new(),
             flags: BTreeMap::new(),
         };
@@ -558,6 +529,7 @@ impl Loader {
     /// Reads every key of the file, naming unknown ones with their position
     /// (never quoting a line, which may hold a secret).
     fn read_file(&mut self, path: &Path, text: &str) {
+        use toml::de::DeValue as V;
         let at = |span: std::ops::Range<usize>| {
             let before = text.get(..span.start).unwrap_or(text);
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -566,69 +538,59 @@ impl Loader {
         let doc = match toml::de::DeTable::parse(text) {
             Ok(doc) => doc,
             Err(e) => {
-                let pos = e.span().map(at).unwrap_or_default();
-                let msg = e.message().trim().replace('\n', "; ");
+                let (pos, msg) = (
+                    e.span().map(at).unwrap_or_default(),
+                    e.message().trim().replace('\n', "; "),
+                );
                 return self
                     .errors
                     .push(format!("invalid config file {}{pos}: {msg}", path.display()));
             }
         };
-        let known = |key: &str| GROUPS.iter().flat_map(|g| g.iter()).any(|o| o.key == key);
-        let mut entries = Vec::new();
+        let known = |key: &str| all_options().any(|o| o.key == key);
         for (k, v) in doc.get_ref() {
-            match v.get_ref() {
-                toml::de::DeValue::Table(t) if !known(k.get_ref()) => {
-                    entries.extend(
-                        t.iter()
-                            .map(|(k2, v2)| (format!("{}.{}", k.get_ref(), k2.get_ref()), k2, v2)),
-                    );
-                }
-                _ => entries.push((k.get_ref().to_string(), k, v)),
-            }
-        }
-        for (key, k, v) in entries {
-            if !known(&key) {
-                let (section, name) = key.rsplit_once('.').unwrap_or(("", &key));
-                let within: Vec<&str> = GROUPS
+            let entries = match v.get_ref() {
+                V::Table(t) if !known(k.get_ref()) => t
                     .iter()
-                    .flat_map(|g| g.iter())
-                    .filter_map(|o| {
-                        let (s, n) = o.key.rsplit_once('.').unwrap_or(("", o.key));
-                        (s == section).then_some(n)
-                    })
-                    .collect();
-                let place = if section.is_empty() {
-                    "at the top level".to_owned()
-                } else {
-                    format!("in `{section}`")
-                };
-                let expected = if within.is_empty() {
-                    "no such section".to_owned()
-                } else {
-                    format!("known: {}", within.join(", "))
-                };
-                self.errors.push(format!(
-                    "{}{}: unknown key `{name}` {place} ({expected})",
-                    path.display(),
-                    at(k.span())
-                ));
-                continue;
-            }
-            use toml::de::DeValue as V;
-            let text = match v.get_ref() {
-                V::String(s) => Ok(s.to_string()),
-                V::Integer(i) => Ok(i.as_str().replace('_', "")),
-                V::Float(f) => Ok(f.as_str().replace('_', "")),
-                V::Boolean(b) => Ok(b.to_string()),
-                _ => Err("expected a string, a number or a boolean".to_owned()),
+                    .map(|(k2, v2)| (format!("{}.{}", k.get_ref(), k2.get_ref()), k2, v2))
+                    .collect(),
+                _ => vec![(k.get_ref().to_string(), k, v)],
             };
-            self.file_values.insert(key, (text, at(v.span())));
+            for (key, k, v) in entries {
+                let text = match v.get_ref() {
+                    _ if !known(&key) => {
+                        let (section, name) = split(&key);
+                        let within = all_options().map(|o| split(o.key)).filter(|(s, _)| *s == section);
+                        let within: Vec<&str> = within.map(|(_, n)| n).collect();
+                        let place = match section {
+                            "" => "at the top level".to_owned(),
+                            s => format!("in `{s}`"),
+                        };
+                        let expected = match within.is_empty() {
+                            true => "no such section".to_owned(),
+                            false => format!("known: {}", within.join(", ")),
+                        };
+                        let at = at(k.span());
+                        self.errors.push(format!(
+                            "{}{at}: unknown key `{name}` {place} ({expected})",
+                            path.display()
+                        ));
+                        continue;
+                    }
+                    V::String(s) => Ok(s.to_string()),
+                    V::Integer(i) => Ok(i.as_str().replace('_', "")),
+                    V::Float(f) => Ok(f.as_str().replace('_', "")),
+                    V::Boolean(b) => Ok(b.to_string()),
+                    _ => Err("expected a string, a number or a boolean".to_owned()),
+                };
+                self.file_values.insert(key, (text, at(v.span())));
+            }
         }
     }
 
     /// Resolves a group, its flags over the layers.
     pub fn resolve<G: Group>(&mut self, flags: &Flags<G>) -> G {
-        self.flags = flags.values.clone();
+        self.flags = flags.0.clone();
         G::resolve(self)
     }
 
@@ -644,16 +606,13 @@ impl Loader {
         } else {
             (Err(String::new()), Source::Default)
         };
-        self.sources.insert(key, (source, flag));
-        match raw.and_then(|raw| K::parse(&raw)) {
-            Ok(v) => v,
-            Err(e) => {
-                if source != Source::Default {
-                    self.error(key, e);
-                }
-                default()
+        self.origin.sources.insert(key, (source, flag));
+        raw.and_then(|raw| K::parse(&raw)).unwrap_or_else(|e| {
+            if source != Source::Default {
+                self.error(key, e);
             }
-        }
+            default()
+        })
     }
 
     fn check<T>(&mut self, key: &'static str, v: &T, check: impl FnOnce(&T) -> Result<(), String>) {
@@ -662,31 +621,19 @@ impl Loader {
         }
     }
 
-    /// The option as the user set it: `--flag`, `VAR (--flag)` or `` `key` in FILE:L:C (--flag) ``.
-    fn name(&self, key: &str) -> String {
-        let (source, flag) = self.sources.get(key).copied().unwrap_or((Source::Default, "?"));
-        match source {
+    /// Records an error, naming the option as the user set it: `--flag`,
+    /// `VAR (--flag)`, `` `key` in FILE:L:C (--flag) `` or `--flag (default)`.
+    fn error(&mut self, key: &str, msg: impl Display) {
+        let flag = self.origin.flag(key);
+        let name = match self.origin.source(key) {
             Source::Flag => format!("--{flag}"),
             Source::Env => format!("{} (--{flag})", env_var(flag)),
             Source::File => {
-                let file = self
-                    .file
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default();
-                let pos = self
-                    .file_values
-                    .get(key)
-                    .map(|(_, pos)| pos.as_str())
-                    .unwrap_or_default();
-                format!("`{key}` in {file}{pos} (--{flag})")
+                let pos = self.file_values.get(key).map_or("", |(_, pos)| pos.as_str());
+                format!("`{key}` in {}{pos} (--{flag})", self.origin.file_name())
             }
             Source::Default => format!("--{flag} (default)"),
-        }
-    }
-
-    fn error(&mut self, key: &str, msg: impl fmt::Display) {
-        let name = self.name(key);
+        };
         self.errors.push(format!("{name}: {msg}"));
     }
 
@@ -695,14 +642,11 @@ impl Loader {
         if !self.errors.is_empty() {
             anyhow::bail!("invalid configuration:\n  {}", self.errors.join("\n  "));
         }
-        Ok(Origin {
-            sources: self.sources,
-            file: self.file,
-        })
+        Ok(self.origin)
     }
 }
 
-/// Where each resolved value came from, and the file read.
+/// Where each resolved value came from (with its flag), and the file read.
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
     pub sources: BTreeMap<&'static str, (Source, &'static str)>,
@@ -714,14 +658,24 @@ impl Origin {
         self.sources.get(key).map_or(Source::Default, |(s, _)| *s)
     }
 
+    fn flag(&self, key: &str) -> &'static str {
+        self.sources.get(key).map_or("?", |(_, f)| f)
+    }
+
+    fn file_name(&self) -> String {
+        self.file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+
+    /// For `config print`: `flag --x`, `env VAR`, `file PATH` or `default`.
     fn describe(&self, key: &str) -> String {
-        let flag = self.sources.get(key).map_or("?", |(_, f)| f);
-        match (self.source(key), &self.file) {
-            (Source::Flag, _) => format!("flag --{flag}"),
-            (Source::Env, _) => format!("env {}", env_var(flag)),
-            (Source::File, Some(p)) => format!("file {}", p.display()),
-            (Source::File, None) => "file".to_owned(),
-            (Source::Default, _) => "default".to_owned(),
+        match self.source(key) {
+            Source::Flag => format!("flag --{}", self.flag(key)),
+            Source::Env => format!("env {}", env_var(self.flag(key))),
+            Source::File => format!("file {}", self.file_name()).trim_end().to_owned(),
+            Source::Default => "default".to_owned(),
         }
     }
 }
@@ -735,50 +689,29 @@ pub struct ConfigFile {
     pub config: Option<PathBuf>,
 }
 
-/// The flags of a group, as given on the command line (all optional, so that
-/// an unset flag lets the variable, the file or the default decide).
+/// The flags of a group, as given on the command line, by key (all optional,
+/// so that an unset flag lets the variable, the file or the default decide).
 /// `Debug` shows which are set, never their values.
-pub struct Flags<G> {
-    values: BTreeMap<&'static str, String>,
-    group: std::marker::PhantomData<G>,
-}
-
-impl<G> Clone for Flags<G> {
-    fn clone(&self) -> Self {
-        Self {
-            values: self.values.clone(),
-            group: std::marker::PhantomData,
-        }
-    }
-}
-
-impl<G> Default for Flags<G> {
-    fn default() -> Self {
-        Self {
-            values: BTreeMap::new(),
-            group: std::marker::PhantomData,
-        }
-    }
-}
+#[derive(Clone)]
+pub struct Flags<G>(BTreeMap<&'static str, String>, PhantomData<fn() -> G>);
 
 impl<G> fmt::Debug for Flags<G> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Flags")
-            .field("set", &self.values.keys().collect::<Vec<_>>())
+            .field("set", &self.0.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl<G: Group> FromArgMatches for Flags<G> {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        let mut flags = Self::default();
-        flags.update_from_arg_matches(m)?;
-        Ok(flags)
+        let mut flags = Self(BTreeMap::new(), PhantomData);
+        flags.update_from_arg_matches(m).map(|()| flags)
     }
     fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
         for o in G::OPTIONS {
             if let Ok(Some(v)) = m.try_get_one::<String>(o.key) {
-                self.values.insert(o.key, v.clone());
+                self.0.insert(o.key, v.clone());
             }
         }
         Ok(())
@@ -789,19 +722,10 @@ impl<G: Group> Args for Flags<G> {
     /// Each option's flag, its help ending in its variable, key and default.
     fn augment_args(cmd: Command) -> Command {
         G::OPTIONS.iter().fold(cmd, |cmd, o| {
-            let help = format!(
-                "{} [env: {}] [config: {}] [default: {}]",
-                o.help.trim(),
-                env_var(o.flag),
-                o.key,
-                (o.default)()
-            );
-            let arg = Arg::new(o.key)
-                .long(o.flag)
-                .value_name(o.value_name)
-                .help(help)
-                .global(true);
-            cmd.arg((o.arg)(arg))
+            let (help, env, default) = (o.help.trim(), env_var(o.flag), (o.default)());
+            let help = format!("{help} [env: {env}] [config: {}] [default: {default}]", o.key);
+            let arg = Arg::new(o.key).long(o.flag).value_name(o.value_name).help(help);
+            cmd.arg((o.arg)(arg.global(true)))
         })
     }
     fn augment_args_for_update(cmd: Command) -> Command {
@@ -810,7 +734,7 @@ impl<G: Group> Args for Flags<G> {
 }
 
 /// The flags of `serve`, `migrate` and `config print`.
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub file: ConfigFile,
@@ -840,36 +764,28 @@ impl Config {
 
     /// Resolves every group, then the checks that span options.
     pub fn from_loader(mut l: Loader, args: &ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<Config> {
-        let storage = l.resolve(&args.storage);
-        let server = l.resolve(&args.server);
-        let worker = l.resolve(&args.worker);
-        let log = l.resolve(log);
+        let (storage, server) = (l.resolve(&args.storage), l.resolve::<ServerOptions>(&args.server));
+        let (worker, log) = (l.resolve::<WorkerOptions>(&args.worker), l.resolve(log));
         if worker.checkpoint_min > worker.checkpoint_max {
             let (min, max) = (worker.checkpoint_min.as_secs_f64(), worker.checkpoint_max.as_secs_f64());
-            l.error(
-                "workers.checkpoint_min_secs",
-                format!("{min} s exceeds --checkpoint-max-secs ({max} s)"),
-            );
+            let msg = format!("{min} s exceeds --checkpoint-max-secs ({max} s)");
+            l.error("workers.checkpoint_min_secs", msg);
         }
-        if server.download_redirect && storage.blob_url.expose().starts_with("file://") {
-            let missing: Vec<&str> = [
-                ("--url-signing-key", server.url_signing_key.is_none()),
-                ("--public-url", server.public_url.is_none()),
-            ]
-            .into_iter()
-            .filter_map(|(name, missing)| missing.then_some(name))
-            .collect();
-            if !missing.is_empty() {
-                l.error(
-                    "downloads.redirect",
-                    format!(
-                        "with a file:// --blob-url, download redirects point at signed URLs that this node serves \
-                         itself: it needs {} (--public-url is the base those URLs are built on, --url-signing-key \
-                         signs them so they cannot be forged or extended; or set --download-redirect=false)",
-                        missing.join(" and ")
-                    ),
-                );
-            }
+        let missing: Vec<&str> = [
+            ("--url-signing-key", server.url_signing_key.is_none()),
+            ("--public-url", server.public_url.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(name, missing)| missing.then_some(name))
+        .collect();
+        if server.download_redirect && storage.blob_url.expose().starts_with("file://") && !missing.is_empty() {
+            let msg = format!(
+                "with a file:// --blob-url, download redirects point at signed URLs that this node serves \
+                 itself: it needs {} (--public-url is the base those URLs are built on, --url-signing-key \
+                 signs them so they cannot be forged or extended; or set --download-redirect=false)",
+                missing.join(" and ")
+            );
+            l.error("downloads.redirect", msg);
         }
         let origin = l.finish()?;
         Ok(Config {
@@ -885,15 +801,17 @@ impl Config {
     /// a comment saying where it came from. It parses back as a config file.
     pub fn to_toml(&self) -> String {
         let mut values = self.storage.show();
-        values.extend(self.server.show());
-        values.extend(self.worker.show());
-        values.extend(self.log.show());
-        let split = |key: &'static str| key.rsplit_once('.').unwrap_or(("", key));
+        values.extend(
+            self.server
+                .show()
+                .into_iter()
+                .chain(self.worker.show())
+                .chain(self.log.show()),
+        );
         let mut sections: Vec<&str> = vec![""];
         for (key, _) in &values {
-            let (section, _) = split(key);
-            if !sections.contains(&section) {
-                sections.push(section);
+            if !sections.contains(&split(key).0) {
+                sections.push(split(key).0);
             }
         }
         let mut out = String::from(
@@ -953,10 +871,11 @@ fn check_listen(s: &String) -> Result<(), String> {
 }
 
 fn check_node_id(s: &str) -> Result<(), String> {
-    let good = (1..=64).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    ok(good, format!("{s:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."))
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    ok(
+        (1..=64).contains(&s.len()) && s.chars().all(allowed),
+        format!("{s:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."),
+    )
 }
 
 fn check_public_url(s: &str) -> Result<(), String> {
@@ -964,35 +883,29 @@ fn check_public_url(s: &str) -> Result<(), String> {
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err(format!("{s:?} must be an http:// or https:// URL with a host"));
     }
-    ok(
-        url.query().is_none() && url.fragment().is_none(),
-        format!("{s:?} must be a base URL, without query or fragment"),
-    )
+    let msg = format!("{s:?} must be a base URL, without query or fragment");
+    ok(url.query().is_none() && url.fragment().is_none(), msg)
 }
 
 fn check_signing_key(k: &Option<SecretString>) -> Result<(), String> {
     let n = k
         .as_ref()
         .map_or(SIGNING_KEY_MIN_CHARS, |k| k.expose_secret().chars().count());
-    ok(
-        n >= SIGNING_KEY_MIN_CHARS,
-        format!("is {n} characters; it needs at least {SIGNING_KEY_MIN_CHARS} (e.g. `openssl rand -hex 32`)"),
-    )
+    let msg = format!("is {n} characters; it needs at least {SIGNING_KEY_MIN_CHARS} (e.g. `openssl rand -hex 32`)");
+    ok(n >= SIGNING_KEY_MIN_CHARS, msg)
 }
 
 fn check_database_url(u: &ServiceUrl) -> Result<(), String> {
     let (s, shown) = (u.expose(), u.masked());
     if let Some(rest) = s.strip_prefix("sqlite://") {
-        let names_a_file = !rest.split('?').next().unwrap_or_default().is_empty();
-        return ok(
-            names_a_file,
-            format!("{shown:?} names no file: use sqlite://PATH (sqlite:///abs/path.db)"),
-        );
+        let msg = format!("{shown:?} names no file: use sqlite://PATH (sqlite:///abs/path.db)");
+        return ok(!rest.split('?').next().unwrap_or_default().is_empty(), msg);
     }
     if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        return reqwest::Url::parse(s)
-            .map(drop)
-            .map_err(|e| format!("{shown:?} is not a valid PostgreSQL URL ({e})"));
+        let e = reqwest::Url::parse(s).err();
+        return e.map_or(Ok(()), |e| {
+            Err(format!("{shown:?} is not a valid PostgreSQL URL ({e})"))
+        });
     }
     Err(format!(
         "{shown:?} is not a supported database: use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB \
@@ -1008,25 +921,20 @@ fn check_redis_url(s: &str) -> Result<(), String> {
         ));
     }
     let url = reqwest::Url::parse(s).map_err(|e| format!("{shown:?} is not a valid Redis URL ({e})"))?;
-    ok(
-        url.host_str().is_some_and(|h| !h.is_empty()),
-        format!("{shown:?} names no host"),
-    )
+    let msg = format!("{shown:?} names no host");
+    ok(url.host_str().is_some_and(|h| !h.is_empty()), msg)
 }
 
 fn check_blob_url(u: &ServiceUrl) -> Result<(), String> {
     let (s, shown) = (u.expose(), u.masked());
     if let Some(dir) = s.strip_prefix("file://") {
-        return ok(
-            !dir.is_empty(),
-            format!("{shown:?} names no directory: use file:///abs/dir or file://rel/dir"),
-        );
+        let msg = format!("{shown:?} names no directory: use file:///abs/dir or file://rel/dir");
+        return ok(!dir.is_empty(), msg);
     }
     if s.starts_with("s3://") {
         // The parser `serve` opens the store with, so what passes here opens.
-        return videogen_blob::BlobUrl::parse(s)
-            .map(drop)
-            .map_err(|e| format!("{shown:?}: {e}"));
+        let e = videogen_blob::BlobUrl::parse(s).err();
+        return e.map_or(Ok(()), |e| Err(format!("{shown:?}: {e}")));
     }
     Err(format!(
         "{shown:?} is not a supported blob store: use file://DIR or s3://BUCKET?endpoint=URL&region=REGION"
@@ -1105,10 +1013,6 @@ mod tests {
 
     fn err(r: anyhow::Result<Config>) -> String {
         format!("{:#}", r.expect_err("the configuration is invalid"))
-    }
-
-    fn all_options() -> impl Iterator<Item = &'static Opt> {
-        GROUPS.iter().flat_map(|g| g.iter())
     }
 
     #[test]
