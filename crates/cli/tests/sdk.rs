@@ -35,8 +35,9 @@ fn the_official_openai_python_sdk_suite_passes() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let other = create_key(dir.path(), "sdk-other-tenant", "free");
+    // The server creates the database; `keys` refuses to invent one.
     let server = Server::start(dir.path(), FAST);
+    let other = create_key(dir.path(), "sdk-other-tenant", "free");
     let out = Command::new(&python)
         .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfEs"])
         .arg(SUITE)
