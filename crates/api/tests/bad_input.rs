@@ -14,7 +14,7 @@
 use axum::body::Body;
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -554,25 +554,7 @@ fn body(prompt: &str, seed: u64) -> Value {
     json!({ "model": "videogen-ref", "prompt": prompt, "seconds": "4", "size": "720x1280", "seed": seed })
 }
 
-/// Files under the blob directory (to prove nothing was left behind).
-fn blob_files(dir: &Path) -> Vec<PathBuf> {
-    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                let path = e.path();
-                if path.is_dir() {
-                    walk(&path, out)
-                } else {
-                    out.push(path)
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dir.join("blobs"), &mut out);
-    out.sort();
-    out
-}
+use videogen_testkit::files::blob_files;
 
 async fn send(s: &Server, c: &Case) -> Result<Reply, String> {
     if let Some(mode) = c.raw {

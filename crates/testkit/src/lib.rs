@@ -3,6 +3,7 @@
 //! (and a dependency of `videogen-bench`).
 //!
 //! # Layout
+//! - [`files`]: what a test finds on disk (blob files left behind).
 //! - [`pg`]: a fresh PostgreSQL database per test, cloned from a migrated
 //!   template (`CREATE DATABASE … TEMPLATE`), on the server at
 //!   `VIDEOGEN_TEST_DATABASE_URL` or a private one started with `initdb`.
@@ -21,6 +22,7 @@
 // created is a failed test, so this crate panics with the reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod files;
 pub mod pg;
 pub mod pg_server;
 pub mod redis;

@@ -206,24 +206,8 @@ pub fn body(prompt: &str, seed: u64) -> Value {
 }
 
 /// Files under the blob directory (to prove nothing was left behind).
-pub fn blob_files(dir: &Path) -> Vec<PathBuf> {
-    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-        if let Ok(rd) = std::fs::read_dir(p) {
-            for e in rd.flatten() {
-                let path = e.path();
-                if path.is_dir() {
-                    walk(&path, out)
-                } else {
-                    out.push(path)
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(&dir.join("blobs"), &mut out);
-    out.sort();
-    out
-}
+#[allow(unused_imports)] // not every test crate that includes this module uses it
+pub use videogen_testkit::files::blob_files;
 
 /// Parses a server-sent-events body into `(id, event, data)` triples.
 pub fn parse_sse(text: &str) -> Vec<(Option<i64>, String, Value)> {
