@@ -26,7 +26,7 @@ const S3_PARAMS: &[&str] = &["endpoint", "region"];
 /// A parsed blob store URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlobUrl {
-    /// An absolute directory on this machine.
+    /// A directory on this machine (absolute from [`BlobUrl::parse`]; relative allowed by `FromStr`).
     Local(PathBuf),
     S3(S3Location),
 }
@@ -81,6 +81,29 @@ impl BlobUrl {
                 shown(other)
             ))),
         }
+    }
+}
+
+/// What the command line and the config file accept: [`BlobUrl::parse`],
+/// and also a relative `file://DIR` (`file://./data/blobs`, the default under
+/// `--data-dir`), taken as the path written after `file://`.
+impl std::str::FromStr for BlobUrl {
+    type Err = BlobError;
+    fn from_str(s: &str) -> Result<Self, BlobError> {
+        match s.strip_prefix("file://") {
+            Some("") => Err(config_err(
+                "file blob URL names no directory: use file:///abs/dir or file://rel/dir",
+            )),
+            Some(dir) if !dir.starts_with('/') => Ok(BlobUrl::Local(PathBuf::from(dir))),
+            _ => Self::parse(s),
+        }
+    }
+}
+
+/// As [`fmt::Display`] shows it (no credentials are ever kept).
+impl serde::Serialize for BlobUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

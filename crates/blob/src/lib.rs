@@ -63,9 +63,16 @@ const MULTIPART_CONCURRENCY: usize = 4;
 /// `s3://bucket?endpoint=...&region=...`, with S3 credentials from
 /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
 pub fn open_url(url: &str) -> Result<Arc<dyn BlobStore>, BlobError> {
-    match BlobUrl::parse(url)? {
-        BlobUrl::Local(root) => Ok(Arc::new(LocalBlobStore::new(&root)?)),
-        BlobUrl::S3(location) => Ok(Arc::new(S3BlobStore::new(&location, &S3Credentials::from_env()?)?)),
+    BlobUrl::parse(url)?.open()
+}
+
+impl BlobUrl {
+    /// Opens the store this URL names (a relative directory is fine here).
+    pub fn open(&self) -> Result<Arc<dyn BlobStore>, BlobError> {
+        match self {
+            BlobUrl::Local(root) => Ok(Arc::new(LocalBlobStore::new(root)?)),
+            BlobUrl::S3(location) => Ok(Arc::new(S3BlobStore::new(location, &S3Credentials::from_env()?)?)),
+        }
     }
 }
 

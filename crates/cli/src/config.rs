@@ -6,14 +6,10 @@
 //! or `VIDEOGEN_CONFIG` (`scheduler.lease_ttl_secs`); the first that sets it
 //! wins: flag, environment, file, default. An empty variable is unset. Every
 //! layer is text read by the option's [`Kind`], so each accepts the same
-//! spellings. Groups: [`StorageOptions`] (`serve`, `migrate`, `keys`),
-//! [`ServerOptions`] (`serve`), [`WorkerOptions`] (`serve`'s slots and
-//! `videogen worker`), [`LogOptions`] (every command). Library defaults are
-//! taken from the library. Everything is checked at load and every error is
+//! spellings; URLs are parsed by the crates that open them. Every error is
 //! reported at once, naming the option as it was set (flag, variable, or key
 //! with file, line and column); unknown file keys are errors. `config print`
-//! shows the effective TOML with each value's source; secrets are masked
-//! there and in `Debug`.
+//! shows the effective TOML with each value's source, secrets masked.
 
 use clap::builder::PossibleValuesParser;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches, ValueEnum};
@@ -25,8 +21,12 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+use videogen_api::layers::ServerLimits;
+use videogen_blob::BlobUrl;
 use videogen_control::RuntimeConfig;
+use videogen_redis::RedisUrl;
 use videogen_sched::checkpoint::CheckpointPolicy;
+use videogen_store::DatabaseUrl;
 use videogen_worker::WorkerConfig;
 
 /// The variable naming the config file (the flag is `--config`).
@@ -37,7 +37,6 @@ pub const ENV_ONLY_SECRETS: &[&str] = &["VIDEOGEN_API_KEY", "VIDEOGEN_WORKER_TOK
 const SIGNED_URL_TTL_MAX: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Shortest `url_signing_key`, in characters.
 const SIGNING_KEY_MIN_CHARS: usize = 32;
-const MASK: &str = "****";
 
 /// The environment variable of a flag: `data-dir` → `VIDEOGEN_DATA_DIR`.
 pub fn env_var(flag: &str) -> String {
@@ -55,11 +54,13 @@ pub trait Kind<T> {
     }
 }
 
-/// `FromStr` values shown through serde (numbers, text, paths, [`ServiceUrl`]).
-/// Durations in seconds, `1.5` (`*_secs` keys). Durations as `30s`, `2m`
-/// (humantime). Booleans (also yes/no, on/off, 1/0; a bare flag is true).
-/// [`ValueEnum`]s. Secrets. An optional value of another kind.
+/// `FromStr` values shown through serde (numbers, text, paths). URLs, whose
+/// parsers say what is wrong without echoing a secret. Durations in seconds,
+/// `1.5` (`*_secs` keys). Durations as `30s`, `2m` (humantime). Booleans
+/// (also yes/no, on/off, 1/0; a bare flag is true). [`ValueEnum`]s. Secrets.
+/// An optional value of another kind.
 pub struct Plain;
+pub struct Url;
 pub struct Secs;
 pub struct Human;
 pub struct Bool;
@@ -71,6 +72,16 @@ impl<T: FromStr<Err: Display> + Serialize> Kind<T> for Plain {
     const VALUE_NAME: &'static str = "VALUE";
     fn parse(s: &str) -> Result<T, String> {
         s.parse().map_err(|e| format!("{s:?} is not valid ({e})"))
+    }
+    fn show(v: &T) -> Option<toml::Value> {
+        toml::Value::try_from(v).ok()
+    }
+}
+
+impl<T: FromStr<Err: Display> + Serialize> Kind<T> for Url {
+    const VALUE_NAME: &'static str = "URL";
+    fn parse(s: &str) -> Result<T, String> {
+        s.parse().map_err(|e: T::Err| e.to_string())
     }
     fn show(v: &T) -> Option<toml::Value> {
         toml::Value::try_from(v).ok()
@@ -123,13 +134,14 @@ impl Kind<bool> for Bool {
 impl<T: ValueEnum> Kind<T> for Choice {
     const VALUE_NAME: &'static str = "NAME";
     fn parse(s: &str) -> Result<T, String> {
-        let names = T::value_variants().iter().filter_map(|v| v.to_possible_value());
-        let names: Vec<String> = names.map(|p| p.get_name().to_owned()).collect();
+        let names: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| Some(v.to_possible_value()?.get_name().to_owned()))
+            .collect();
         T::from_str(s, true).map_err(|_| format!("{s:?} is not one of {}", names.join(", ")))
     }
     fn show(v: &T) -> Option<toml::Value> {
-        v.to_possible_value()
-            .map(|p| toml::Value::String(p.get_name().to_owned()))
+        Some(toml::Value::String(v.to_possible_value()?.get_name().to_owned()))
     }
     fn arg(a: Arg) -> Arg {
         a.value_parser(PossibleValuesParser::new(
@@ -144,7 +156,7 @@ impl Kind<SecretString> for Secret {
         Ok(SecretString::from(s))
     }
     fn show(_: &SecretString) -> Option<toml::Value> {
-        Some(toml::Value::String(MASK.to_owned()))
+        Some(toml::Value::String(videogen_core::secret_url::MASK.to_owned()))
     }
 }
 
@@ -159,82 +171,6 @@ impl<T, K: Kind<T>> Kind<Option<T>> for Maybe<K> {
     fn arg(a: Arg) -> Arg {
         K::arg(a)
     }
-}
-
-/// A service URL that may hold credentials (`postgres://user:pass@host/db`,
-/// `?password=`): `Debug`, `Display` and `Serialize` mask them.
-#[derive(Clone)]
-pub struct ServiceUrl(SecretString);
-
-impl ServiceUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(SecretString::from(url.into()))
-    }
-    /// The URL with its credentials: for connecting, never for showing.
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
-    /// The URL with any password masked.
-    pub fn masked(&self) -> String {
-        mask_url(self.expose())
-    }
-}
-
-impl FromStr for ServiceUrl {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self::new(s))
-    }
-}
-
-impl Serialize for ServiceUrl {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.masked())
-    }
-}
-
-impl fmt::Debug for ServiceUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.masked())
-    }
-}
-
-impl fmt::Display for ServiceUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.masked())
-    }
-}
-
-/// Masks the password of a URL's user info and the values of query
-/// parameters that look secret (`password`, `token`, `secret`, `key`).
-pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
-    let authority = match authority.rsplit_once('@').map(|(u, h)| (u.split_once(':'), h)) {
-        Some((Some((user, _)), host)) => format!("{user}:{MASK}@{host}"),
-        _ => authority.to_owned(),
-    };
-    let Some((path, query)) = tail.split_once('?') else {
-        return format!("{scheme}://{authority}{tail}");
-    };
-    let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
-    let secret = |name: &str| {
-        let name = name.to_ascii_lowercase();
-        ["password", "passwd", "secret", "token", "key", "credential"]
-            .iter()
-            .any(|s| name.contains(s))
-    };
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if secret(name) => format!("{name}={MASK}"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
-    format!("{scheme}://{authority}{path}?{}{fragment}", pairs.join("&"))
 }
 
 /// What this node runs.
@@ -350,13 +286,10 @@ options! {
         data_dir: PathBuf [Plain] = "data_dir", "data-dir", PathBuf::from("./data");
             check |p: &PathBuf| ok(!p.as_os_str().is_empty(), "must not be empty");
         /// Database: sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB (postgresql:// too).
-        database_url: ServiceUrl [Plain] = "database.url", "database-url",
-            ServiceUrl::new(format!("sqlite://{}", data_dir.join("videogen.db").display()));
-            doc "sqlite://DATA_DIR/videogen.db"; check check_database_url;
+        database_url: DatabaseUrl [Url] = "database.url", "database-url", DatabaseUrl::Sqlite(data_dir.join("videogen.db"));
+            doc "sqlite://DATA_DIR/videogen.db";
         /// Blob store: file://DIR or s3://BUCKET?endpoint=URL&region=REGION, credentials from AWS_* variables.
-        blob_url: ServiceUrl [Plain] = "blob.url", "blob-url",
-            ServiceUrl::new(format!("file://{}", data_dir.join("blobs").display()));
-            doc "file://DATA_DIR/blobs"; check check_blob_url;
+        blob_url: BlobUrl [Url] = "blob.url", "blob-url", BlobUrl::Local(data_dir.join("blobs")); doc "file://DATA_DIR/blobs";
     }
 }
 
@@ -368,21 +301,22 @@ options! {
         /// What this node runs.
         role: Role [Choice] = "role", "role", Role::All;
         /// This node's id, 1 to 64 of A-Z a-z 0-9 - _ . (unset: the one kept in the data dir, made on first start).
-        node_id: Option<String> [Maybe<Plain>] = "node_id", "node-id", None; check |v: &Option<String>| v.as_deref().map_or(Ok(()), check_node_id);
+        node_id: Option<String> [Maybe<Plain>] = "node_id", "node-id", None; check some(check_node_id);
         /// Base URL clients reach this node at, e.g. https://videogen.example.com; signed download URLs are built on it.
-        public_url: Option<String> [Maybe<Plain>] = "public_url", "public-url", None; check |v: &Option<String>| v.as_deref().map_or(Ok(()), check_public_url);
-        /// Redis, for cross-node events and rate limits: redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss:// (TLS).
-        redis_url: Option<ServiceUrl> [Maybe<Plain>] = "redis.url", "redis-url", None; check |v: &Option<ServiceUrl>| v.as_ref().map_or(Ok(()), |u| check_redis_url(u.expose()));
+        public_url: Option<String> [Maybe<Plain>] = "public_url", "public-url", None; check some(check_public_url);
+        /// Redis, for cross-node events and rate limits: redis://[:PASSWORD@]HOST[:PORT][/DB] (no TLS in this build).
+        redis_url: Option<RedisUrl> [Maybe<Url>] = "redis.url", "redis-url", None;
         /// Answer video downloads with a redirect to a signed URL instead of the bytes. With a file:// blob store it needs --public-url and --url-signing-key.
         download_redirect: bool [Bool] = "downloads.redirect", "download-redirect", false;
         /// Lifetime of a signed download URL, in seconds, at most 7 days.
-        signed_url_ttl: Duration [Secs] = "downloads.signed_url_ttl_secs", "signed-url-ttl-secs", Duration::from_secs(3600); check |d: &Duration| ok(*d <= SIGNED_URL_TTL_MAX, format!("{} s is longer than 7 days ({} s), the most a signed URL may live", d.as_secs_f64(), SIGNED_URL_TTL_MAX.as_secs()));
+        signed_url_ttl: Duration [Secs] = "downloads.signed_url_ttl_secs", "signed-url-ttl-secs", Duration::from_secs(3600);
+            check |d: &Duration| ok(*d <= SIGNED_URL_TTL_MAX, format!("{} s is longer than 7 days ({} s), the most a signed URL may live", d.as_secs_f64(), SIGNED_URL_TTL_MAX.as_secs()));
         /// Secret key signing the download URLs this node serves, at least 32 characters (e.g. `openssl rand -hex 32`). Prefer the variable or the file to the flag, which other users can see in the process list.
-        url_signing_key: Option<SecretString> [Maybe<Secret>] = "downloads.url_signing_key", "url-signing-key", None; check check_signing_key;
+        url_signing_key: Option<SecretString> [Maybe<Secret>] = "downloads.url_signing_key", "url-signing-key", None; check some(check_signing_key);
         /// Lease time-to-live in seconds; heartbeats renew it every third of it.
         lease_ttl: Duration [Secs] = "scheduler.lease_ttl_secs", "lease-ttl-secs", RuntimeConfig::default().lease_ttl;
         /// Attempts before a job is dead-lettered, 1 to 100.
-        max_attempts: u32 [Plain] = "scheduler.max_attempts", "max-attempts", RuntimeConfig::default().max_attempts; check |v: &u32| in_range(*v, 1, 100);
+        max_attempts: u32 [Plain] = "scheduler.max_attempts", "max-attempts", RuntimeConfig::default().max_attempts; check in_range(1, 100);
         /// How often the reaper and the retention sweeper run, in seconds.
         housekeeping: Duration [Secs] = "scheduler.housekeeping_secs", "housekeeping-secs", RuntimeConfig::default().housekeeping_interval;
         /// Retention of every tier's videos, in seconds (unset: per tier, free 1 d, paid 7 d, internal 30 d).
@@ -392,19 +326,19 @@ options! {
         /// In-process workers (0: none; run `videogen worker` processes).
         workers: usize [Plain] = "workers.count", "workers", 1;
         /// Denoising steps of every video, 1 to 1000.
-        steps: u32 [Plain] = "api.steps", "steps", videogen_model::REFERENCE_DEFAULT_STEPS; check |v: &u32| in_range(*v, 1, 1000);
+        steps: u32 [Plain] = "api.steps", "steps", videogen_model::REFERENCE_DEFAULT_STEPS; check in_range(1, 1000);
         /// Poll interval suggested to SDK pollers (`openai-poll-after-ms`), in ms.
-        poll_after_ms: u64 [Plain] = "api.poll_after_ms", "poll-after-ms", 1000; check |v: &u64| in_range(*v, 1, u64::from(u32::MAX));
+        poll_after_ms: u64 [Plain] = "api.poll_after_ms", "poll-after-ms", 1000; check in_range(1, u64::from(u32::MAX));
         /// Requests per minute per API key; 0: no limit.
         rate_limit_per_minute: u32 [Plain] = "api.rate_limit_per_minute", "rate-limit-per-minute", 0;
         /// HTTP requests handled at once, each for tenant routes and for the worker API; more get 503 at once.
-        max_concurrent_requests: usize [Plain] = "http.max_concurrent_requests", "max-concurrent-requests", videogen_api::layers::ServerLimits::default().concurrent_requests_max; check |v: &usize| in_range(*v, 1, 1 << 20);
+        max_concurrent_requests: usize [Plain] = "http.max_concurrent_requests", "max-concurrent-requests", ServerLimits::default().concurrent_requests_max; check in_range(1, 1 << 20);
         /// Longest a public API request may take (SSE streams excepted), e.g. 30s.
-        request_timeout: Duration [Human] = "http.request_timeout", "request-timeout", videogen_api::layers::ServerLimits::default().request_timeout;
+        request_timeout: Duration [Human] = "http.request_timeout", "request-timeout", ServerLimits::default().request_timeout;
         /// Longest an internal worker API request may take; must exceed the longest acquire long-poll (30 s).
-        worker_request_timeout: Duration [Human] = "http.worker_request_timeout", "worker-request-timeout", videogen_api::layers::ServerLimits::default().worker_request_timeout; check |d: &Duration| ok(*d > videogen_protocol::wire::MAX_ACQUIRE_WAIT, format!("{} must exceed the longest acquire long-poll ({})", humantime::format_duration(*d), humantime::format_duration(videogen_protocol::wire::MAX_ACQUIRE_WAIT)));
+        worker_request_timeout: Duration [Human] = "http.worker_request_timeout", "worker-request-timeout", ServerLimits::default().worker_request_timeout; check check_worker_timeout;
         /// Server-sent event streams open at once; more are refused.
-        max_sse_streams: usize [Plain] = "http.max_sse_streams", "max-sse-streams", videogen_api::layers::ServerLimits::default().sse_streams_max; check |v: &usize| in_range(*v, 1, 1 << 20);
+        max_sse_streams: usize [Plain] = "http.max_sse_streams", "max-sse-streams", ServerLimits::default().sse_streams_max; check in_range(1, 1 << 20);
     }
 }
 
@@ -429,7 +363,8 @@ options! {
         /// Longest a graceful stop may take from notice to release, in seconds (GCE gives 30 s, AWS 120 s).
         preemption_deadline: Duration [Secs] = "workers.preemption_deadline_secs", "preemption-deadline-secs", WorkerConfig::default().preemption_deadline;
         /// File of 64-bit perceptual hashes (hex, one per line) that output moderation blocks.
-        blocked_hashes: Option<PathBuf> [Maybe<Plain>] = "moderation.blocked_hashes", "blocked-hashes", None; check |p: &Option<PathBuf>| p.as_ref().map_or(Ok(()), |p| ok(p.is_file(), format!("{} is not a readable file", p.display())));
+        blocked_hashes: Option<PathBuf> [Maybe<Plain>] = "moderation.blocked_hashes", "blocked-hashes", None;
+            check some(|p: &PathBuf| ok(p.is_file(), format!("{} is not a readable file", p.display())));
     }
 }
 
@@ -449,12 +384,19 @@ const GROUPS: &[&[Opt]] = &[
     LogOptions::OPTIONS,
 ];
 
-fn ok(good: bool, msg: impl fmt::Display) -> Result<(), String> {
+type Check<T> = Box<dyn Fn(&T) -> Result<(), String>>;
+
+fn ok(good: bool, msg: impl Display) -> Result<(), String> {
     if good { Ok(()) } else { Err(msg.to_string()) }
 }
 
-fn in_range<T: PartialOrd + fmt::Display>(v: T, min: T, max: T) -> Result<(), String> {
-    ok(v >= min && v <= max, format!("{v} is not in {min}..={max}"))
+fn in_range<T: PartialOrd + Display + 'static>(min: T, max: T) -> Check<T> {
+    Box::new(move |v| ok(*v >= min && *v <= max, format!("{v} is not in {min}..={max}")))
+}
+
+/// A check of a value, applied to an optional one when it is set.
+fn some<T>(check: impl Fn(&T) -> Result<(), String> + 'static) -> Check<Option<T>> {
+    Box::new(move |v| v.as_ref().map_or(Ok(()), &check))
 }
 
 fn millis(d: Duration) -> u64 {
@@ -515,13 +457,12 @@ impl Loader {
             errors: Vec::new(),
             flags: BTreeMap::new(),
         };
-        if let Some(p) = path {
-            match std::fs::read_to_string(&p) {
-                Ok(text) => loader.read_file(&p, &text),
-                Err(e) => loader
-                    .errors
-                    .push(format!("{named_by} {}: cannot read it: {e}", p.display())),
-            }
+        match path.as_deref().map(|p| (p, std::fs::read_to_string(p))) {
+            Some((p, Ok(text))) => loader.read_file(p, &text),
+            Some((p, Err(e))) => loader
+                .errors
+                .push(format!("{named_by} {}: cannot read it: {e}", p.display())),
+            None => {}
         }
         loader
     }
@@ -557,26 +498,29 @@ impl Loader {
                 _ => vec![(k.get_ref().to_string(), k, v)],
             };
             for (key, k, v) in entries {
+                if !known(&key) {
+                    let (section, name) = split(&key);
+                    let within: Vec<&str> = all_options()
+                        .map(|o| split(o.key))
+                        .filter(|(s, _)| *s == section)
+                        .map(|(_, n)| n)
+                        .collect();
+                    let place = if section.is_empty() {
+                        "at the top level".to_owned()
+                    } else {
+                        format!("in `{section}`")
+                    };
+                    let expected = if within.is_empty() {
+                        "no such section".to_owned()
+                    } else {
+                        format!("known: {}", within.join(", "))
+                    };
+                    let (file, at) = (path.display(), at(k.span()));
+                    self.errors
+                        .push(format!("{file}{at}: unknown key `{name}` {place} ({expected})"));
+                    continue;
+                }
                 let text = match v.get_ref() {
-                    _ if !known(&key) => {
-                        let (section, name) = split(&key);
-                        let within = all_options().map(|o| split(o.key)).filter(|(s, _)| *s == section);
-                        let within: Vec<&str> = within.map(|(_, n)| n).collect();
-                        let place = match section {
-                            "" => "at the top level".to_owned(),
-                            s => format!("in `{s}`"),
-                        };
-                        let expected = match within.is_empty() {
-                            true => "no such section".to_owned(),
-                            false => format!("known: {}", within.join(", ")),
-                        };
-                        let at = at(k.span());
-                        self.errors.push(format!(
-                            "{}{at}: unknown key `{name}` {place} ({expected})",
-                            path.display()
-                        ));
-                        continue;
-                    }
                     V::String(s) => Ok(s.to_string()),
                     V::Integer(i) => Ok(i.as_str().replace('_', "")),
                     V::Float(f) => Ok(f.as_str().replace('_', "")),
@@ -597,14 +541,15 @@ impl Loader {
     /// The value of `key`: the flag, else its variable, else the file, else
     /// `default` (also after an invalid value, whose error is kept).
     fn value<K: Kind<T>, T>(&mut self, key: &'static str, flag: &'static str, default: impl FnOnce() -> T) -> T {
-        let (raw, source) = if let Some(v) = self.flags.get(key) {
-            (Ok(v.clone()), Source::Flag)
-        } else if let Some(v) = (self.env)(&env_var(flag)) {
-            (Ok(v), Source::Env)
-        } else if let Some((v, _)) = self.file_values.get(key) {
-            (v.clone(), Source::File)
-        } else {
-            (Err(String::new()), Source::Default)
+        let (raw, source) = match (
+            self.flags.get(key),
+            (self.env)(&env_var(flag)),
+            self.file_values.get(key),
+        ) {
+            (Some(v), _, _) => (Ok(v.clone()), Source::Flag),
+            (None, Some(v), _) => (Ok(v), Source::Env),
+            (None, None, Some((v, _))) => (v.clone(), Source::File),
+            (None, None, None) => (Err(String::new()), Source::Default),
         };
         self.origin.sources.insert(key, (source, flag));
         raw.and_then(|raw| K::parse(&raw)).unwrap_or_else(|e| {
@@ -768,8 +713,10 @@ impl Config {
         let (worker, log) = (l.resolve::<WorkerOptions>(&args.worker), l.resolve(log));
         if worker.checkpoint_min > worker.checkpoint_max {
             let (min, max) = (worker.checkpoint_min.as_secs_f64(), worker.checkpoint_max.as_secs_f64());
-            let msg = format!("{min} s exceeds --checkpoint-max-secs ({max} s)");
-            l.error("workers.checkpoint_min_secs", msg);
+            l.error(
+                "workers.checkpoint_min_secs",
+                format!("{min} s exceeds --checkpoint-max-secs ({max} s)"),
+            );
         }
         let missing: Vec<&str> = [
             ("--url-signing-key", server.url_signing_key.is_none()),
@@ -778,7 +725,7 @@ impl Config {
         .into_iter()
         .filter_map(|(name, missing)| missing.then_some(name))
         .collect();
-        if server.download_redirect && storage.blob_url.expose().starts_with("file://") && !missing.is_empty() {
+        if server.download_redirect && matches!(storage.blob_url, BlobUrl::Local(_)) && !missing.is_empty() {
             let msg = format!(
                 "with a file:// --blob-url, download redirects point at signed URLs that this node serves \
                  itself: it needs {} (--public-url is the base those URLs are built on, --url-signing-key \
@@ -800,26 +747,27 @@ impl Config {
     /// The effective configuration as TOML, secrets masked, each value with
     /// a comment saying where it came from. It parses back as a config file.
     pub fn to_toml(&self) -> String {
-        let mut values = self.storage.show();
-        values.extend(
-            self.server
-                .show()
-                .into_iter()
-                .chain(self.worker.show())
-                .chain(self.log.show()),
-        );
-        let mut sections: Vec<&str> = vec![""];
-        for (key, _) in &values {
-            if !sections.contains(&split(key).0) {
-                sections.push(split(key).0);
-            }
-        }
+        let values: Vec<_> = [
+            self.storage.show(),
+            self.server.show(),
+            self.worker.show(),
+            self.log.show(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         let mut out = String::from(
             "# Effective videogen serve configuration (secrets masked).\n\
              # Precedence: flags, then VIDEOGEN_* environment variables, then the --config file, then defaults.\n",
         );
         if let Some(p) = &self.origin.file {
             let _ = writeln!(out, "# Config file: {}", p.display());
+        }
+        let mut sections: Vec<&str> = vec![""];
+        for (key, _) in &values {
+            if !sections.contains(&split(key).0) {
+                sections.push(split(key).0);
+            }
         }
         for section in sections {
             if !section.is_empty() {
@@ -837,32 +785,6 @@ impl Config {
     }
 }
 
-/// Where blobs live, from `blob.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BlobLocation {
-    Dir(PathBuf),
-    S3(videogen_blob::S3Location),
-}
-
-impl StorageOptions {
-    /// The SQLite file, when the database is SQLite.
-    pub fn sqlite_path(&self) -> Option<PathBuf> {
-        let rest = self.database_url.expose().strip_prefix("sqlite://")?;
-        Some(PathBuf::from(rest.split('?').next().unwrap_or(rest)))
-    }
-
-    /// Validated at load: a `file://` directory or a parsable `s3://` URL.
-    pub fn blob_location(&self) -> BlobLocation {
-        let url = self.blob_url.expose();
-        match (url.strip_prefix("file://"), videogen_blob::BlobUrl::parse(url)) {
-            (Some(dir), _) => BlobLocation::Dir(PathBuf::from(dir)),
-            (None, Ok(videogen_blob::BlobUrl::S3(loc))) => BlobLocation::S3(loc),
-            (None, Ok(videogen_blob::BlobUrl::Local(dir))) => BlobLocation::Dir(dir),
-            (None, Err(_)) => BlobLocation::Dir(PathBuf::from(url)),
-        }
-    }
-}
-
 fn check_listen(s: &String) -> Result<(), String> {
     match s.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
@@ -870,7 +792,7 @@ fn check_listen(s: &String) -> Result<(), String> {
     }
 }
 
-fn check_node_id(s: &str) -> Result<(), String> {
+fn check_node_id(s: &String) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     ok(
         (1..=64).contains(&s.len()) && s.chars().all(allowed),
@@ -878,67 +800,30 @@ fn check_node_id(s: &str) -> Result<(), String> {
     )
 }
 
-fn check_public_url(s: &str) -> Result<(), String> {
+fn check_public_url(s: &String) -> Result<(), String> {
     let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?} is not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
         return Err(format!("{s:?} must be an http:// or https:// URL with a host"));
     }
-    let msg = format!("{s:?} must be a base URL, without query or fragment");
-    ok(url.query().is_none() && url.fragment().is_none(), msg)
+    ok(
+        url.query().is_none() && url.fragment().is_none(),
+        format!("{s:?} must be a base URL, without query or fragment"),
+    )
 }
 
-fn check_signing_key(k: &Option<SecretString>) -> Result<(), String> {
-    let n = k
-        .as_ref()
-        .map_or(SIGNING_KEY_MIN_CHARS, |k| k.expose_secret().chars().count());
+fn check_signing_key(k: &SecretString) -> Result<(), String> {
+    let n = k.expose_secret().chars().count();
     let msg = format!("is {n} characters; it needs at least {SIGNING_KEY_MIN_CHARS} (e.g. `openssl rand -hex 32`)");
     ok(n >= SIGNING_KEY_MIN_CHARS, msg)
 }
 
-fn check_database_url(u: &ServiceUrl) -> Result<(), String> {
-    let (s, shown) = (u.expose(), u.masked());
-    if let Some(rest) = s.strip_prefix("sqlite://") {
-        let msg = format!("{shown:?} names no file: use sqlite://PATH (sqlite:///abs/path.db)");
-        return ok(!rest.split('?').next().unwrap_or_default().is_empty(), msg);
-    }
-    if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-        let e = reqwest::Url::parse(s).err();
-        return e.map_or(Ok(()), |e| {
-            Err(format!("{shown:?} is not a valid PostgreSQL URL ({e})"))
-        });
-    }
-    Err(format!(
-        "{shown:?} is not a supported database: use sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB \
-         (postgresql:// too)"
-    ))
-}
-
-fn check_redis_url(s: &str) -> Result<(), String> {
-    let shown = mask_url(s);
-    if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
-        return Err(format!(
-            "{shown:?} is not a Redis URL: use redis://[:PASSWORD@]HOST[:PORT][/DB] or rediss:// (TLS)"
-        ));
-    }
-    let url = reqwest::Url::parse(s).map_err(|e| format!("{shown:?} is not a valid Redis URL ({e})"))?;
-    let msg = format!("{shown:?} names no host");
-    ok(url.host_str().is_some_and(|h| !h.is_empty()), msg)
-}
-
-fn check_blob_url(u: &ServiceUrl) -> Result<(), String> {
-    let (s, shown) = (u.expose(), u.masked());
-    if let Some(dir) = s.strip_prefix("file://") {
-        let msg = format!("{shown:?} names no directory: use file:///abs/dir or file://rel/dir");
-        return ok(!dir.is_empty(), msg);
-    }
-    if s.starts_with("s3://") {
-        // The parser `serve` opens the store with, so what passes here opens.
-        let e = videogen_blob::BlobUrl::parse(s).err();
-        return e.map_or(Ok(()), |e| Err(format!("{shown:?}: {e}")));
-    }
-    Err(format!(
-        "{shown:?} is not a supported blob store: use file://DIR or s3://BUCKET?endpoint=URL&region=REGION"
-    ))
+fn check_worker_timeout(d: &Duration) -> Result<(), String> {
+    let max = videogen_protocol::wire::MAX_ACQUIRE_WAIT;
+    let (shown, poll) = (humantime::format_duration(*d), humantime::format_duration(max));
+    ok(
+        *d > max,
+        format!("{shown} must exceed the longest acquire long-poll ({poll})"),
+    )
 }
 
 /// `videogen config`.
@@ -956,515 +841,15 @@ pub fn run(cmd: ConfigCommand, log: &Flags<LogOptions>) -> anyhow::Result<()> {
     out.push('\n');
     for name in ENV_ONLY_SECRETS {
         let set = std::env::var_os(name).is_some_and(|v| !v.is_empty());
-        let state = if set { "set (not shown)" } else { "unset" };
-        let _ = writeln!(out, "# {name} (environment only): {state}");
+        let _ = writeln!(
+            out,
+            "# {name} (environment only): {}",
+            if set { "set (not shown)" } else { "unset" }
+        );
     }
     print!("{out}");
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::{CommandFactory, Parser};
-    use std::collections::HashMap;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ServeArgs,
-        #[command(flatten)]
-        log: Flags<LogOptions>,
-    }
-
-    fn flags(argv: &[&str]) -> Cli {
-        let mut full = vec!["videogen"];
-        full.extend_from_slice(argv);
-        Cli::try_parse_from(full).expect("flags parse")
-    }
-
-    fn env_of(pairs: &[(&str, &str)]) -> Env {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        Box::new(move |k| map.get(k).cloned())
-    }
-
-    fn load_cli(cli: &Cli, env: &[(&str, &str)]) -> anyhow::Result<Config> {
-        Config::from_loader(Loader::with_env(&cli.args.file, env_of(env)), &cli.args, &cli.log)
-    }
-
-    fn load(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Config> {
-        load_cli(&flags(argv), env)
-    }
-
-    fn file(text: &str) -> tempfile::NamedTempFile {
-        let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
-        std::fs::write(f.path(), text).unwrap();
-        f
-    }
-
-    /// The printed values, without the comments on their sources.
-    fn values(c: &Config) -> Vec<String> {
-        c.to_toml()
-            .lines()
-            .filter(|l| !l.starts_with("# Config file:"))
-            .map(|l| l.split("  # ").next().unwrap_or(l).to_owned())
-            .collect()
-    }
-
-    fn err(r: anyhow::Result<Config>) -> String {
-        format!("{:#}", r.expect_err("the configuration is invalid"))
-    }
-
-    #[test]
-    fn defaults_follow_the_data_dir_and_the_libraries() {
-        let c = load(&[], &[]).unwrap();
-        assert_eq!(c.storage.data_dir, PathBuf::from("./data"));
-        assert_eq!(c.storage.database_url.expose(), "sqlite://./data/videogen.db");
-        assert_eq!(c.storage.blob_url.expose(), "file://./data/blobs");
-        let c = load(&["--data-dir", "/srv/vg"], &[]).unwrap();
-        assert_eq!(c.storage.database_url.expose(), "sqlite:///srv/vg/videogen.db");
-        assert_eq!(c.storage.sqlite_path(), Some(PathBuf::from("/srv/vg/videogen.db")));
-        assert_eq!(c.storage.blob_url.expose(), "file:///srv/vg/blobs");
-        assert_eq!(
-            c.storage.blob_location(),
-            BlobLocation::Dir(PathBuf::from("/srv/vg/blobs"))
-        );
-        let s = &c.server;
-        assert_eq!(s.listen, "127.0.0.1:8080");
-        assert_eq!(s.role, Role::All);
-        assert_eq!(s.steps, videogen_model::REFERENCE_DEFAULT_STEPS);
-        assert_eq!(s.lease_ttl, Duration::from_secs(30));
-        assert_eq!(s.max_attempts, 3);
-        assert_eq!(s.signed_url_ttl, Duration::from_secs(3600));
-        assert_eq!(s.leader_lease, Duration::from_secs(5));
-        assert_eq!(s.rate_limit_per_minute, 0);
-        assert_eq!((s.max_concurrent_requests, s.max_sse_streams), (1024, 1024));
-        assert_eq!(s.request_timeout, Duration::from_secs(30));
-        assert_eq!(s.worker_request_timeout, Duration::from_secs(120));
-        assert!(s.redis_url.is_none() && s.node_id.is_none() && s.retention.is_none());
-        assert_eq!(c.log.log_format, LogFormat::Text);
-        assert_eq!(c.origin.source("database.url"), Source::Default);
-        assert_eq!(c.origin.source("data_dir"), Source::Flag);
-        // The runtime's own defaults are the options' defaults.
-        let runtime = RuntimeConfig::default();
-        assert_eq!(
-            (s.lease_ttl, s.housekeeping),
-            (runtime.lease_ttl, runtime.housekeeping_interval)
-        );
-        let w = crate::worker::worker_config(&c.worker);
-        let d = WorkerConfig::default();
-        assert_eq!(format!("{:?}", w.checkpoint), format!("{:?}", d.checkpoint));
-        assert_eq!(w.preemption_deadline, d.preemption_deadline);
-    }
-
-    #[test]
-    fn flag_beats_env_beats_file_beats_default() {
-        let f = file("[api]\nsteps = 11\npoll_after_ms = 300\n[scheduler]\nlease_ttl_secs = 12\nmax_attempts = 7\n");
-        let path = f.path().to_str().unwrap();
-        let env = [("VIDEOGEN_STEPS", "22"), ("VIDEOGEN_POLL_AFTER_MS", "400")];
-        let c = load(&["--config", path, "--steps", "33"], &env).unwrap();
-        assert_eq!((c.server.steps, c.origin.source("api.steps")), (33, Source::Flag));
-        assert_eq!(
-            (c.server.poll_after_ms, c.origin.source("api.poll_after_ms")),
-            (400, Source::Env)
-        );
-        assert_eq!(
-            (c.server.lease_ttl, c.origin.source("scheduler.lease_ttl_secs")),
-            (Duration::from_secs(12), Source::File)
-        );
-        assert_eq!(c.server.max_attempts, 7);
-        assert_eq!(
-            (c.server.housekeeping, c.origin.source("scheduler.housekeeping_secs")),
-            (Duration::from_secs(1), Source::Default)
-        );
-        // The file may also come from VIDEOGEN_CONFIG; an empty variable is unset.
-        let c = load(&[], &[("VIDEOGEN_CONFIG", path), ("VIDEOGEN_STEPS", "")]).unwrap();
-        assert_eq!((c.server.steps, c.origin.source("api.steps")), (11, Source::File));
-        assert_eq!(c.origin.file.as_deref(), Some(f.path()));
-        // The new options and the log format take the same layers.
-        let f = file("[http]\nrequest_timeout = \"45s\"\nmax_sse_streams = 7\n[log]\nformat = \"json\"\n");
-        let c = load(
-            &["--config", f.path().to_str().unwrap(), "--max-concurrent-requests", "9"],
-            &[("VIDEOGEN_WORKER_REQUEST_TIMEOUT", "2m 30s")],
-        )
-        .unwrap();
-        assert_eq!(c.server.request_timeout, Duration::from_secs(45));
-        assert_eq!(c.server.worker_request_timeout, Duration::from_secs(150));
-        assert_eq!((c.server.max_concurrent_requests, c.server.max_sse_streams), (9, 7));
-        assert_eq!(
-            (c.log.log_format, c.origin.source("log.format")),
-            (LogFormat::Json, Source::File)
-        );
-    }
-
-    #[test]
-    fn every_existing_serve_flag_still_parses() {
-        let c = load(
-            &[
-                "--data-dir",
-                "/tmp/d",
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                "0",
-                "--steps",
-                "8",
-                "--lease-ttl-secs",
-                "1.5",
-                "--max-attempts",
-                "2",
-                "--retention-secs",
-                "60",
-                "--housekeeping-secs",
-                "0.2",
-                "--poll-after-ms",
-                "100",
-                "--step-ms",
-                "5",
-                "--model-load-ms",
-                "10",
-                "--checkpoint-policy",
-                "adaptive",
-                "--checkpoint-every-steps",
-                "2",
-                "--checkpoint-every-secs",
-                "3",
-                "--checkpoint-min-secs",
-                "1",
-                "--checkpoint-max-secs",
-                "9",
-                "--preemption-deadline-secs",
-                "4",
-            ],
-            &[],
-        )
-        .unwrap();
-        assert_eq!(c.server.workers, 0);
-        assert_eq!(c.server.lease_ttl, Duration::from_millis(1500));
-        assert_eq!(c.server.retention, Some(Duration::from_secs(60)));
-        assert_eq!(c.server.housekeeping, Duration::from_millis(200));
-        let w = &c.worker;
-        assert_eq!(w.checkpoint_policy, PolicyKind::Adaptive);
-        assert_eq!((w.step_ms, w.model_load_ms, w.checkpoint_every_steps), (5, 10, 2));
-        assert_eq!(
-            (w.checkpoint_min, w.checkpoint_max),
-            (Duration::from_secs(1), Duration::from_secs(9))
-        );
-        assert!(matches!(
-            crate::worker::worker_config(w).checkpoint,
-            CheckpointPolicy::Adaptive { min, max, .. } if min == Duration::from_secs(1) && max == Duration::from_secs(9)
-        ));
-    }
-
-    #[test]
-    fn unknown_file_keys_are_named() {
-        let f = file("[scheduler]\nlease_ttl_secs = 3\nlease_tl_secs = 5\n");
-        let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
-        assert!(e.contains("lease_tl_secs"), "{e}");
-        assert!(e.contains(":3:"), "names the line: {e}");
-        assert!(e.contains("in `scheduler`"), "names the section: {e}");
-        let f = file("listen = \"127.0.0.1:1\"\n[databse]\nurl = \"sqlite://x\"\n");
-        let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
-        assert!(e.contains("databse"), "{e}");
-        let f = file("lissen = \"127.0.0.1:1\"\n");
-        let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
-        assert!(
-            e.contains("unknown key `lissen` at the top level") && e.contains(":1:1"),
-            "{e}"
-        );
-        let f = file("[api]\nsteps = \"many\"\n");
-        let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
-        assert!(
-            e.contains("`api.steps` in ") && e.contains(":2:") && e.contains("(--steps)"),
-            "{e}"
-        );
-        let f = file("[api]\nsteps = [1]\n");
-        let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
-        assert!(e.contains("`api.steps` in ") && e.contains("expected a string"), "{e}");
-        let f = file("[api\nsteps = 1\n");
-        let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
-        assert!(e.contains("invalid config file") && e.contains(":1:"), "{e}");
-        let e = err(load(&["--config", "/nonexistent/videogen.toml"], &[]));
-        assert!(e.contains("--config /nonexistent/videogen.toml"), "{e}");
-    }
-
-    #[test]
-    fn bad_values_name_the_option_as_it_was_set() {
-        let e = err(load(&["--database-url", "mysql://root:hunter2@db/vg"], &[]));
-        assert!(e.contains("--database-url:"), "{e}");
-        assert!(!e.contains("hunter2"), "the password leaked: {e}");
-        let e = err(load(&[], &[("VIDEOGEN_DATABASE_URL", "mysql://x")]));
-        assert!(e.contains("VIDEOGEN_DATABASE_URL (--database-url)"), "{e}");
-        let f = file("[database]\nurl = \"mysql://x\"\n");
-        let e = err(load(&["--config", f.path().to_str().unwrap()], &[]));
-        assert!(
-            e.contains("`database.url` in ") && e.contains("(--database-url)"),
-            "{e}"
-        );
-        for (argv, name) in [
-            (&["--redis-url", "http://x"][..], "--redis-url"),
-            (&["--blob-url", "gs://bucket"], "--blob-url"),
-            (&["--blob-url", "s3://bucket?endpiont=http://m:9000"], "--blob-url"),
-            (&["--blob-url", "file://"], "--blob-url"),
-            (&["--steps", "0"], "--steps"),
-            (&["--steps", "1001"], "--steps"),
-            (&["--max-attempts", "0"], "--max-attempts"),
-            (&["--lease-ttl-secs", "0"], "--lease-ttl-secs"),
-            (&["--housekeeping-secs=-1"], "--housekeeping-secs"),
-            (&["--leader-lease-secs", "NaN"], "--leader-lease-secs"),
-            (&["--signed-url-ttl-secs", "999999999"], "--signed-url-ttl-secs"),
-            (&["--retention-secs", "0"], "--retention-secs"),
-            (&["--listen", "8080"], "--listen"),
-            (&["--node-id", "a/b"], "--node-id"),
-            (&["--public-url", "ftp://x"], "--public-url"),
-            (&["--url-signing-key", "short"], "--url-signing-key"),
-            (
-                &["--checkpoint-min-secs", "10", "--checkpoint-max-secs", "5"],
-                "--checkpoint-min-secs",
-            ),
-            (&["--blocked-hashes", "/nonexistent/hashes.txt"], "--blocked-hashes"),
-            (&["--request-timeout", "0s"], "--request-timeout"),
-            (&["--request-timeout", "soon"], "--request-timeout"),
-            (&["--worker-request-timeout", "30s"], "--worker-request-timeout"),
-            (&["--max-concurrent-requests", "0"], "--max-concurrent-requests"),
-            (&["--max-sse-streams", "0"], "--max-sse-streams"),
-        ] {
-            let e = err(load(argv, &[]));
-            assert!(e.contains(&format!("{name}:")), "{argv:?}: {e}");
-        }
-        let e = err(load(&[], &[("VIDEOGEN_ROLE", "worker")]));
-        assert!(
-            e.contains("VIDEOGEN_ROLE (--role)") && e.contains("all, api, scheduler"),
-            "{e}"
-        );
-        let e = err(load(&[], &[("VIDEOGEN_WORKERS", "two")]));
-        assert!(e.contains("VIDEOGEN_WORKERS (--workers)"), "{e}");
-        let e = err(load(&[], &[("VIDEOGEN_LOG_FORMAT", "xml")]));
-        assert!(
-            e.contains("VIDEOGEN_LOG_FORMAT (--log-format)") && e.contains("text, json"),
-            "{e}"
-        );
-        // All the errors at once.
-        let e = err(load(&["--steps", "0", "--max-attempts", "0"], &[]));
-        assert!(e.contains("--steps:") && e.contains("--max-attempts:"), "{e}");
-    }
-
-    #[test]
-    fn good_urls_pass() {
-        let c = load(
-            &[
-                "--database-url",
-                "postgresql://vg:pw@db.internal:5432/videogen?sslmode=require",
-                "--redis-url",
-                "rediss://:pw@cache:6380/0",
-                "--blob-url",
-                "s3://videos?endpoint=http://minio:9000&region=us-east-1",
-            ],
-            &[],
-        )
-        .unwrap();
-        assert_eq!(c.storage.sqlite_path(), None);
-        assert_eq!(
-            c.storage.blob_location(),
-            BlobLocation::S3(videogen_blob::S3Location {
-                bucket: "videos".into(),
-                endpoint: Some("http://minio:9000".into()),
-                region: "us-east-1".into(),
-            })
-        );
-        // What `serve` could not open fails at load, naming the option.
-        let e = err(load(&["--blob-url", "s3://videos/prod?region=us-east-1"], &[]));
-        assert!(
-            e.contains("--blob-url") && e.contains("prefixes are not supported"),
-            "{e}"
-        );
-        load(&["--database-url", "postgres://localhost/vg"], &[]).unwrap();
-        load(&["--database-url", "sqlite:///var/lib/vg.db?mode=rwc"], &[]).unwrap();
-    }
-
-    #[test]
-    fn download_redirect_over_local_files_needs_a_key_and_a_public_url() {
-        let e = err(load(&["--download-redirect"], &[]));
-        assert!(e.contains("--download-redirect:"), "{e}");
-        assert!(e.contains("--url-signing-key") && e.contains("--public-url"), "{e}");
-        let key = "k".repeat(32);
-        let e = err(load(&["--download-redirect", "--url-signing-key", &key], &[]));
-        assert!(e.contains("--public-url") && !e.contains(&key), "{e}");
-        let c = load(
-            &["--download-redirect", "--public-url", "https://vg.example.com"],
-            &[("VIDEOGEN_URL_SIGNING_KEY", &key)],
-        )
-        .unwrap();
-        assert!(c.server.download_redirect);
-        // S3 signs its own URLs.
-        let c = load(&["--download-redirect=true", "--blob-url", "s3://videos"], &[]).unwrap();
-        assert!(c.server.download_redirect);
-        let c = load(
-            &["--download-redirect=false"],
-            &[("VIDEOGEN_DOWNLOAD_REDIRECT", "true")],
-        )
-        .unwrap();
-        assert!(!c.server.download_redirect);
-    }
-
-    #[test]
-    fn print_masks_secrets_and_parses_back() {
-        let key = "sekrit-signing-key-0123456789abcdef";
-        let f = file(&format!("[downloads]\nurl_signing_key = \"{key}\"\n"));
-        let c = load(
-            &[
-                "--config",
-                f.path().to_str().unwrap(),
-                "--database-url",
-                "postgres://vg:pg-pass-1@db/vg?password=pg-pass-2",
-            ],
-            &[("VIDEOGEN_REDIS_URL", "redis://:redis-pass@cache:6379")],
-        )
-        .unwrap();
-        let out = c.to_toml();
-        let debug = format!("{c:?}");
-        for secret in [key, "pg-pass-1", "pg-pass-2", "redis-pass"] {
-            assert!(!out.contains(secret), "{secret} printed:\n{out}");
-            assert!(!debug.contains(secret), "{secret} in Debug:\n{debug}");
-        }
-        assert!(
-            out.contains("url = \"postgres://vg:****@db/vg?password=****\"  # flag --database-url"),
-            "{out}"
-        );
-        assert!(
-            out.contains("url = \"redis://:****@cache:6379\"  # env VIDEOGEN_REDIS_URL"),
-            "{out}"
-        );
-        assert!(out.contains("url_signing_key = \"****\"  # file "), "{out}");
-        assert!(out.contains("lease_ttl_secs = 30  # default"), "{out}");
-        assert!(out.contains("request_timeout = \"30s\"  # default"), "{out}");
-        assert!(out.contains("# node_id is unset  # default"), "{out}");
-        // Every key is printed, and the output is a valid config file.
-        for o in all_options() {
-            let name = o.key.rsplit('.').next().unwrap();
-            assert!(
-                out.contains(&format!("\n{name} = ")) || out.contains(&format!("# {name} is unset")),
-                "{}",
-                o.key
-            );
-        }
-        let reparsed: toml::Table = toml::from_str(&out).expect("print output parses as TOML");
-        assert_eq!(reparsed["scheduler"]["lease_ttl_secs"].as_integer(), Some(30));
-    }
-
-    #[test]
-    fn printed_config_reloads_to_the_same_config() {
-        let c = load(
-            &[
-                "--retention-secs",
-                "0.5",
-                "--checkpoint-policy",
-                "adaptive",
-                "--request-timeout",
-                "1m 5s",
-            ],
-            &[],
-        )
-        .unwrap();
-        let f = file(&c.to_toml());
-        let again = load(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
-        assert_eq!(values(&c), values(&again));
-        assert_eq!(again.server.retention, Some(Duration::from_millis(500)));
-        assert_eq!(again.server.request_timeout, Duration::from_secs(65));
-        assert_eq!(again.worker.checkpoint_policy, PolicyKind::Adaptive);
-        assert_eq!(format!("{:?}", c.server), format!("{:?}", again.server));
-        assert_eq!(format!("{:?}", c.worker), format!("{:?}", again.worker));
-    }
-
-    #[test]
-    fn parsed_flags_do_not_show_secrets_in_debug() {
-        let cli = flags(&[
-            "--url-signing-key",
-            "flag-signing-key-0123456789abcdefXYZ",
-            "--database-url",
-            "postgres://vg:flag-db-pass@db/vg",
-            "--redis-url",
-            "redis://:flag-redis-pass@cache",
-        ]);
-        let debug = format!("{:?}", cli.args);
-        for secret in ["flag-signing-key", "flag-db-pass", "flag-redis-pass"] {
-            assert!(!debug.contains(secret), "{secret} in {debug}");
-        }
-        let c = load_cli(&cli, &[]).unwrap();
-        assert_eq!(c.storage.database_url.expose(), "postgres://vg:flag-db-pass@db/vg");
-        assert_eq!(
-            c.server.url_signing_key.as_ref().map(ExposeSecret::expose_secret),
-            Some("flag-signing-key-0123456789abcdefXYZ")
-        );
-    }
-
-    #[test]
-    fn mask_url_hides_passwords_only() {
-        assert_eq!(mask_url("postgres://u:p@h:5432/db"), "postgres://u:****@h:5432/db");
-        assert_eq!(mask_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(mask_url("redis://:p@h"), "redis://:****@h");
-        assert_eq!(
-            mask_url("postgres://u:p:q@x@h/db?sslmode=require&password=z#f"),
-            "postgres://u:****@h/db?sslmode=require&password=****#f"
-        );
-        assert_eq!(mask_url("s3://b?region=r"), "s3://b?region=r");
-        assert_eq!(mask_url("sqlite://./data/videogen.db"), "sqlite://./data/videogen.db");
-    }
-
-    #[test]
-    fn every_option_has_a_flag_with_its_env_key_and_default_in_help() {
-        let mut cmd = Cli::command();
-        cmd.build();
-        let mut keys = Vec::new();
-        for o in all_options() {
-            let arg = cmd.get_arguments().find(|a| a.get_long() == Some(o.flag));
-            let help = arg
-                .and_then(|a| a.get_help())
-                .map(|h| h.to_string())
-                .unwrap_or_default();
-            assert!(
-                help.contains(&env_var(o.flag)) && help.contains(o.key),
-                "--{}: {help}",
-                o.flag
-            );
-            assert!(
-                help.contains("[default: "),
-                "--{} documents its default: {help}",
-                o.flag
-            );
-            assert!(!keys.contains(&o.key), "{} declared twice", o.key);
-            keys.push(o.key);
-        }
-        let c = load(&[], &[]).unwrap();
-        assert_eq!(c.origin.sources.len(), keys.len(), "every option is resolved");
-    }
-
-    #[test]
-    fn example_file_parses_and_lists_every_option_with_its_default() {
-        let text = include_str!("../../../videogen.example.toml");
-        let f = file(text);
-        let with = load(&["--config", f.path().to_str().unwrap()], &[]).unwrap();
-        let without = load(&[], &[]).unwrap();
-        assert_eq!(values(&with), values(&without), "the example's values are the defaults");
-        let mut section = String::new();
-        let mut documented = Vec::new();
-        for line in text.lines() {
-            if line.starts_with('[') {
-                section = line.trim_matches(['[', ']']).to_owned();
-            } else if let Some((name, _)) = line.trim_start_matches('#').trim().split_once(" = ") {
-                documented.push(if section.is_empty() {
-                    name.to_owned()
-                } else {
-                    format!("{section}.{name}")
-                });
-            }
-        }
-        for o in all_options() {
-            assert!(
-                documented.iter().any(|d| d == o.key),
-                "{} is not in videogen.example.toml",
-                o.key
-            );
-        }
-    }
-}
+mod tests;

@@ -43,7 +43,7 @@ impl DataDirArg {
         let storage: StorageOptions = loader.resolve(&self.storage);
         loader.finish()?;
         let url = &storage.database_url;
-        if let Some(path) = storage.sqlite_path()
+        if let videogen_store::DatabaseUrl::Sqlite(path) = url
             && !path.exists()
         {
             anyhow::bail!(
@@ -52,9 +52,9 @@ impl DataDirArg {
                 path.display()
             );
         }
-        let store = videogen_store::AnyStore::open(url.expose(), videogen_store::PgOptions::default())
+        let store = videogen_store::AnyStore::connect(url, videogen_store::PgOptions::default())
             .await
-            .with_context(|| format!("opening the database {}", url.masked()))?;
+            .with_context(|| format!("opening the database {url}"))?;
         Ok(store.store())
     }
 }

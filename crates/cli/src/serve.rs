@@ -16,7 +16,7 @@ use videogen_protocol::{ControlPlane, WorkerInfo};
 use videogen_sched::SchedulerConfig;
 use videogen_worker::Worker;
 
-use crate::config::{BlobLocation, Config, Flags, LogOptions, Role, ServeArgs};
+use crate::config::{Config, Flags, LogOptions, Role, ServeArgs};
 use crate::process::{install_metrics, wait_for_signal};
 use videogen_control::leader::{self, LeaderConfig};
 
@@ -134,15 +134,11 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
     let pg = videogen_store::PgOptions {
         notify_changes: redis.is_none(),
     };
-    let any_store = videogen_store::AnyStore::open(cfg.storage.database_url.expose(), pg)
+    let any_store = videogen_store::AnyStore::connect(&cfg.storage.database_url, pg)
         .await
-        .with_context(|| format!("opening the database {}", cfg.storage.database_url.masked()))?;
+        .with_context(|| format!("opening the database {}", cfg.storage.database_url))?;
     let store = any_store.store();
-    let blob: Arc<dyn videogen_core::blob::BlobStore> = match cfg.storage.blob_location() {
-        // A relative directory (the default under `--data-dir`) is fine here.
-        BlobLocation::Dir(dir) => Arc::new(videogen_blob::LocalBlobStore::new(&dir)?),
-        BlobLocation::S3(_) => videogen_blob::open_url(cfg.storage.blob_url.expose()).context("--blob-url")?,
-    };
+    let blob = cfg.storage.blob_url.open().context("--blob-url")?;
     bootstrap_admin_key(store.as_ref()).await?;
     bootstrap_worker_token(store.as_ref()).await?;
     let node = match &cfg.server.node_id {
@@ -319,13 +315,10 @@ fn downloads(cfg: &Config) -> videogen_api::state::Downloads {
 /// missing migration (under a lock, so it is safe beside running nodes).
 pub async fn migrate(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()> {
     let cfg = Config::load(&args, log)?;
-    let store = videogen_store::AnyStore::open(cfg.storage.database_url.expose(), videogen_store::PgOptions::default())
+    let url = &cfg.storage.database_url;
+    let store = videogen_store::AnyStore::connect(url, videogen_store::PgOptions::default())
         .await
-        .with_context(|| format!("migrating {}", cfg.storage.database_url.masked()))?;
-    println!(
-        "{} database {} is up to date",
-        store.backend(),
-        cfg.storage.database_url.masked()
-    );
+        .with_context(|| format!("migrating {url}"))?;
+    println!("{} database {url} is up to date", store.backend());
     Ok(())
 }

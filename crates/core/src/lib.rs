@@ -16,6 +16,7 @@
 //! - [`blob`]: the [`blob::BlobStore`] trait (local files, S3) and key layout.
 //! - [`moderation`]: the [`moderation::Moderator`] trait (denylist now, full safety later).
 //! - [`rate_limit`]: the [`rate_limit::RateLimiter`] seam and its in-memory implementation.
+//! - [`secret_url`]: service URLs that may hold credentials, masked wherever shown.
 
 pub mod blob;
 pub mod clock;
@@ -25,6 +26,7 @@ pub mod job;
 pub mod lifecycle;
 pub mod moderation;
 pub mod rate_limit;
+pub mod secret_url;
 pub mod spec;
 pub mod store;
 pub mod tier;

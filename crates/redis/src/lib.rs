@@ -19,7 +19,9 @@ mod publisher;
 mod redis_limiter;
 mod subscriber;
 mod telemetry;
+mod url;
 
 pub use error::RedisError;
 pub use fanout::{FanoutConfig, FanoutMsg, FanoutStats, RedisFanout};
 pub use redis_limiter::{RedisRateLimiter, RedisRateLimiterConfig};
+pub use url::RedisUrl;

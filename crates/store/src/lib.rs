@@ -47,7 +47,7 @@ pub mod postgres;
 pub mod sqlite;
 
 pub use backend::{Backend, SqlStore};
-pub use open::AnyStore;
+pub use open::{AnyStore, DatabaseUrl};
 pub use ops::{CANCELLED, MAX_ATTEMPTS_EXCEEDED};
 pub use postgres::listen::Wakeup;
 pub use postgres::{GroupCommitStats, PgOptions, PgStore};
