@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use videogen_core::spec::{self, Seconds, VideoSize};
 
+use crate::decode::DecodeBudget;
 use crate::error::{ApiError, ApiResult};
 use crate::state::Limits;
 
@@ -63,9 +64,12 @@ pub async fn read(req: Request<Body>, limits: &Limits) -> ApiResult<CreateReques
     let bytes = axum::body::to_bytes(body, limits.body_bytes_max)
         .await
         .map_err(|_| ApiError::too_large(format!("Request body exceeds {} bytes.", limits.body_bytes_max)))?;
-    if content_type.starts_with("application/json") {
+    // The media type exactly (parameters such as `charset` allowed), so
+    // `application/jsonfoo` is not taken for JSON.
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if essence == "application/json" {
         parse_json(&bytes)
-    } else if content_type.starts_with("multipart/form-data") {
+    } else if essence == "multipart/form-data" {
         let req = Request::from_parts(parts, Body::from(bytes));
         let multipart = Multipart::from_request(req, &())
             .await
@@ -90,13 +94,15 @@ fn declared_length_ok(headers: &HeaderMap, max: usize) -> ApiResult<()> {
 }
 
 fn parse_json(bytes: &[u8]) -> ApiResult<CreateRequest> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("Request body is not valid JSON: {e}")))?;
-    let Value::Object(map) = value else {
-        return Err(ApiError::bad_request(
-            "invalid_json",
-            "Request body must be a JSON object.",
-        ));
+    let fields: JsonFields = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::bad_request("invalid_json", "Request body must be a JSON object.")
+        }
+        _ => ApiError::bad_request("invalid_json", format!("Request body is not valid JSON: {e}")),
+    })?;
+    let map = match fields {
+        JsonFields::Unique(map) => map,
+        JsonFields::Duplicate(name) => return Err(duplicate_parameter(&name)),
     };
     let mut req = CreateRequest::default();
     for (k, v) in map {
@@ -118,6 +124,51 @@ fn parse_json(bytes: &[u8]) -> ApiResult<CreateRequest> {
         }
     }
     Ok(req)
+}
+
+/// A JSON object's fields in order, or the first name given twice: a
+/// `serde_json::Value` keeps only the last of duplicate keys, which would let
+/// `{"prompt":"x","prompt":"y"}` through while multipart refuses the same.
+enum JsonFields {
+    Unique(Vec<(String, Value)>),
+    Duplicate(String),
+}
+
+impl<'de> serde::Deserialize<'de> for JsonFields {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = JsonFields;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonFields, A::Error> {
+                let mut fields: Vec<(String, Value)> = Vec::new();
+                while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                    if fields.iter().any(|(seen, _)| *seen == k) {
+                        // Drain the rest so the whole body is still checked as JSON.
+                        while map
+                            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                            .is_some()
+                        {}
+                        return Ok(JsonFields::Duplicate(k));
+                    }
+                    fields.push((k, v));
+                }
+                Ok(JsonFields::Unique(fields))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+fn duplicate_parameter(name: &str) -> ApiError {
+    let shown: String = name.chars().take(64).collect();
+    ApiError::invalid(
+        shown.clone(),
+        "duplicate_parameter",
+        format!("'{shown}' was sent twice."),
+    )
 }
 
 fn type_error(param: &str, expected: &str) -> ApiError {
@@ -169,11 +220,12 @@ fn seed_error() -> ApiError {
 }
 
 fn parse_seed(s: &str) -> ApiResult<u64> {
-    s.trim()
-        .parse::<u64>()
-        .ok()
-        .filter(|v| *v <= SEED_MAX)
-        .ok_or_else(seed_error)
+    let s = s.trim();
+    // Digits only: `u64::from_str` also takes a leading `+`.
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(seed_error());
+    }
+    s.parse::<u64>().ok().filter(|v| *v <= SEED_MAX).ok_or_else(seed_error)
 }
 
 fn json_input_reference(v: Value) -> ApiResult<Option<Bytes>> {
@@ -238,12 +290,7 @@ async fn parse_multipart(mut mp: Multipart, limits: &Limits) -> ApiResult<Create
         let Some(field) = field else { break };
         let name = field.name().unwrap_or("").to_owned();
         if !seen.insert(name.clone()) {
-            let shown: String = name.chars().take(64).collect();
-            return Err(ApiError::invalid(
-                shown.clone(),
-                "duplicate_parameter",
-                format!("'{shown}' was sent twice."),
-            ));
+            return Err(duplicate_parameter(&name));
         }
         let is_file = field.file_name().is_some();
         let data = field
@@ -324,10 +371,10 @@ pub async fn validate(req: CreateRequest, models: &[String], limits: &Limits) ->
     let input_png = match req.input_reference {
         None => None,
         Some(bytes) => {
-            let max_side = limits.image_side_px_max;
-            let max_bytes = limits.image_bytes_max;
+            let (max_bytes, max_side, budget) =
+                (limits.image_bytes_max, limits.image_side_px_max, limits.decode.clone());
             Some(
-                tokio::task::spawn_blocking(move || check_image(&bytes, max_bytes, max_side))
+                tokio::task::spawn_blocking(move || check_image(&bytes, max_bytes, max_side, &budget))
                     .await
                     .map_err(|_| ApiError::internal())??,
             )
@@ -352,9 +399,10 @@ pub async fn validate(req: CreateRequest, models: &[String], limits: &Limits) ->
     })
 }
 
-/// Checks an input image by its bytes (never its name), bounds its size before
-/// decoding it, and re-encodes it as PNG.
-pub fn check_image(bytes: &[u8], max_bytes: usize, max_side: u32) -> ApiResult<Vec<u8>> {
+/// Checks an input image by its bytes (never its name), bounds its size and
+/// reserves its decode memory from `budget` before decoding it, and
+/// re-encodes it as PNG.
+pub fn check_image(bytes: &[u8], max_bytes: usize, max_side: u32, budget: &DecodeBudget) -> ApiResult<Vec<u8>> {
     let bad = |code: &'static str, m: String| ApiError::invalid("input_reference", code, m);
     if bytes.len() > max_bytes {
         return Err(
@@ -385,6 +433,7 @@ pub fn check_image(bytes: &[u8], max_bytes: usize, max_side: u32) -> ApiResult<V
             format!("input_reference is {w}x{h}; each side must be 1 to {max_side} pixels."),
         ));
     }
+    let _reserved = budget.reserve(w, h)?;
     let mut r = reader();
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(max_side);
@@ -441,18 +490,25 @@ mod tests {
 
     #[test]
     fn images_are_checked_by_content_not_name() {
-        let e = check_image(b"GIF89a....", 1 << 20, 4096).unwrap_err();
+        let e = check_image(b"GIF89a....", 1 << 20, 4096, &DecodeBudget::default()).unwrap_err();
         assert_eq!(e.code, "invalid_image_format");
         let mut png = std::io::Cursor::new(Vec::new());
         image::RgbImage::new(8, 8)
             .write_to(&mut png, image::ImageFormat::Png)
             .unwrap();
-        assert!(check_image(png.get_ref(), 1 << 20, 4096).is_ok());
+        assert!(check_image(png.get_ref(), 1 << 20, 4096, &DecodeBudget::default()).is_ok());
         assert_eq!(
-            check_image(png.get_ref(), 1 << 20, 4).unwrap_err().code,
+            check_image(png.get_ref(), 1 << 20, 4, &DecodeBudget::default())
+                .unwrap_err()
+                .code,
             "invalid_image_dimensions"
         );
         let truncated = &png.get_ref()[..png.get_ref().len() / 2];
-        assert_eq!(check_image(truncated, 1 << 20, 4096).unwrap_err().code, "invalid_image");
+        assert_eq!(
+            check_image(truncated, 1 << 20, 4096, &DecodeBudget::default())
+                .unwrap_err()
+                .code,
+            "invalid_image"
+        );
     }
 }

@@ -184,6 +184,18 @@ impl ApiError {
         e
     }
 
+    /// The tenant has as many event streams open as it may.
+    pub fn too_many_streams(max: usize) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "too_many_streams",
+            format!("At most {max} event streams may be open at once per organization; close one or poll instead."),
+        );
+        e.retry_after_secs = Some(UNAVAILABLE_RETRY_AFTER_SECS);
+        e
+    }
+
     /// The server is at a bound (concurrent requests, open streams): 503
     /// with `Retry-After`; nothing was done.
     pub fn overloaded(code: &'static str, message: impl Into<String>) -> Self {

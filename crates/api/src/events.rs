@@ -3,7 +3,8 @@
 //! Each logged event is sent with `id: <seq>`, so a client that reconnects
 //! with `Last-Event-ID` continues exactly where it stopped. Queue position is
 //! computed live and sent (without an id) whenever it changes. The stream ends
-//! after a terminal event.
+//! after a terminal event, and at once when the job is finished and nothing
+//! is left after `Last-Event-ID`.
 
 use axum::Extension;
 use axum::extract::State;
@@ -35,7 +36,7 @@ pub async fn stream(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let job = visible_job(&state, &caller, &id).await?;
     // Held by the stream until the client goes or the job ends.
-    let slot = slots.take()?;
+    let slot = slots.take(caller.tenant.as_str())?;
     let mut after: i64 = match headers.get("last-event-id").map(|v| v.to_str().map(str::trim)) {
         None => 0,
         Some(Ok(s)) => s.parse().ok().filter(|n: &i64| *n >= 0).ok_or_else(|| {
@@ -62,6 +63,16 @@ pub async fn stream(
         // an operator's re-drive follows a `failed` with more events.
         let mut terminal = false;
         loop {
+            // The job's state is read before its events: a terminal state's
+            // event was committed with it, so it is in the read that follows.
+            let finished = match state.store.job(&id).await {
+                Ok(Some(job)) => job.state.is_terminal(),
+                Ok(None) => break, // deleted while streaming
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "event stream read failed");
+                    break;
+                }
+            };
             let events = match state.store.events(&id, after, EVENTS_PAGE).await {
                 Ok(ev) => ev,
                 Err(e) => {
@@ -69,7 +80,7 @@ pub async fn stream(
                     break;
                 }
             };
-            let full_page = events.len() == EVENTS_PAGE as usize;
+            let (full_page, sent) = (events.len() == EVENTS_PAGE as usize, !events.is_empty());
             for ev in events {
                 after = ev.seq;
                 let kind = ev.kind();
@@ -87,7 +98,9 @@ pub async fn stream(
             if full_page {
                 continue;
             }
-            if terminal {
+            // Done after a terminal event, or when the job is finished and
+            // nothing is left past `Last-Event-ID` (a reconnecting EventSource).
+            if terminal || (finished && !sent) {
                 break;
             }
             let position = state.dispatcher.position(&id);
@@ -96,10 +109,6 @@ pub async fn stream(
                 yield Ok(Event::default().event("queue_position").data(data.to_string()));
             }
             last_position = position;
-            match state.store.job(&id).await {
-                Ok(Some(_)) => {}
-                _ => break, // deleted while streaming
-            }
             tokio::select! {
                 _ = wait_for(&mut wake, &id) => {}
                 _ = tokio::time::sleep(POLL_FALLBACK) => {}

@@ -9,7 +9,8 @@
 //!   checkpoints. A deadline covers the handler up to its response head, so
 //!   a download or an event stream is not cut off by it.
 //! - Open event streams hold a permit each ([`StreamSlots`]) for as long as
-//!   the client reads; past the cap a new stream gets 503 `too_many_streams`.
+//!   the client reads; past the node's cap a new stream gets 503
+//!   `too_many_streams`, past its tenant's 429 `too_many_streams`.
 //! - [`access_log`] writes one line per request: method, route template,
 //!   status, latency and who called (tenant or worker), which the
 //!   authenticating extractors record in [`Principal`].
@@ -18,7 +19,8 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::layer::util::{Identity, Stack};
@@ -42,6 +44,15 @@ pub struct ServerLimits {
     pub worker_request_timeout: Duration,
     /// Event streams open at once.
     pub sse_streams_max: usize,
+    /// Event streams one tenant may have open at once.
+    pub sse_streams_per_tenant_max: usize,
+    /// TCP connections open at once; more are answered 503 and closed.
+    pub connections_max: usize,
+    /// Longest a client may take to send a request's headers, and to start
+    /// its next request on a kept-alive connection.
+    pub header_read_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    pub http2_streams_max: u32,
 }
 
 impl Default for ServerLimits {
@@ -51,6 +62,10 @@ impl Default for ServerLimits {
             request_timeout: Duration::from_secs(30),
             worker_request_timeout: Duration::from_secs(120),
             sse_streams_max: 1024,
+            sse_streams_per_tenant_max: 64,
+            connections_max: 32_768,
+            header_read_timeout: Duration::from_secs(10),
+            http2_streams_max: 256,
         }
     }
 }
@@ -88,23 +103,64 @@ fn bound_error(e: BoxError) -> Response {
     }
 }
 
-/// Permits for open event streams (one semaphore per router).
+/// Permits for open event streams: a cap for the node and one per tenant,
+/// so one tenant's watchers cannot take every stream.
 #[derive(Clone)]
-pub struct StreamSlots(Arc<Semaphore>);
+pub struct StreamSlots {
+    node: Arc<Semaphore>,
+    per_tenant_max: usize,
+    tenants: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A stream's place, given back when the stream ends.
+pub struct StreamSlot {
+    _node: OwnedSemaphorePermit,
+    tenant: String,
+    tenants: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut tenants = self.tenants.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = tenants.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                tenants.remove(&self.tenant);
+            }
+        }
+    }
+}
 
 impl StreamSlots {
-    pub fn new(max: usize) -> Self {
-        Self(Arc::new(Semaphore::new(max)))
+    pub fn new(max: usize, per_tenant_max: usize) -> Self {
+        Self {
+            node: Arc::new(Semaphore::new(max)),
+            per_tenant_max,
+            tenants: Arc::default(),
+        }
     }
 
-    /// A permit the stream keeps until it ends, or 503 when all are taken.
-    pub fn take(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.0.clone().try_acquire_owned().map_err(|_| {
+    /// A place the stream keeps until it ends: 429 when the tenant has its
+    /// most open, 503 when the node has.
+    pub fn take(&self, tenant: &str) -> Result<StreamSlot, ApiError> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = tenants.get(tenant).copied().unwrap_or(0);
+        if open >= self.per_tenant_max {
+            metrics::counter!("videogen_http_shed_total", "reason" => "tenant_streams").increment(1);
+            return Err(ApiError::too_many_streams(self.per_tenant_max));
+        }
+        let node = self.node.clone().try_acquire_owned().map_err(|_| {
             metrics::counter!("videogen_http_shed_total", "reason" => "streams").increment(1);
             ApiError::overloaded(
                 "too_many_streams",
                 "Too many event streams are open on this server; retry shortly or poll the video instead.",
             )
+        })?;
+        tenants.insert(tenant.to_owned(), open + 1);
+        Ok(StreamSlot {
+            _node: node,
+            tenant: tenant.to_owned(),
+            tenants: self.tenants.clone(),
         })
     }
 }
@@ -214,11 +270,27 @@ mod tests {
 
     #[test]
     fn stream_slots_are_given_back_when_a_stream_ends() {
-        let slots = StreamSlots::new(1);
-        let held = slots.take().unwrap();
-        let refused = slots.take().unwrap_err();
-        assert_eq!((refused.status.as_u16(), refused.code), (503, "too_many_streams"));
+        let slots = StreamSlots::new(2, 1);
+        let held = slots.take("acme").map_err(|e| e.code).unwrap();
+        let refused = slots.take("acme").map(|_| ()).unwrap_err();
+        assert_eq!(
+            (refused.status.as_u16(), refused.code),
+            (429, "too_many_streams"),
+            "the tenant's share"
+        );
+        let other = slots.take("globex").map_err(|e| e.code).unwrap();
+        let refused = slots.take("initech").map(|_| ()).unwrap_err();
+        assert_eq!(
+            (refused.status.as_u16(), refused.code),
+            (503, "too_many_streams"),
+            "the node's cap"
+        );
         drop(held);
-        assert!(slots.take().is_ok());
+        assert!(slots.take("acme").is_ok());
+        drop(other);
+        assert!(
+            slots.tenants.lock().map(|t| t.len()).unwrap_or(9) <= 1,
+            "tenants without streams are forgotten"
+        );
     }
 }

@@ -20,9 +20,11 @@ pub mod admin;
 pub mod auth;
 pub mod content;
 pub mod create;
+pub mod decode;
 pub mod error;
 pub mod events;
 pub mod layers;
+pub mod listener;
 pub mod routes;
 pub mod state;
 #[cfg(test)]
@@ -36,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use std::future::Future;
+use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use error::ApiError;
@@ -52,7 +55,10 @@ pub fn router(state: AppState) -> Router {
         .route("/videos/{id}/cancel", post(routes::cancel_video))
         .route(
             "/videos/{id}/events",
-            get(events::stream).layer(Extension(layers::StreamSlots::new(bounds.sse_streams_max))),
+            get(events::stream).layer(Extension(layers::StreamSlots::new(
+                bounds.sse_streams_max,
+                bounds.sse_streams_per_tenant_max,
+            ))),
         )
         .route("/admin/dead_letters", get(admin::list_dead_letters))
         .route("/admin/videos/{id}/retry", post(admin::retry_video))
@@ -90,9 +96,23 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_counted(listener, state, Arc::default(), shutdown).await
+}
+
+/// [`serve`], counting connections in `stats`.
+pub async fn serve_counted(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    stats: Arc<listener::ConnStats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let bounds = &state.limits.server;
+    let limits = listener::ConnLimits {
+        connections_max: bounds.connections_max,
+        header_read_timeout: bounds.header_read_timeout,
+        http2_streams_max: bounds.http2_streams_max,
+    };
+    listener::serve(listener, router(state), limits, stats, shutdown).await
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -141,6 +141,11 @@ fn position(state: &AppState, job: &Job) -> Option<u64> {
 const SUBMIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Request<Body>) -> ApiResult<Response> {
+    let idem_key = idempotency_key(req.headers(), state.limits.idempotency_key_chars_max)?;
+    let parsed = create::read(req, &state.limits).await?;
+    let valid = create::validate(parsed, &state.models, &state.limits).await?;
+    // Counted once a submission is well-formed, so a malformed or invalid
+    // request is answered for what it is (400) and spends nothing.
     if let Some(limit) = &state.submit_limit {
         let d = limit
             .limiter
@@ -151,9 +156,6 @@ pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Re
             return Err(ApiError::rate_limited(d.reset_after, limit.per_minute));
         }
     }
-    let idem_key = idempotency_key(req.headers(), state.limits.idempotency_key_chars_max)?;
-    let parsed = create::read(req, &state.limits).await?;
-    let valid = create::validate(parsed, &state.models, &state.limits).await?;
     if let Verdict::Block { category, reason } = state
         .moderator
         .check_prompt(&valid.prompt, valid.style.as_deref())

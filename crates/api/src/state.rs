@@ -21,6 +21,8 @@ pub struct Limits {
     pub idempotency_key_chars_max: usize,
     pub list_limit_max: u32,
     pub list_limit_default: u32,
+    /// Memory for decoding input images, shared by the node's requests.
+    pub decode: crate::decode::DecodeBudget,
     /// Concurrency, deadlines and open streams of the server as a whole.
     pub server: crate::layers::ServerLimits,
 }
@@ -34,6 +36,7 @@ impl Default for Limits {
             idempotency_key_chars_max: 255,
             list_limit_max: 100,
             list_limit_default: 20,
+            decode: crate::decode::DecodeBudget::default(),
             server: crate::layers::ServerLimits::default(),
         }
     }

@@ -11,23 +11,19 @@
 //! moderator, `Limits::default()`); no process adds anything here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
+mod common;
+use common::ADMIN_KEY;
+
 use axum::body::Body;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-use videogen_api::state::{AppState, Downloads, Limits};
-use videogen_control::{Dispatcher, JobBus};
-use videogen_core::blob::keys;
-use videogen_core::store::{NewJob, Submitted};
-use videogen_core::{Clock, Outputs, Seconds, SystemClock, TenantId, Tier, VideoId, VideoSize, VideoSpec, WorkerId};
-use videogen_sched::SchedulerConfig;
+use videogen_api::state::{AppState, Limits};
 
-const ADMIN_KEY: &str = "vg_test_admin_key_0123456789";
 const BOUNDARY: &str = "vgTestBoundary7MA4YWxkTrZu0gW";
 const INVALID: &str = "invalid_request_error";
 const AUTH_ERROR: &str = "authentication_error";
@@ -396,29 +392,7 @@ impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().to_owned();
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let store = videogen_store::SqliteStore::open(&data_dir.join("videogen.db"))
-            .await
-            .unwrap();
-        let state = AppState {
-            store: Arc::new(store),
-            blob: Arc::new(videogen_blob::LocalBlobStore::new(&data_dir.join("blobs")).unwrap()),
-            moderator: Arc::new(videogen_safety::DenylistModerator::new()),
-            dispatcher: Arc::new(Dispatcher::new(SchedulerConfig::default(), clock.clone())),
-            bus: JobBus::default(),
-            clock,
-            limits: Limits::default(),
-            models: vec!["videogen-ref".into()],
-            default_steps: 8,
-            metrics: None,
-            poll_after_ms: 100,
-            control: None,
-            downloads: Downloads::default(),
-            submit_limit: None,
-        };
-        // The binary's bootstrap admin key (`VIDEOGEN_API_KEY`).
-        let rec = videogen_api::auth::key_record(ADMIN_KEY, TenantId::parse("admin").unwrap(), Tier::Internal, true, 0);
-        state.store.insert_api_key(&rec).await.unwrap();
+        let state = common::state(&data_dir, Limits::default()).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let stop = CancellationToken::new();
@@ -493,50 +467,8 @@ impl Server {
         v
     }
 
-    /// A completed video of the admin tenant whose three assets are stored,
-    /// written the way a worker's attempt leaves it (lease, assets, fenced
-    /// completion).
     async fn completed_video(&self) -> String {
-        let id = VideoId::generate();
-        let now = self.state.clock.now_ms();
-        let new = NewJob {
-            id: id.clone(),
-            tenant: TenantId::parse("admin").unwrap(),
-            tier: Tier::Internal,
-            spec: VideoSpec {
-                model: "videogen-ref".into(),
-                prompt: "a lighthouse in a storm".into(),
-                seconds: Seconds::S4,
-                size: VideoSize::Portrait720,
-                seed: 3,
-                style: None,
-                steps: 8,
-                input_reference: None,
-            },
-            now_ms: now,
-        };
-        let store = &self.state.store;
-        assert!(matches!(store.submit(new, None).await.unwrap(), Submitted::Created(_)));
-        let lease = store
-            .lease(&id, &WorkerId::new("test", "w0"), now, 60_000)
-            .await
-            .unwrap()
-            .expect("a queued job leases");
-        let outputs = Outputs {
-            video_key: keys::video(&id, lease.attempt),
-            thumbnail_key: keys::thumbnail(&id, lease.attempt),
-            spritesheet_key: keys::spritesheet(&id, lease.attempt),
-            video_bytes: 50_000,
-        };
-        for (key, len) in [
-            (&outputs.video_key, 50_000),
-            (&outputs.thumbnail_key, 3_000),
-            (&outputs.spritesheet_key, 7_000),
-        ] {
-            self.state.blob.put(key, vec![7u8; len].into()).await.unwrap();
-        }
-        store.complete(&lease, &outputs, now, now + 86_400_000).await.unwrap();
-        id.to_string()
+        common::completed_video(&self.state).await
     }
 }
 
@@ -743,6 +675,8 @@ fn json_cases(no_fetch_url: &str) -> Vec<Case> {
         Case::json_value("seed 1.5", with("seed", json!(1.5))).expect(400, "invalid_seed", Some("seed")),
         Case::json_value("seed \"abc\"", with("seed", json!("abc"))).expect(400, "invalid_seed", Some("seed")),
         Case::json_value("seed is a bool", with("seed", json!(true))).expect(400, "invalid_seed", Some("seed")),
+        Case::json_value("seed \"+5\"", with("seed", json!("+5"))).expect(400, "invalid_seed", Some("seed")),
+        Case::json_value("seed \"\"", with("seed", json!(""))).expect(400, "invalid_seed", Some("seed")),
         Case::json_value("unknown field", with("colour", json!("red"))).expect(
             400,
             "unknown_parameter",
@@ -1030,6 +964,17 @@ fn transport_and_auth_cases() -> Vec<Case> {
         post_valid("form-urlencoded")
             .content_type(Some("application/x-www-form-urlencoded"))
             .expect(415, "unsupported_media_type", None),
+        post_valid("application/jsonfoo")
+            .content_type(Some("application/jsonfoo"))
+            .expect(415, "unsupported_media_type", None),
+        post_valid("multipart/form-datax")
+            .content_type(Some("multipart/form-datax; boundary=x"))
+            .expect(415, "unsupported_media_type", None),
+        Case::json(
+            "duplicate JSON key",
+            r#"{"model":"videogen-ref","prompt":"x","prompt":"y","seconds":"4","size":"720x1280"}"#,
+        )
+        .expect(400, "duplicate_parameter", Some("prompt")),
         post_valid("Idempotency-Key of 300 chars")
             .header("Idempotency-Key", "k".repeat(300))
             .expect(400, "invalid_idempotency_key", Some("Idempotency-Key")),

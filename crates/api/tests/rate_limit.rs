@@ -75,6 +75,10 @@ impl Node {
     async fn submit(&self, key: &str, seed: u64) -> Reply {
         let body =
             json!({ "model": "videogen-ref", "prompt": "limited", "seconds": "4", "size": "720x1280", "seed": seed });
+        self.post(key, body).await
+    }
+
+    async fn post(&self, key: &str, body: Value) -> Reply {
         let req = Request::post("/v1/videos")
             .header("authorization", format!("Bearer {key}"))
             .header("content-type", "application/json")
@@ -132,4 +136,28 @@ async fn a_rate_limit_holds_across_api_nodes_until_the_window_ends() {
     clock.advance_ms(1);
     let r = b.submit(&acme, 11).await;
     assert_eq!(r.status, StatusCode::OK, "a new window: {}", r.body);
+}
+
+#[tokio::test]
+async fn invalid_submissions_are_answered_for_what_they_are_and_spend_no_budget() {
+    let redis = RedisServer::start();
+    let prefix = unique_prefix("api-submit-invalid");
+    let clock = ManualClock::new(START_MS);
+    let store: Arc<dyn Store> = Arc::new(videogen_store::SqliteStore::open_in_memory().await.unwrap());
+    let blobs = tempfile::tempdir().unwrap();
+    let a = node(store.clone(), &blobs, &clock, &redis.url(), &prefix).await;
+    let acme = api_key(store.as_ref(), "acme").await;
+    for _ in 0..PER_MINUTE + 2 {
+        let r = a
+            .post(&acme, json!({ "model": "videogen-ref", "prompt": "x", "seconds": "5" }))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        let r = a.post(&acme, json!({ "prompt": "x", "prompt_typo": 1 })).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    }
+    for n in 0..u64::from(PER_MINUTE) {
+        let r = a.submit(&acme, n).await;
+        assert_eq!(r.status, StatusCode::OK, "the whole budget is left: {}", r.body);
+    }
+    assert_eq!(a.submit(&acme, 99).await.status, StatusCode::TOO_MANY_REQUESTS);
 }

@@ -329,7 +329,7 @@ options! {
         steps: u32 [Plain] = "api.steps", "steps", videogen_model::REFERENCE_DEFAULT_STEPS; check in_range(1, 1000);
         /// Poll interval suggested to SDK pollers (`openai-poll-after-ms`), in ms.
         poll_after_ms: u64 [Plain] = "api.poll_after_ms", "poll-after-ms", 1000; check in_range(1, u64::from(u32::MAX));
-        /// Requests per minute per API key; 0: no limit.
+        /// Video submissions accepted per minute per tenant (malformed or invalid requests do not count); 0: no limit.
         rate_limit_per_minute: u32 [Plain] = "api.rate_limit_per_minute", "rate-limit-per-minute", 0;
         /// HTTP requests handled at once, each for tenant routes and for the worker API; more get 503 at once.
         max_concurrent_requests: usize [Plain] = "http.max_concurrent_requests", "max-concurrent-requests", ServerLimits::default().concurrent_requests_max; check in_range(1, 1 << 20);
@@ -339,6 +339,14 @@ options! {
         worker_request_timeout: Duration [Human] = "http.worker_request_timeout", "worker-request-timeout", ServerLimits::default().worker_request_timeout; check check_worker_timeout;
         /// Server-sent event streams open at once; more are refused.
         max_sse_streams: usize [Plain] = "http.max_sse_streams", "max-sse-streams", ServerLimits::default().sse_streams_max; check in_range(1, 1 << 20);
+        /// Server-sent event streams one tenant may have open at once; more get 429.
+        max_sse_streams_per_tenant: usize [Plain] = "http.max_sse_streams_per_tenant", "max-sse-streams-per-tenant", ServerLimits::default().sse_streams_per_tenant_max; check in_range(1, 1 << 20);
+        /// TCP connections open at once (kept under the open-files limit); more are answered 503 and closed.
+        max_connections: usize [Plain] = "http.max_connections", "max-connections", ServerLimits::default().connections_max; check in_range(1, 1 << 24);
+        /// Longest a client may take to send a request's headers, and to start its next request on a kept-alive connection, e.g. 10s.
+        header_read_timeout: Duration [Human] = "http.header_read_timeout", "header-read-timeout", ServerLimits::default().header_read_timeout;
+        /// Memory for decoding input images at once, in MiB; a decode past it gets 503 with Retry-After.
+        image_decode_mib: u64 [Plain] = "http.image_decode_mib", "image-decode-mib", 512; check in_range(1, 1 << 20);
     }
 }
 

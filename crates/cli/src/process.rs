@@ -1,5 +1,6 @@
 //! Process-wide set-up shared by the commands: logging, the metrics
-//! recorder, and waiting for a stop signal. A leaf: it uses no other module.
+//! recorder, the open-files limit, and waiting for a stop signal. A leaf: it
+//! uses no other module.
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -20,6 +21,32 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.with_ansi(colour).try_init(),
         LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
+}
+
+/// Descriptors kept for everything but client connections: the database,
+/// blob files, Redis, worker sockets, the process's own.
+const FDS_RESERVED: u64 = 1024;
+
+/// Raises the open-files limit to its hard limit and returns the connection
+/// cap that fits under it (`wanted` when it fits). Past the limit `accept`
+/// fails with EMFILE for every client, so the cap must refuse first.
+pub fn connection_budget(wanted: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit; keeping --max-connections as set");
+            return wanted;
+        }
+    };
+    let room = usize::try_from(limit.saturating_sub(FDS_RESERVED).max(16)).unwrap_or(usize::MAX);
+    if room < wanted {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections = room,
+            "the open-files limit is too low for --max-connections; capping connections below it"
+        );
+    }
+    wanted.min(room)
 }
 
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {

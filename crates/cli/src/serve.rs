@@ -233,7 +233,12 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
                 request_timeout: cfg.server.request_timeout,
                 worker_request_timeout: cfg.server.worker_request_timeout,
                 sse_streams_max: cfg.server.max_sse_streams,
+                sse_streams_per_tenant_max: cfg.server.max_sse_streams_per_tenant,
+                connections_max: crate::process::connection_budget(cfg.server.max_connections),
+                header_read_timeout: cfg.server.header_read_timeout,
+                ..ServerLimits::default()
             },
+            decode: videogen_api::decode::DecodeBudget::new(cfg.server.image_decode_mib << 20),
             ..Limits::default()
         },
         models: vec![engine.model.id().to_owned()],
