@@ -23,8 +23,8 @@ use tower::ServiceExt;
 use videogen_api::layers::ServerLimits;
 use videogen_api::listener::ConnStats;
 use videogen_api::state::{AppState, Limits};
-use videogen_core::store::{ListQuery, NewJob, Order, Submitted};
-use videogen_core::{Seconds, TenantId, Tier, VideoId, VideoSize, VideoSpec};
+use videogen_core::TenantId;
+use videogen_core::store::{ListQuery, Order};
 
 /// Longer than any test could need to finish: a stream still open after it
 /// is a failure (the defect is a stream that never ends), not a timing claim.
@@ -220,27 +220,7 @@ async fn one_tenant_cannot_hold_more_event_streams_than_its_share() {
         ..ServerLimits::default()
     })
     .await;
-    let id = VideoId::generate();
-    let job = NewJob {
-        id: id.clone(),
-        tenant: TenantId::parse("admin").unwrap(),
-        tier: Tier::Internal,
-        spec: VideoSpec {
-            model: "videogen-ref".into(),
-            prompt: "a queue that never moves".into(),
-            seconds: Seconds::S4,
-            size: VideoSize::Portrait720,
-            seed: 1,
-            style: None,
-            steps: 8,
-            input_reference: None,
-        },
-        now_ms: server.state.clock.now_ms(),
-    };
-    assert!(matches!(
-        server.state.store.submit(job, None).await.unwrap(),
-        Submitted::Created(_)
-    ));
+    let id = common::queued_video(&server.state, "a queue that never moves").await;
     let (id, router) = (id.to_string(), videogen_api::router(server.state.clone()));
     let open = [events(&router, &id, None).await, events(&router, &id, None).await];
     assert!(open.iter().all(|r| r.status() == StatusCode::OK));

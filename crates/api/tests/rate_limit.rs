@@ -6,18 +6,18 @@
 //! processes.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tempfile::TempDir;
 use tower::ServiceExt;
-use videogen_api::state::{AppState, Downloads, Limits, SubmitLimit};
-use videogen_control::{Dispatcher, JobBus};
+use videogen_api::state::{AppState, Limits, SubmitLimit};
 use videogen_core::store::Store;
 use videogen_core::{ManualClock, TenantId, Tier};
 use videogen_redis::{RedisRateLimiter, RedisRateLimiterConfig};
-use videogen_sched::SchedulerConfig;
 use videogen_testkit::redis::{RedisServer, unique_prefix};
 
 /// 15 s into a minute.
@@ -35,23 +35,11 @@ async fn node(store: Arc<dyn Store>, blobs: &TempDir, clock: &ManualClock, redis
     };
     let limiter = RedisRateLimiter::connect_with_clock(redis, config, Arc::new(clock.clone())).unwrap();
     let state = AppState {
-        store,
-        blob: Arc::new(videogen_blob::LocalBlobStore::new(blobs.path()).unwrap()),
-        moderator: Arc::new(videogen_safety::DenylistModerator::new()),
-        dispatcher: Arc::new(Dispatcher::new(SchedulerConfig::default(), Arc::new(clock.clone()))),
-        bus: JobBus::default(),
-        clock: Arc::new(clock.clone()),
-        limits: Limits::default(),
-        models: vec!["videogen-ref".into()],
-        default_steps: 8,
-        metrics: None,
-        poll_after_ms: 100,
-        control: None,
-        downloads: Downloads::default(),
         submit_limit: Some(SubmitLimit {
             limiter: Arc::new(limiter),
             per_minute: PER_MINUTE,
         }),
+        ..common::app_state(store, blobs.path(), Arc::new(clock.clone()), Limits::default())
     };
     Node {
         router: videogen_api::router(state),

@@ -13,6 +13,8 @@
 //!   and ungraceful preemption, checkpoint overhead).
 //! - [`checkpoint_storm`]: workers writing checkpoints at once to an
 //!   S3-compatible server (`s3s-fs`) on loopback, and to a `file://` store.
+//! - [`slow_clients`]: a slow-connection attack on a `serve` process while
+//!   `/healthz` is probed.
 //!
 //! Every subcommand prints a human-readable report, or one JSON object on
 //! stdout with `--json` (progress goes to stderr either way). Nothing here
@@ -26,6 +28,7 @@ mod checkpoint_storm;
 mod dispatch;
 mod fleet;
 mod model;
+mod slow_clients;
 mod submit;
 
 pub mod chaos;
@@ -47,6 +50,8 @@ pub enum BenchCommand {
     Fleet(fleet::FleetArgs),
     /// Concurrent checkpoint writes to an S3-compatible server (s3s-fs on loopback).
     CheckpointStorm(checkpoint_storm::CheckpointStormArgs),
+    /// A slow-connection attack on `videogen serve`: many half-sent requests held open while /healthz is probed.
+    SlowClients(slow_clients::SlowClientsArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -56,6 +61,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Model(args) => model::run(args).await,
         BenchCommand::Fleet(args) => fleet::run(args).await,
         BenchCommand::CheckpointStorm(args) => checkpoint_storm::run(args).await,
+        BenchCommand::SlowClients(args) => slow_clients::run(args).await,
     }
 }
 

@@ -7,22 +7,18 @@ use std::sync::Arc;
 use videogen_api::state::{AppState, Downloads, Limits};
 use videogen_control::{Dispatcher, JobBus};
 use videogen_core::blob::keys;
-use videogen_core::store::{NewJob, Submitted};
+use videogen_core::store::{NewJob, Store, Submitted};
 use videogen_core::{Clock, Outputs, Seconds, SystemClock, TenantId, Tier, VideoId, VideoSize, VideoSpec, WorkerId};
 use videogen_sched::SchedulerConfig;
 
 /// The binary's bootstrap admin key (`VIDEOGEN_API_KEY`), inserted by [`state`].
 pub const ADMIN_KEY: &str = "vg_test_admin_key_0123456789";
 
-/// The state over a store and blobs under `data_dir`, with `limits`.
-pub async fn state(data_dir: &Path, limits: Limits) -> AppState {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let store = videogen_store::SqliteStore::open(&data_dir.join("videogen.db"))
-        .await
-        .unwrap();
-    let state = AppState {
-        store: Arc::new(store),
-        blob: Arc::new(videogen_blob::LocalBlobStore::new(&data_dir.join("blobs")).unwrap()),
+/// The state over `store`, blobs in `blob_dir`, `clock` and `limits`.
+pub fn app_state(store: Arc<dyn Store>, blob_dir: &Path, clock: Arc<dyn Clock>, limits: Limits) -> AppState {
+    AppState {
+        store,
+        blob: Arc::new(videogen_blob::LocalBlobStore::new(blob_dir).unwrap()),
         moderator: Arc::new(videogen_safety::DenylistModerator::new()),
         dispatcher: Arc::new(Dispatcher::new(SchedulerConfig::default(), clock.clone())),
         bus: JobBus::default(),
@@ -35,25 +31,31 @@ pub async fn state(data_dir: &Path, limits: Limits) -> AppState {
         control: None,
         downloads: Downloads::default(),
         submit_limit: None,
-    };
+    }
+}
+
+/// The state over a SQLite store and blobs under `data_dir`, with `limits`
+/// and the admin key [`ADMIN_KEY`].
+pub async fn state(data_dir: &Path, limits: Limits) -> AppState {
+    let store = videogen_store::SqliteStore::open(&data_dir.join("videogen.db"))
+        .await
+        .unwrap();
+    let state = app_state(Arc::new(store), &data_dir.join("blobs"), Arc::new(SystemClock), limits);
     let rec = videogen_api::auth::key_record(ADMIN_KEY, TenantId::parse("admin").unwrap(), Tier::Internal, true, 0);
     state.store.insert_api_key(&rec).await.unwrap();
     state
 }
 
-/// A completed video of the admin tenant whose three assets are stored,
-/// written the way a worker's attempt leaves it (lease, assets, fenced
-/// completion).
-pub async fn completed_video(state: &AppState) -> String {
+/// A queued video of the admin tenant, submitted as a create submits it.
+pub async fn queued_video(state: &AppState, prompt: &str) -> VideoId {
     let id = VideoId::generate();
-    let now = state.clock.now_ms();
     let new = NewJob {
         id: id.clone(),
         tenant: TenantId::parse("admin").unwrap(),
         tier: Tier::Internal,
         spec: VideoSpec {
             model: "videogen-ref".into(),
-            prompt: "a lighthouse in a storm".into(),
+            prompt: prompt.into(),
             seconds: Seconds::S4,
             size: VideoSize::Portrait720,
             seed: 3,
@@ -61,10 +63,22 @@ pub async fn completed_video(state: &AppState) -> String {
             steps: 8,
             input_reference: None,
         },
-        now_ms: now,
+        now_ms: state.clock.now_ms(),
     };
+    assert!(matches!(
+        state.store.submit(new, None).await.unwrap(),
+        Submitted::Created(_)
+    ));
+    id
+}
+
+/// A completed video of the admin tenant whose three assets are stored,
+/// written the way a worker's attempt leaves it (lease, assets, fenced
+/// completion).
+pub async fn completed_video(state: &AppState) -> String {
+    let id = queued_video(state, "a lighthouse in a storm").await;
+    let now = state.clock.now_ms();
     let store = &state.store;
-    assert!(matches!(store.submit(new, None).await.unwrap(), Submitted::Created(_)));
     let lease = store
         .lease(&id, &WorkerId::new("test", "w0"), now, 60_000)
         .await
