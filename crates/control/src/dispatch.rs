@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use videogen_core::{Clock, QueuedJob, VideoId};
 use videogen_sched::{Scheduler, SchedulerConfig, TierMap, WorkerView};
@@ -23,6 +23,9 @@ pub struct Dispatcher {
     /// Read and written under the `sched` lock so it flips atomically with
     /// the queue's contents.
     active: AtomicBool,
+    /// The same flag for those who wait on its changes (the leader's tests,
+    /// `/readyz`).
+    active_tx: watch::Sender<bool>,
     wake: Notify,
     /// Idle workers waiting right now, per model they have loaded (warm).
     warm_waiting: Mutex<HashMap<String, usize>>,
@@ -36,6 +39,7 @@ impl Dispatcher {
     pub fn new(cfg: SchedulerConfig, clock: Arc<dyn Clock>) -> Self {
         let d = Self::passive(cfg, clock);
         d.active.store(true, Ordering::Relaxed);
+        d.active_tx.send_replace(true);
         d
     }
 
@@ -46,6 +50,7 @@ impl Dispatcher {
             sched: Mutex::new(Scheduler::new(cfg.clone())),
             cfg,
             active: AtomicBool::new(false),
+            active_tx: watch::Sender::new(false),
             wake: Notify::new(),
             warm_waiting: Mutex::new(HashMap::new()),
             waiting: AtomicUsize::new(0),
@@ -63,6 +68,12 @@ impl Dispatcher {
         self.active.load(Ordering::Relaxed)
     }
 
+    /// Follows [`Dispatcher::is_active`]: changes whenever this node starts or
+    /// stops dispatching.
+    pub fn watch_active(&self) -> watch::Receiver<bool> {
+        self.active_tx.subscribe()
+    }
+
     /// Starts dispatching from exactly `jobs` (this node became the leader:
     /// whatever an earlier term held may be stale).
     pub fn activate(&self, jobs: impl IntoIterator<Item = QueuedJob>) {
@@ -71,6 +82,7 @@ impl Dispatcher {
             *s = Scheduler::new(self.cfg.clone());
             self.active.store(true, Ordering::Relaxed);
         }
+        self.active_tx.send_replace(true);
         self.seed(jobs);
     }
 
@@ -80,6 +92,7 @@ impl Dispatcher {
         self.active.store(false, Ordering::Relaxed);
         *s = Scheduler::new(self.cfg.clone());
         drop(s);
+        self.active_tx.send_replace(false);
         self.publish_depth();
     }
 

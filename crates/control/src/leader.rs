@@ -4,7 +4,8 @@
 //! and sweeps: the holder of the store's leader lease ([`SCHEDULER_LEASE`]).
 //! It renews the lease every third of its time-to-live and steps down
 //! (deactivates its dispatcher) as soon as a renewal is refused, or when
-//! failed renewals leave less than a third of the lease. Correctness never
+//! failed renewals leave less than a third of the lease; a renewal that
+//! does not answer within a third of the lease counts as failed. Correctness never
 //! rests on the lease: every lease of a job is a compare-and-set in the
 //! store, so two nodes that both believe they lead (a paused process, a
 //! skewed clock) can waste a draw but never run a job twice.
@@ -90,7 +91,11 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = renew.tick(), if cfg.contend => {
                 let asked = Instant::now();
-                match contend_once(&rt, &cfg).await {
+                // Bounded by a third of the lease, so a store that hangs (a
+                // lock, a partition) leaves time to step down before the
+                // lease can pass to another node.
+                let renewal = tokio::time::timeout(cfg.ttl / 3, contend_once(&rt, &cfg)).await;
+                match renewal.unwrap_or_else(|_| Err(StoreError::unavailable("the lease renewal timed out"))) {
                     Ok(true) => held_until = Some(asked + cfg.ttl),
                     Ok(false) => held_until = None,
                     Err(e) => {
