@@ -133,7 +133,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let r = store.requeue_or_dead_letter(&lease, "disk full", 3, 1).await.unwrap();
+        let r = store
+            .requeue_or_dead_letter(&lease, "disk full", 3, 1, None)
+            .await
+            .unwrap();
         assert!(matches!(r, Reclaimed::DeadLettered(_)));
         j.id
     }

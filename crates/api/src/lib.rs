@@ -25,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod layers;
 pub mod listener;
+pub mod ready;
 pub mod routes;
 pub mod state;
 #[cfg(test)]
@@ -119,13 +120,16 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready when the store answers.
+/// Ready when this node can take work (see [`ready`]); the body says why not.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let probe = videogen_core::VideoId::parse("video_00000000000000000000000000000000");
-    let ok = match probe {
-        Some(id) => state.store.job(&id).await.is_ok(),
-        None => false,
-    };
+    let mut reasons = Vec::new();
+    if let Err(why) = state.readiness.database(&state.store, &state.clock).await {
+        reasons.push(why);
+    }
+    if let Some(paused) = state.dispatcher.paused() {
+        reasons.push(format!("dispatch paused: {paused}"));
+    }
+    let ok = reasons.is_empty();
     let status = if ok {
         StatusCode::OK
     } else {
@@ -133,12 +137,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     let body = serde_json::json!({
         "status": if ok { "ready" } else { "unavailable" },
+        "reasons": reasons,
         "queued": state.dispatcher.queued(),
+        // Re-queued after a failure, waiting out their backoff.
+        "backing_off": state.dispatcher.backing_off(),
         // Workers long-polling this node right now (`/internal/v1/acquire`
         // and in-process slots).
         "workers_waiting": state.dispatcher.waiting(),
     });
-    (status, axum::Json(body)).into_response()
+    let mut resp = (status, axum::Json(body)).into_response();
+    if !ok {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {

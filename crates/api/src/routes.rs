@@ -216,6 +216,7 @@ pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Re
                 tier: job.tier,
                 model: job.spec.model.clone(),
                 enqueued_at_ms: job.enqueued_at_ms,
+                not_before_ms: None,
             });
             state.bus.notify(&job.id);
             job
@@ -298,11 +299,7 @@ pub async fn delete_video(
         state.dispatcher.cancel(&job.id);
     }
     state.store.delete(&job.id).await?;
-    for prefix in keys::job_prefixes(&job.id) {
-        if let Err(e) = state.blob.delete_prefix(&prefix).await {
-            tracing::warn!(job = %job.id, error = %e, "could not delete bytes of a deleted video");
-        }
-    }
+    videogen_control::housekeeping::delete_bytes(state.blob.as_ref(), &job.id, "deleted").await;
     state.bus.notify(&job.id);
     Ok(Json(json!({ "id": job.id.as_str(), "object": "video.deleted", "deleted": true })).into_response())
 }
@@ -315,6 +312,10 @@ pub async fn cancel_video(
     let job = visible_job(&state, &caller, &id).await?;
     let job = state.store.cancel(&job.id, state.clock.now_ms()).await?;
     state.dispatcher.cancel(&job.id);
+    // A cancelled video has nothing to show or resume: its checkpoints and
+    // input go now (bytes an attempt still uploads meanwhile are fenced
+    // out, or left to the orphan sweep).
+    videogen_control::housekeeping::delete_bytes(state.blob.as_ref(), &job.id, "cancelled").await;
     state.bus.notify(&job.id);
     metrics::counter!("videogen_jobs_cancelled_total").increment(1);
     Ok(with_poll_hint(&state, &job, render(&job, None), StatusCode::OK))

@@ -108,6 +108,8 @@ pub struct AppState {
     pub downloads: Downloads,
     /// Per-tenant limit on submissions; `None`: unlimited.
     pub submit_limit: Option<SubmitLimit>,
+    /// `/readyz`'s write probe of this node.
+    pub readiness: Arc<crate::ready::Readiness>,
 }
 
 /// At most `per_minute` submissions per tenant per minute, counted by

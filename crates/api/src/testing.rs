@@ -38,6 +38,7 @@ pub(crate) async fn app() -> TestApp {
         control: None,
         downloads: crate::state::Downloads::default(),
         submit_limit: None,
+        readiness: Default::default(),
     };
     TestApp { state, _blobs: blobs }
 }

@@ -69,6 +69,7 @@ async fn start(mut downloads: Downloads) -> Server {
         control: None,
         downloads,
         submit_limit: None,
+        readiness: Default::default(),
     };
     let stop = CancellationToken::new();
     tokio::spawn(videogen_api::serve(

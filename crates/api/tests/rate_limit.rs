@@ -39,6 +39,7 @@ async fn node(store: Arc<dyn Store>, blobs: &TempDir, clock: &ManualClock, redis
             limiter: Arc::new(limiter),
             per_minute: PER_MINUTE,
         }),
+        readiness: Default::default(),
         ..common::app_state(store, blobs.path(), Arc::new(clock.clone()), Limits::default())
     };
     Node {

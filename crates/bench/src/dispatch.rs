@@ -645,6 +645,7 @@ async fn pipeline_on(
                         tier: job.tier,
                         model: job.spec.model,
                         enqueued_at_ms: job.enqueued_at_ms,
+                        not_before_ms: None,
                     });
                     lat.push(t0.elapsed());
                 }

@@ -846,6 +846,7 @@ async fn start_server(
         control: None,
         downloads: videogen_api::state::Downloads::default(),
         submit_limit: None,
+        readiness: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -46,7 +46,7 @@ use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-pub use videogen_core::blob::{BlobError, BlobStore, ByteStream};
+pub use videogen_core::blob::{BlobError, BlobMeta, BlobStore, ByteStream};
 
 pub use config::{BlobUrl, DEFAULT_REGION, S3Credentials, S3Location, describe_masked};
 pub use s3::{S3BlobStore, SIGNED_URL_TTL_MAX};
@@ -372,6 +372,41 @@ impl BlobStore for ObjectBlobStore {
                 e => Err(map_err(prefix, e)),
             })
     }
+
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+        let path = prefix_path(prefix)?;
+        match self.inner.list_with_delimiter(Some(&path)).await {
+            Ok(listing) => Ok(listing.common_prefixes.into_iter().map(|p| format!("{p}/")).collect()),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(map_err(prefix, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobMeta>, BlobError> {
+        let path = prefix_path(prefix)?;
+        let metas: Vec<object_store::ObjectMeta> = match self.inner.list(Some(&path)).try_collect().await {
+            Ok(m) => m,
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(map_err(prefix, e)),
+        };
+        Ok(metas
+            .into_iter()
+            .map(|m| BlobMeta {
+                key: m.location.to_string(),
+                size: m.size,
+                modified_ms: m.last_modified.timestamp_millis(),
+            })
+            .collect())
+    }
+}
+
+/// A listing prefix as a store path (object_store matches whole segments).
+fn prefix_path(prefix: &str) -> Result<StorePath, BlobError> {
+    validate_prefix(prefix)?;
+    StorePath::parse(prefix).map_err(|e| BlobError::InvalidKey {
+        key: truncate_for_message(prefix).to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Blobs in a local directory: an [`ObjectBlobStore`] over [`LocalFileSystem`].
@@ -434,6 +469,12 @@ macro_rules! delegate_blob_store {
             }
             async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError> {
                 self.store.delete_prefix(prefix).await
+            }
+            async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, BlobError> {
+                self.store.list_dirs(prefix).await
+            }
+            async fn list(&self, prefix: &str) -> Result<Vec<$crate::BlobMeta>, BlobError> {
+                self.store.list(prefix).await
             }
             $($extra)*
         }

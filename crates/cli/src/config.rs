@@ -319,6 +319,12 @@ options! {
         max_attempts: u32 [Plain] = "scheduler.max_attempts", "max-attempts", RuntimeConfig::default().max_attempts; check in_range(1, 100);
         /// How often the reaper and the retention sweeper run, in seconds.
         housekeeping: Duration [Secs] = "scheduler.housekeeping_secs", "housekeeping-secs", RuntimeConfig::default().housekeeping_interval;
+        /// Wait before the first retry of a failed attempt, e.g. 2s; each further retry waits twice as long (jittered), up to --retry-backoff-max.
+        retry_backoff: Duration [Human] = "scheduler.retry_backoff", "retry-backoff", RuntimeConfig::default().retry_backoff.base;
+        /// Longest wait between retries of a failed job, e.g. 5m.
+        retry_backoff_max: Duration [Human] = "scheduler.retry_backoff_max", "retry-backoff-max", RuntimeConfig::default().retry_backoff.max;
+        /// How long dead letters keep their checkpoints, so a re-drive resumes instead of starting over, e.g. 7d.
+        dead_letter_checkpoints: Duration [Human] = "scheduler.dead_letter_checkpoint_retention", "dead-letter-checkpoint-retention", RuntimeConfig::default().dead_letter_checkpoint_retention;
         /// Retention of every tier's videos, in seconds (unset: per tier, free 1 d, paid 7 d, internal 30 d).
         retention: Option<Duration> [Maybe<Secs>] = "scheduler.retention_secs", "retention-secs", None;
         /// Lifetime of the scheduler leader's lease, in seconds, when several nodes run the scheduler.

@@ -151,6 +151,11 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
         lease_ttl,
         max_attempts: cfg.server.max_attempts,
         housekeeping_interval,
+        retry_backoff: videogen_sched::RetryBackoff {
+            base: cfg.server.retry_backoff,
+            max: cfg.server.retry_backoff_max,
+        },
+        dead_letter_checkpoint_retention: cfg.server.dead_letter_checkpoints,
         ..RuntimeConfig::default()
     };
     if let Some(r) = retention {
@@ -169,6 +174,7 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
         clock: clock.clone(),
         config,
         fleet: Arc::new(FleetStats::default()),
+        storage: Default::default(),
     });
     let control: Arc<dyn ControlPlane> = Arc::new(LocalControl::new(rt.clone()));
     let runs_workers = cfg.server.role == Role::All;
@@ -216,6 +222,12 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
         tasks.spawn(housekeeping::run(rt.clone(), shutdown.clone()));
     }
     tasks.spawn(leader::run(rt.clone(), leader, wakeups, shutdown.clone()));
+    tasks.spawn(videogen_control::storage_health::run(
+        rt.clone(),
+        node.clone(),
+        rt.config.storage_probe_interval,
+        shutdown.clone(),
+    ));
     if let Some(f) = redis {
         tasks.spawn(crate::fanout::relay(f, bus.clone(), shutdown.clone()));
     }
@@ -248,6 +260,7 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
         control: Some(control),
         downloads: downloads(&cfg),
         submit_limit: submit_limit(&cfg)?,
+        readiness: Arc::new(videogen_api::ready::Readiness::new(node.clone())),
     };
     let listener = tokio::net::TcpListener::bind(&cfg.server.listen)
         .await

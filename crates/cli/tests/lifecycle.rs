@@ -220,9 +220,12 @@ async fn cancel_works_while_queued_and_while_running_and_is_refused_when_done() 
     assert_eq!(v["error"]["code"], "cancelled");
 
     s.wait_until(ADMIN_KEY, &running, T, |v| {
-        v["phase"] == "generating" && v["step"].as_u64().unwrap() >= 3
+        v["phase"] == "generating" && v["step"].as_u64().unwrap() >= 6
     })
     .await;
+    // It has a checkpoint (every 5 steps) ...
+    let owns = |id: &str| blob_files(dir.path()).iter().any(|p| p.to_string_lossy().contains(id));
+    assert!(owns(&running), "no checkpoint of the running job");
     let (st, v) = cancel(&s, &running).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["phase"], "cancelled");
@@ -240,6 +243,13 @@ async fn cancel_works_while_queued_and_while_running_and_is_refused_when_done() 
     );
     let (st, _) = s.content(ADMIN_KEY, &running, "video").await;
     assert_eq!(st, 409);
+    // ... which the cancel deleted (an upload the attempt had in flight is
+    // fenced out and deleted by the control plane as it lands).
+    let deadline = std::time::Instant::now() + T;
+    while owns(&running) {
+        assert!(std::time::Instant::now() < deadline, "a cancelled job kept its bytes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let (st, e) = cancel(&s, &queued).await;
     assert_eq!(st, 409);

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 use videogen_core::Tier;
+use videogen_sched::RetryBackoff;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -16,6 +17,16 @@ pub struct RuntimeConfig {
     pub retention_free: Duration,
     pub retention_paid: Duration,
     pub retention_internal: Duration,
+    /// The wait before a failed job's next attempt (exponential, jittered).
+    pub retry_backoff: RetryBackoff,
+    /// How often a node whose blob store refuses writes probes it.
+    pub storage_probe_interval: Duration,
+    /// How long a dead letter keeps its checkpoints (a re-drive within it
+    /// resumes; after it, the bytes go and a re-drive starts over).
+    pub dead_letter_checkpoint_retention: Duration,
+    /// Blobs younger than this are never swept as orphans: their job row
+    /// may not be committed yet (an input uploaded before its submit).
+    pub orphan_grace: Duration,
 }
 
 impl Default for RuntimeConfig {
@@ -27,6 +38,10 @@ impl Default for RuntimeConfig {
             retention_free: ms(Tier::Free.default_retention_ms()),
             retention_paid: ms(Tier::Paid.default_retention_ms()),
             retention_internal: ms(Tier::Internal.default_retention_ms()),
+            retry_backoff: RetryBackoff::default(),
+            storage_probe_interval: Duration::from_secs(1),
+            dead_letter_checkpoint_retention: Duration::from_secs(7 * 24 * 3600),
+            orphan_grace: Duration::from_secs(3600),
         }
     }
 }

@@ -5,8 +5,15 @@
 //! kept current by every path that makes a job runnable (submit, release,
 //! reaper). A job the scheduler hands out may have been cancelled since: the
 //! store's compare-and-set lease then returns `None` and the worker asks again.
+//!
+//! Two things keep a runnable job from being handed out:
+//! - its retry backoff ([`QueuedJob::not_before_ms`]): such a job is held
+//!   aside, outside the scheduler, until it is due;
+//! - a [pause](Dispatcher::pause): while the node's storage refuses writes
+//!   (see `storage_health`), nothing is dispatched, so no attempt starts
+//!   that could only fail; workers keep waiting and resume when it lifts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, watch};
@@ -16,6 +23,11 @@ use videogen_sched::{Scheduler, SchedulerConfig, TierMap, WorkerView};
 
 pub struct Dispatcher {
     sched: Mutex<Scheduler>,
+    /// Jobs waiting out a retry backoff, by (due, id). Locked after `sched`
+    /// when both are held.
+    delayed: Mutex<BTreeMap<(i64, VideoId), QueuedJob>>,
+    /// Why dispatch is paused, if it is.
+    paused: watch::Sender<Option<String>>,
     cfg: SchedulerConfig,
     /// Whether this node dispatches. Only the scheduler leader does: a
     /// passive dispatcher ignores enqueues (the leader hears of the job
@@ -48,6 +60,8 @@ impl Dispatcher {
     pub fn passive(cfg: SchedulerConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
             sched: Mutex::new(Scheduler::new(cfg.clone())),
+            delayed: Mutex::new(BTreeMap::new()),
+            paused: watch::Sender::new(None),
             cfg,
             active: AtomicBool::new(false),
             active_tx: watch::Sender::new(false),
@@ -62,6 +76,52 @@ impl Dispatcher {
         // A panic while holding the lock cannot leave the scheduler half-updated
         // in a way that matters more than stopping: keep serving.
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn delayed(&self) -> MutexGuard<'_, BTreeMap<(i64, VideoId), QueuedJob>> {
+        self.delayed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops handing out jobs until [`Dispatcher::resume`]; `reason` is
+    /// shown by `/readyz` and counted in `videogen_dispatch_paused{reason}`.
+    /// Waiting workers keep waiting; queued jobs keep their places.
+    pub fn pause(&self, reason: &'static str, detail: &str) {
+        let text = format!("{reason}: {detail}");
+        self.paused.send_if_modified(|p| {
+            if p.is_none() {
+                tracing::warn!(reason, detail, "dispatch paused");
+                metrics::gauge!("videogen_dispatch_paused", "reason" => reason).set(1.0);
+            }
+            let changed = p.as_deref() != Some(text.as_str());
+            *p = Some(text);
+            changed
+        });
+    }
+
+    /// Lifts a [pause](Dispatcher::pause) set for `reason`.
+    pub fn resume(&self, reason: &'static str) {
+        let lifted = self.paused.send_if_modified(|p| {
+            let ours = p.as_deref().is_some_and(|r| r.starts_with(reason));
+            if ours {
+                *p = None;
+            }
+            ours
+        });
+        if lifted {
+            tracing::info!(reason, "dispatch resumed");
+            metrics::gauge!("videogen_dispatch_paused", "reason" => reason).set(0.0);
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Why dispatch is paused (`"reason: detail"`), if it is.
+    pub fn paused(&self) -> Option<String> {
+        self.paused.borrow().clone()
+    }
+
+    /// Follows [`Dispatcher::paused`].
+    pub fn watch_paused(&self) -> watch::Receiver<Option<String>> {
+        self.paused.subscribe()
     }
 
     pub fn is_active(&self) -> bool {
@@ -80,6 +140,7 @@ impl Dispatcher {
         {
             let mut s = self.sched();
             *s = Scheduler::new(self.cfg.clone());
+            self.delayed().clear();
             self.active.store(true, Ordering::Relaxed);
         }
         self.active_tx.send_replace(true);
@@ -91,6 +152,7 @@ impl Dispatcher {
         let mut s = self.sched();
         self.active.store(false, Ordering::Relaxed);
         *s = Scheduler::new(self.cfg.clone());
+        self.delayed().clear();
         drop(s);
         self.active_tx.send_replace(false);
         self.publish_depth();
@@ -103,8 +165,9 @@ impl Dispatcher {
         if !self.is_active() {
             return;
         }
+        let now = self.clock.now_ms();
         for j in jobs {
-            s.enqueue(j);
+            self.place(&mut s, j, now);
         }
         drop(s);
         self.wake.notify_waiters();
@@ -112,22 +175,66 @@ impl Dispatcher {
     }
 
     pub fn enqueue(&self, job: QueuedJob) {
-        {
+        let delayed = {
             let mut s = self.sched();
             if !self.is_active() {
                 return;
             }
-            s.enqueue(job);
-        }
+            self.place(&mut s, job, self.clock.now_ms())
+        };
         self.publish_depth();
-        self.wake.notify_one();
+        if delayed {
+            // Waiting workers sleep until the earliest due job: this one may be sooner.
+            self.wake.notify_waiters();
+        } else {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Into the scheduler, or aside until its backoff ends (true).
+    fn place(&self, sched: &mut Scheduler, job: QueuedJob, now_ms: i64) -> bool {
+        match job.not_before_ms {
+            Some(due) if due > now_ms => {
+                sched.remove(&job.id);
+                let mut delayed = self.delayed();
+                delayed.retain(|(_, id), _| *id != job.id);
+                delayed.insert((due, job.id.clone()), job);
+                true
+            }
+            _ => {
+                self.delayed().retain(|(_, id), _| *id != job.id);
+                sched.enqueue(job);
+                false
+            }
+        }
+    }
+
+    /// Moves the jobs whose backoff is over into the scheduler; returns when
+    /// the next one is due, if any is still waiting.
+    fn promote_due(&self, sched: &mut Scheduler, now_ms: i64) -> Option<i64> {
+        let mut delayed = self.delayed();
+        while let Some(entry) = delayed.first_entry() {
+            if entry.key().0 > now_ms {
+                return Some(entry.key().0);
+            }
+            sched.enqueue(entry.remove());
+        }
+        None
     }
 
     /// Forgets a queued job. (A running one learns of its cancellation from
     /// its next heartbeat, wherever its worker runs.)
     pub fn cancel(&self, id: &VideoId) {
-        self.sched().remove(id);
+        let mut s = self.sched();
+        s.remove(id);
+        self.delayed().retain(|(_, d), _| d != id);
+        drop(s);
         self.publish_depth();
+    }
+
+    /// Jobs waiting out a retry backoff.
+    pub fn backing_off(&self) -> usize {
+        self.delayed().len()
     }
 
     /// Waits until a job is due for a worker with these models loaded.
@@ -155,24 +262,30 @@ impl Dispatcher {
             // Register interest before checking, so an enqueue between the
             // check and the await is not missed.
             notified.as_mut().enable();
-            let picked = {
+            let (picked, next_due) = {
                 let now = self.clock.now_ms();
                 let mut sched = self.sched();
-                match sched.next(now, &WorkerView { loaded_models }) {
-                    Some(job) if !loaded_models.contains(&job.model) && self.warm_idle(&job.model) => {
-                        sched.enqueue(job);
-                        Pick::LeftForWarm
-                    }
-                    Some(job) if !loaded_models.contains(&job.model) => match defer(&job) {
-                        Some(wait) => {
+                let next_due = self.promote_due(&mut sched, now).map(|due| due - now);
+                let pick = if self.paused.borrow().is_some() {
+                    Pick::Nothing
+                } else {
+                    match sched.next(now, &WorkerView { loaded_models }) {
+                        Some(job) if !loaded_models.contains(&job.model) && self.warm_idle(&job.model) => {
                             sched.enqueue(job);
-                            Pick::StepAside(wait)
+                            Pick::LeftForWarm
                         }
-                        None => Pick::Job(job),
-                    },
-                    Some(job) => Pick::Job(job),
-                    None => Pick::Nothing,
-                }
+                        Some(job) if !loaded_models.contains(&job.model) => match defer(&job) {
+                            Some(wait) => {
+                                sched.enqueue(job);
+                                Pick::StepAside(wait)
+                            }
+                            None => Pick::Job(job),
+                        },
+                        Some(job) => Pick::Job(job),
+                        None => Pick::Nothing,
+                    }
+                };
+                (pick, next_due)
             };
             match picked {
                 Pick::Job(job) => {
@@ -197,8 +310,11 @@ impl Dispatcher {
                     }
                 }
                 Pick::Nothing => {
+                    // Until something changes, or the next backoff ends.
+                    let due = next_due.map(|ms| std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
                     tokio::select! {
                         _ = &mut notified => {}
+                        _ = sleep_or_never(due) => {}
                         _ = shutdown.cancelled() => return None,
                     }
                 }
@@ -223,8 +339,10 @@ impl Dispatcher {
         self.sched().depth()
     }
 
+    /// Runnable jobs, including those waiting out a backoff.
     pub fn queued(&self) -> usize {
-        self.sched().len()
+        let s = self.sched();
+        s.len() + self.delayed().len()
     }
 
     /// Workers waiting in [`Dispatcher::next`] right now (for health pages
@@ -238,6 +356,14 @@ impl Dispatcher {
         metrics::gauge!("videogen_queue_depth", "tier" => "free").set(d.free as f64);
         metrics::gauge!("videogen_queue_depth", "tier" => "paid").set(d.paid as f64);
         metrics::gauge!("videogen_queue_depth", "tier" => "internal").set(d.internal as f64);
+        metrics::gauge!("videogen_queue_backing_off").set(self.backing_off() as f64);
+    }
+}
+
+async fn sleep_or_never(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -295,6 +421,7 @@ mod tests {
             tier,
             model: "videogen-ref".into(),
             enqueued_at_ms: at,
+            not_before_ms: None,
         }
     }
 
@@ -466,6 +593,85 @@ mod tests {
         let stop = CancellationToken::new();
         stop.cancel();
         assert!(d.next(&[], &stop).await.is_none());
+    }
+
+    /// A job re-queued with a backoff is not handed out before it is due,
+    /// even to a worker already waiting; once due it is, without any
+    /// enqueue to wake the worker.
+    #[tokio::test(start_paused = true)]
+    async fn a_job_backing_off_is_handed_out_only_once_due() {
+        let clock = Arc::new(ManualClock::new(0));
+        let d = Arc::new(Dispatcher::new(SchedulerConfig::default(), clock.clone()));
+        let stop = CancellationToken::new();
+        let mut j = job(Tier::Paid, 0);
+        j.not_before_ms = Some(5_000);
+        d.enqueue(j.clone());
+        assert_eq!((d.queued(), d.backing_off()), (1, 1));
+        let waiter = {
+            let (d, stop) = (d.clone(), stop.clone());
+            tokio::spawn(async move { d.next(&[], &stop).await })
+        };
+        until_waiting(&d, 1).await;
+        clock.set_ms(4_999);
+        tokio::time::advance(std::time::Duration::from_millis(4_999)).await;
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "handed out before its backoff ended");
+        clock.set_ms(5_000);
+        tokio::time::advance(std::time::Duration::from_millis(1)).await;
+        assert_eq!(waiter.await.unwrap().map(|g| g.id), Some(j.id));
+        assert_eq!(d.backing_off(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_job_backing_off_can_be_cancelled_and_a_due_one_is_not_held() {
+        let d = Dispatcher::new(SchedulerConfig::default(), Arc::new(ManualClock::new(10_000)));
+        let mut later = job(Tier::Free, 0);
+        later.not_before_ms = Some(20_000);
+        d.enqueue(later.clone());
+        d.cancel(&later.id);
+        assert_eq!(d.queued(), 0);
+        let mut due = job(Tier::Free, 0);
+        due.not_before_ms = Some(10_000);
+        d.enqueue(due.clone());
+        assert_eq!((d.queued(), d.backing_off()), (1, 0));
+        let stop = CancellationToken::new();
+        assert_eq!(d.next(&[], &stop).await.map(|g| g.id), Some(due.id));
+    }
+
+    /// While paused nothing is handed out; resuming wakes the waiting worker.
+    #[tokio::test]
+    async fn a_paused_dispatcher_hands_out_nothing_until_resumed() {
+        let d = Arc::new(Dispatcher::new(
+            SchedulerConfig::default(),
+            Arc::new(ManualClock::new(0)),
+        ));
+        d.pause("blob_store_unwritable", "No space left on device");
+        assert_eq!(
+            d.paused().as_deref(),
+            Some("blob_store_unwritable: No space left on device")
+        );
+        let j = job(Tier::Paid, 0);
+        d.enqueue(j.clone());
+        let stop = CancellationToken::new();
+        let waiter = {
+            let (d, stop) = (d.clone(), stop.clone());
+            tokio::spawn(async move { d.next(&[], &stop).await })
+        };
+        until_waiting(&d, 1).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiter.is_finished(), "handed out while paused");
+        assert_eq!(d.queued(), 1);
+        d.resume("some_other_reason");
+        assert!(d.paused().is_some(), "only the pause's own reason lifts it");
+        d.resume("blob_store_unwritable");
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.map(|g| g.id), Some(j.id));
+        assert_eq!(d.paused(), None);
     }
 
     #[tokio::test]

@@ -5,10 +5,16 @@
 //!   dead-letters them once `max_attempts` is spent.
 //! - The sweeper applies retention: completed videos past `expires_at` become
 //!   `expired` and their bytes are deleted; the content endpoint then says so.
+//!   Dead letters keep their checkpoints for
+//!   `dead_letter_checkpoint_retention` (a re-drive within it resumes), then
+//!   those go too.
+//! - The orphan sweep ([`crate::orphans`]) walks one shard of the blob store
+//!   per pass for bytes no job wants (a full cycle every 256 passes).
 
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-use videogen_core::blob::keys;
+use videogen_core::VideoId;
+use videogen_core::blob::{BlobStore, keys};
 use videogen_core::store::Reclaimed;
 
 use crate::fleet::Loss;
@@ -21,6 +27,7 @@ const SWEEP_BATCH: u32 = 256;
 pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(rt.config.housekeeping_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shard: u8 = 0;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -36,6 +43,13 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
         if let Err(e) = sweep(&rt).await {
             tracing::warn!(error = %e, "retention sweep failed");
         }
+        if let Err(e) = sweep_dead_letter_checkpoints(&rt).await {
+            tracing::warn!(error = %e, "dead-letter checkpoint sweep failed");
+        }
+        if let Err(e) = crate::orphans::sweep_shard(&rt, shard, rt.clock.now_ms()).await {
+            tracing::warn!(shard, error = %e, "orphan sweep failed");
+        }
+        shard = shard.wrapping_add(1);
         rt.fleet.publish_workers(rt.clock.now_ms());
     }
 }
@@ -106,17 +120,51 @@ pub fn apply_reclaimed(rt: &Runtime, reclaimed: Vec<Reclaimed>, reason: &'static
     n
 }
 
+/// Deletes every byte a job owns (outputs, checkpoints, input), for
+/// `reason` (a metric label: `deleted`, `cancelled`, `failed`, `expired`).
+/// A failure only leaves garbage, which the orphan sweep removes later.
+pub async fn delete_bytes(blob: &dyn BlobStore, id: &VideoId, reason: &'static str) {
+    for prefix in keys::job_prefixes(id) {
+        if let Err(e) = blob.delete_prefix(&prefix).await {
+            tracing::warn!(job = %id, reason, error = %e, "could not delete a job's bytes");
+        }
+    }
+    metrics::counter!("videogen_job_bytes_deleted_total", "reason" => reason).increment(1);
+}
+
+/// Deletes the checkpoints of dead letters older than their retention,
+/// a batch per pass; returns how many dead letters it cleared.
+pub async fn sweep_dead_letter_checkpoints(rt: &Runtime) -> Result<usize, videogen_core::store::StoreError> {
+    let retention = i64::try_from(rt.config.dead_letter_checkpoint_retention.as_millis()).unwrap_or(i64::MAX);
+    let before = rt.clock.now_ms().saturating_sub(retention);
+    let stale = rt.store.stale_dead_letter_checkpoints(before, SWEEP_BATCH).await?;
+    let mut cleared = 0;
+    for id in &stale {
+        let [_, checkpoints, _] = keys::job_prefixes(id);
+        if let Err(e) = rt.blob.delete_prefix(&checkpoints).await {
+            tracing::warn!(job = %id, error = %e, "could not delete a dead letter's checkpoints");
+            continue;
+        }
+        if rt.store.forget_dead_letter_checkpoints(id).await? {
+            cleared += 1;
+        }
+    }
+    if cleared > 0 {
+        tracing::info!(
+            jobs = cleared,
+            "dead letters' checkpoints deleted after their retention"
+        );
+        metrics::counter!("videogen_dead_letter_checkpoints_deleted_total").increment(cleared as u64);
+    }
+    Ok(cleared)
+}
+
 /// One retention pass; returns how many videos expired.
 pub async fn sweep(rt: &Runtime) -> Result<usize, videogen_core::store::StoreError> {
     let now = rt.clock.now_ms();
     let expired = rt.store.expire_due(now, SWEEP_BATCH).await?;
     for job in &expired {
-        let [outputs, checkpoints, inputs] = keys::job_prefixes(&job.id);
-        for prefix in [outputs, checkpoints, inputs] {
-            if let Err(e) = rt.blob.delete_prefix(&prefix).await {
-                tracing::warn!(job = %job.id, error = %e, "could not delete expired bytes");
-            }
-        }
+        delete_bytes(rt.blob.as_ref(), &job.id, "expired").await;
         metrics::counter!("videogen_videos_expired_total").increment(1);
         rt.bus.notify(&job.id);
     }

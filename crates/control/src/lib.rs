@@ -11,8 +11,13 @@
 //! - [`leader`]: the scheduler singleton (a leader lease in the store) and
 //!   wake-ups from other nodes.
 //! - [`fleet`]: preemption and recovery figures the control plane derives.
-//! - [`housekeeping`]: the reaper (expired leases → queue or dead letter) and
-//!   the retention sweeper (expired videos → bytes deleted).
+//! - [`housekeeping`]: the reaper (expired leases → queue or dead letter),
+//!   the retention sweeper (expired videos → bytes deleted, dead letters'
+//!   checkpoints past their retention deleted) and the orphan sweep.
+//! - [`orphans`]: which bytes a job in each state still needs, and the
+//!   shard-by-shard sweep of those it does not.
+//! - [`storage_health`]: dispatch paused while the blob store refuses
+//!   writes (full disk, unreachable bucket), and the probe that resumes it.
 //! - [`config`]: server-side knobs.
 
 pub mod bus;
@@ -22,6 +27,8 @@ pub mod fleet;
 pub mod housekeeping;
 pub mod leader;
 pub mod local;
+pub mod orphans;
+pub mod storage_health;
 
 pub use bus::JobBus;
 pub use config::RuntimeConfig;

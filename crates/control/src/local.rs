@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use videogen_core::blob::{BlobStore, keys};
 use videogen_core::store::{Reclaimed, Store, StoreError};
 use videogen_core::{
-    AttemptEvent, CheckpointRef, Clock, Job, JobError, JobState, Lease, Outputs, Progress, QueuedJob, WorkerId,
+    AttemptEvent, CheckpointRef, Clock, Job, JobError, JobState, Lease, Outputs, Progress, QueuedJob, RequeueReason,
+    WorkerId,
 };
 use videogen_protocol::{
     AssetKind, Assignment, ControlError, ControlPlane, Directive, FleetInfo, HeartbeatReply, MAX_UPLOAD_BYTES,
@@ -27,6 +28,10 @@ use crate::bus::JobBus;
 use crate::config::RuntimeConfig;
 use crate::dispatch::Dispatcher;
 use crate::fleet::{FleetStats, Loss};
+use crate::storage_health::StorageHealth;
+
+/// Probe size for a failed streamed write, whose length is not known.
+const STREAM_FAILURE_PROBE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The server side: what a node has to run jobs with.
 pub struct Runtime {
@@ -37,6 +42,8 @@ pub struct Runtime {
     pub clock: Arc<dyn Clock>,
     pub config: RuntimeConfig,
     pub fleet: Arc<FleetStats>,
+    /// Whether blob writes go through; dispatch pauses while they do not.
+    pub storage: StorageHealth,
 }
 
 /// The control plane in the server's process: store, bucket and scheduler.
@@ -93,15 +100,23 @@ impl LocalControl {
             Upload::Bytes(bytes) => {
                 upload::check(&bytes, crc32, MAX_UPLOAD_BYTES)?;
                 let size = bytes.len() as u64;
-                self.rt.blob.put(key, bytes).await?;
+                if let Err(e) = self.rt.blob.put(key, bytes).await {
+                    self.rt.storage.write_failed(&self.rt, size, &e);
+                    return Err(e.into());
+                }
                 Ok(size)
             }
-            Upload::Stream(stream) => self
-                .rt
-                .blob
-                .put_stream(key, upload::checked(stream, crc32, MAX_UPLOAD_BYTES))
-                .await
-                .map_err(upload::upload_error),
+            Upload::Stream(stream) => {
+                let put = self
+                    .rt
+                    .blob
+                    .put_stream(key, upload::checked(stream, crc32, MAX_UPLOAD_BYTES))
+                    .await;
+                if let Err(e) = &put {
+                    self.rt.storage.write_failed(&self.rt, STREAM_FAILURE_PROBE_BYTES, e);
+                }
+                put.map_err(upload::upload_error)
+            }
         }
     }
 
@@ -168,7 +183,8 @@ impl ControlPlane for LocalControl {
                 let leased = Self::lease_picked(rt.clone(), queued, id).await;
                 if let Err(Ok(Some(a))) = tx.send(leased) {
                     // Nobody is waiting any more: give the job straight back.
-                    if let Ok(q) = rt.store.release(&a.lease, rt.clock.now_ms()).await {
+                    let now = rt.clock.now_ms();
+                    if let Ok(q) = rt.store.release(&a.lease, RequeueReason::Released, now, None).await {
                         rt.dispatcher.enqueue(q);
                     }
                 }
@@ -316,14 +332,20 @@ impl ControlPlane for LocalControl {
         self.rt.store.fail(lease, error, now).await?;
         self.rt.fleet.ended(&lease.job_id, now);
         self.rt.bus.notify(&lease.job_id);
+        // Failed for good (not a dead letter, which a re-drive may resume):
+        // nothing of it will be read again.
+        crate::housekeeping::delete_bytes(self.rt.blob.as_ref(), &lease.job_id, "failed").await;
         Ok(())
     }
 
     async fn release(&self, lease: &Lease, cause: ReleaseCause) -> Result<(), ControlError> {
         let now = self.rt.clock.now_ms();
-        let queued = self.rt.store.release(lease, now).await?;
-        let ReleaseCause::Shutdown = cause;
-        self.rt.fleet.lost(&lease.job_id, Loss::Graceful, now);
+        let queued = self.rt.store.release(lease, cause.requeue_reason(), now, None).await?;
+        match cause {
+            ReleaseCause::Shutdown => self.rt.fleet.lost(&lease.job_id, Loss::Graceful, now),
+            ReleaseCause::Infrastructure => self.rt.fleet.ended(&lease.job_id, now),
+        }
+        metrics::counter!("videogen_requeued_total", "reason" => cause.requeue_reason().as_str()).increment(1);
         self.rt.dispatcher.enqueue(queued);
         self.rt.bus.notify(&lease.job_id);
         Ok(())
@@ -331,10 +353,17 @@ impl ControlPlane for LocalControl {
 
     async fn retry(&self, lease: &Lease, message: &str) -> Result<RetryOutcome, ControlError> {
         let now = self.rt.clock.now_ms();
+        // The retry's wait grows with the attempts (jittered per attempt).
+        let wait = self
+            .rt
+            .config
+            .retry_backoff
+            .delay_for(lease.attempt, &format!("{}/{}", lease.job_id, lease.attempt));
+        let not_before = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
         let outcome = self
             .rt
             .store
-            .requeue_or_dead_letter(lease, message, now, self.rt.config.max_attempts)
+            .requeue_or_dead_letter(lease, message, now, self.rt.config.max_attempts, Some(not_before))
             .await?;
         self.rt.fleet.ended(&lease.job_id, now);
         self.rt.bus.notify(&lease.job_id);
@@ -374,6 +403,7 @@ mod tests {
             clock,
             config: RuntimeConfig::default(),
             fleet: Arc::new(FleetStats::default()),
+            storage: StorageHealth::default(),
         })
     }
 

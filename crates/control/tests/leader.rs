@@ -31,6 +31,7 @@ async fn a_renewal_that_hangs_steps_the_leader_down_and_it_leads_again_once_the_
         clock,
         config: RuntimeConfig::default(),
         fleet: Arc::default(),
+        storage: Default::default(),
     });
     let cfg = LeaderConfig {
         node: "node-1".into(),

@@ -72,6 +72,15 @@ impl BlobError {
     }
 }
 
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMeta {
+    pub key: String,
+    pub size: u64,
+    /// Last written, in ms since the Unix epoch.
+    pub modified_ms: i64,
+}
+
 /// The bytes of a streamed write, chunk by chunk.
 pub type ByteStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, BoxError>> + Send>>;
 
@@ -108,6 +117,12 @@ pub trait BlobStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), BlobError>;
     /// Deletes every object under `prefix` (which should end in `/`).
     async fn delete_prefix(&self, prefix: &str) -> Result<(), BlobError>;
+    /// The "directories" one level under `prefix` (which ends in `/`),
+    /// each ending in `/`: walks the key tree a level at a time (the
+    /// orphan sweep goes shard by shard, job by job).
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>, BlobError>;
+    /// Every object under `prefix`, with its size and age.
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobMeta>, BlobError>;
     /// A URL anyone may `GET` the object from until `ttl` passes, so clients
     /// download straight from storage instead of through the API.
     ///
@@ -151,6 +166,11 @@ pub mod keys {
     }
     pub fn spritesheet(id: &VideoId, attempt: u32) -> String {
         format!("outputs/{}/{id}/{attempt}/spritesheet.jpg", shard(id))
+    }
+    /// Where a node proves the store takes writes again (see
+    /// `videogen_control::storage_health`); deleted right after.
+    pub fn write_probe(node: &str) -> String {
+        format!("probes/{node}.probe")
     }
 }
 

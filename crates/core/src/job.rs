@@ -134,6 +134,10 @@ pub struct QueuedJob {
     pub model: String,
     /// When the job (re-)entered the queue.
     pub enqueued_at_ms: i64,
+    /// Not runnable before this instant (a retry's backoff); `None`: now.
+    /// The dispatcher holds such a job aside until it is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<i64>,
 }
 
 /// The whole job record.
@@ -160,4 +164,15 @@ pub struct Job {
     pub prev_checkpoint: Option<CheckpointRef>,
     pub outputs: Option<Outputs>,
     pub lease: Option<Lease>,
+}
+
+/// Error code of a job dead-lettered after spending its attempts.
+pub const MAX_ATTEMPTS_EXCEEDED: &str = "max_attempts_exceeded";
+
+impl Job {
+    /// Failed with its attempts spent: an operator may re-drive it, so its
+    /// checkpoints and input are kept (for a while).
+    pub fn is_dead_letter(&self) -> bool {
+        self.state == crate::JobState::Failed && self.error.as_ref().is_some_and(|e| e.code == MAX_ATTEMPTS_EXCEEDED)
+    }
 }

@@ -42,6 +42,9 @@ pub enum RequeueReason {
     NodeRestarted,
     /// The attempt hit an error that may not recur; attempts remain.
     Error,
+    /// The platform failed the attempt (storage full or unreachable, the
+    /// database unavailable): not the job's fault, so not charged.
+    Infrastructure,
 }
 
 impl RequeueReason {
@@ -51,6 +54,7 @@ impl RequeueReason {
             RequeueReason::Released => "released",
             RequeueReason::NodeRestarted => "node_restarted",
             RequeueReason::Error => "error",
+            RequeueReason::Infrastructure => "infrastructure",
         }
     }
 }

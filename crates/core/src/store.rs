@@ -216,18 +216,30 @@ pub trait AttemptStore: Send + Sync {
     ) -> Result<Job, StoreError>;
     /// Running → failed for good.
     async fn fail(&self, lease: &Lease, error: &JobError, now_ms: i64) -> Result<(), StoreError>;
-    /// Running → queued on purpose; the next attempt resumes from the last checkpoint.
-    async fn release(&self, lease: &Lease, now_ms: i64) -> Result<QueuedJob, StoreError>;
-    /// After an attempt's retryable error: running → queued (reason `error`)
-    /// while the job's budget of `max_attempts` since its last re-drive
-    /// lasts, else dead-lettered with `max_attempts_exceeded` and the error in
-    /// the message. Fenced like [`AttemptStore::release`]; atomic.
+    /// Running → queued through no fault of the job (`reason` is
+    /// [`RequeueReason::Released`] or [`RequeueReason::Infrastructure`]):
+    /// the attempt is not charged to the job's budget, and the job is
+    /// runnable again from `not_before_ms` (`None`: at once). The next
+    /// attempt resumes from the last checkpoint.
+    async fn release(
+        &self,
+        lease: &Lease,
+        reason: RequeueReason,
+        now_ms: i64,
+        not_before_ms: Option<i64>,
+    ) -> Result<QueuedJob, StoreError>;
+    /// After an attempt's retryable error: running → queued (reason `error`,
+    /// runnable from `not_before_ms`, the retry's backoff) while the job's
+    /// budget of `max_attempts` since its last re-drive lasts, else
+    /// dead-lettered with `max_attempts_exceeded` and the error in the
+    /// message. Fenced like [`AttemptStore::release`]; atomic.
     async fn requeue_or_dead_letter(
         &self,
         lease: &Lease,
         reason_message: &str,
         now_ms: i64,
         max_attempts: u32,
+        not_before_ms: Option<i64>,
     ) -> Result<Reclaimed, StoreError>;
 }
 
@@ -259,6 +271,15 @@ pub trait MaintenanceStore: Send + Sync {
     /// token), so a lease from before the re-drive stays stale. `NotFound` for
     /// an unknown id; `IllegalTransition` for a job that is not a dead letter.
     async fn redrive(&self, id: &VideoId, now_ms: i64) -> Result<QueuedJob, StoreError>;
+    /// Up to `limit` dead letters whose last event is older than
+    /// `before_ms` and that still point at checkpoints.
+    async fn stale_dead_letter_checkpoints(&self, before_ms: i64, limit: u32) -> Result<Vec<VideoId>, StoreError>;
+    /// Drops a dead letter's checkpoint pointers (after their bytes were
+    /// deleted); false if it is no longer a dead letter.
+    async fn forget_dead_letter_checkpoints(&self, id: &VideoId) -> Result<bool, StoreError>;
+    /// Writes `node`'s row of the write probe: proves the database accepts
+    /// writes from this node now (readiness), which a read cannot.
+    async fn probe_write(&self, node: &str, now_ms: i64) -> Result<(), StoreError>;
 }
 
 /// Coordination between nodes: which one is the scheduler leader.

@@ -108,6 +108,20 @@ impl AssetKind {
 pub enum ReleaseCause {
     /// The worker is shutting down or was told to (preemption notice, drain).
     Shutdown,
+    /// The platform failed the attempt (its storage refused the outputs, the
+    /// database was unavailable): not the job's fault, so its attempt is not
+    /// charged.
+    Infrastructure,
+}
+
+impl ReleaseCause {
+    /// The re-queue reason the job's events show.
+    pub fn requeue_reason(self) -> videogen_core::RequeueReason {
+        match self {
+            ReleaseCause::Shutdown => videogen_core::RequeueReason::Released,
+            ReleaseCause::Infrastructure => videogen_core::RequeueReason::Infrastructure,
+        }
+    }
 }
 
 /// Where a job went after a retryable failure.
@@ -134,7 +148,9 @@ pub enum ControlError {
     /// The request cannot succeed as sent (bad key, bad checksum, unknown job).
     #[error("rejected by the control plane: {0}")]
     Rejected(String),
-    /// Infrastructure trouble (network, store or bucket): retrying may help.
+    /// Infrastructure trouble (network, store or bucket): retrying may help,
+    /// and the attempt that met it is not to blame (it gives the job back
+    /// with [`ReleaseCause::Infrastructure`]).
     #[error("control plane unavailable: {0}")]
     Unavailable(String),
 }
@@ -153,9 +169,12 @@ impl From<StoreError> for ControlError {
         match e {
             StoreError::StaleLease { job, attempt } => ControlError::Stale { job, attempt },
             StoreError::IllegalTransition(t) => ControlError::Rejected(t.to_string()),
-            // A fault of the store is not the attempt's either: the worker
-            // backs off and asks again, and the job is not failed for it.
-            other => ControlError::Unavailable(other.to_string()),
+            // The store cannot answer now: not the attempt's fault; the
+            // worker gives the job back uncharged and asks again.
+            e if e.is_retryable() => ControlError::Unavailable(e.to_string()),
+            // A fault no retry fixes (a corrupt row): charged like an
+            // error of the attempt, so it cannot loop for ever.
+            other => ControlError::Rejected(other.to_string()),
         }
     }
 }
@@ -165,7 +184,9 @@ impl From<BlobError> for ControlError {
         match e {
             BlobError::NotFound(key) => ControlError::Rejected(format!("no blob at {key}")),
             e @ BlobError::InvalidKey { .. } => ControlError::Rejected(e.to_string()),
-            other => ControlError::Unavailable(other.to_string()),
+            // Full, throttled, unreachable: the platform's trouble, not the job's.
+            e if e.is_retryable() => ControlError::Unavailable(e.to_string()),
+            other => ControlError::Rejected(other.to_string()),
         }
     }
 }

@@ -21,6 +21,9 @@ async fn prompt_table() {
         ("ｆｏｒｂｉｄｄｅｎ test term", Some("test")),
         ("fоrbiddеn test term", Some("test")), // Cyrillic о and е
         ("forbidden\u{200B}-test-term", Some("test")),
+        ("forbidden\u{3164}test term", Some("test")), // Hangul filler, invisible
+        ("forbidden test\u{FFA0}-term", Some("test")),
+        ("f\u{0585}rbidden test term", Some("test")), // Armenian օ
         ("forbidden test terminal", None),
         ("unforbidden test term", None),
         ("forbidden test", None),

@@ -77,15 +77,17 @@ fn is_invisible(c: char) -> bool {
         c,
         '\u{00AD}' // soft hyphen
             | '\u{034F}' // combining grapheme joiner
+            | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers (render as nothing)
             | '\u{180E}' // Mongolian vowel separator
             | '\u{200B}'..='\u{200F}' // zero-width space/joiners, direction marks
             | '\u{202A}'..='\u{202E}' // bidi embeddings
             | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
             | '\u{FEFF}' // zero-width no-break space
+            | '\u{2800}' // Braille blank
     )
 }
 
-/// Lowercase Cyrillic and Greek letters that render like Latin ones.
+/// Lowercase Cyrillic, Greek and Armenian letters that render like Latin ones.
 fn fold_confusable(c: char) -> char {
     match c {
         'а' | 'α' => 'a',
@@ -94,18 +96,18 @@ fn fold_confusable(c: char) -> char {
         'ԁ' => 'd',
         'е' | 'ε' => 'e',
         'ɡ' => 'g',
-        'һ' | 'н' => 'h',
+        'һ' | 'н' | 'հ' => 'h',
         'і' | 'ι' | 'ı' => 'i',
         'ј' => 'j',
         'к' | 'κ' => 'k',
         'м' => 'm',
         'η' => 'n',
-        'о' | 'ο' => 'o',
+        'о' | 'ο' | 'օ' => 'o',
         'р' | 'ρ' => 'p',
         'ԛ' => 'q',
         'ѕ' | 'ſ' => 's',
         'т' | 'τ' => 't',
-        'υ' => 'u',
+        'υ' | 'ս' => 'u',
         'ν' => 'v',
         'ԝ' | 'ω' => 'w',
         'х' | 'χ' => 'x',

@@ -297,6 +297,7 @@ mod tests {
             tier: Tier::Free,
             model: "m".to_owned(),
             enqueued_at_ms: at_ms,
+            not_before_ms: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The platform's pure decisions: which queued job runs next ([`Scheduler`])
-//! and when a running job checkpoints ([`checkpoint`]).
+//! when a running job checkpoints ([`checkpoint`]), and how long a failed
+//! job waits before its next attempt ([`retry`]).
 //!
 //! No I/O, no threads, no clock: every time-dependent call takes `now_ms`, so
 //! the same code runs in the server, in tests with a virtual clock and in the
@@ -60,7 +61,9 @@
 pub mod checkpoint;
 pub mod config;
 mod fifo;
+pub mod retry;
 pub mod scheduler;
 
 pub use config::{SchedulerConfig, TierMap};
+pub use retry::RetryBackoff;
 pub use scheduler::{MAX_WEIGHT, Scheduler, WorkerView};

@@ -300,6 +300,7 @@ mod tests {
             tier,
             model: model.to_owned(),
             enqueued_at_ms,
+            not_before_ms: None,
         }
     }
 

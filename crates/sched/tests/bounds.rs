@@ -52,6 +52,7 @@ fn simulate(cfg: &SchedulerConfig, arrivals: &[Arrival], loaded: &[Vec<String>])
                 tier: a.tier,
                 model: MODELS[a.model].to_owned(),
                 enqueued_at_ms: a.at_ms,
+                not_before_ms: None,
             });
             arrived += 1;
         }

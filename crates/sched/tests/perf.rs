@@ -17,6 +17,7 @@ fn cost_at_100k_queued() {
         tier: Tier::ALL[n % 3],
         model: format!("m{}", n % 4),
         enqueued_at_ms: at_ms,
+        not_before_ms: None,
     };
     // Jobs are built up front so only scheduler work is timed.
     let first: Vec<QueuedJob> = (0..N).map(|n| job(n, n as i64)).collect();

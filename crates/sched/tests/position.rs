@@ -50,7 +50,7 @@ proptest! {
                 Op::Enqueue { tier, at_ms } => {
                     let id = vid(ids.len());
                     ids.push(id.clone());
-                    s.enqueue(QueuedJob { id, tenant: tenant.clone(), tier, model: "m".into(), enqueued_at_ms: at_ms });
+                    s.enqueue(QueuedJob { id, tenant: tenant.clone(), tier, model: "m".into(), enqueued_at_ms: at_ms, not_before_ms: None });
                 }
                 Op::Next { now_ms } => { s.next(now_ms, &WorkerView::NONE); }
                 Op::Remove { nth } => { if let Some(id) = ids.get(nth) { s.remove(id); } }

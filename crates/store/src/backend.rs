@@ -21,14 +21,14 @@ use crate::ops;
 use crate::ops::maintenance::Reclaim;
 use async_trait::async_trait;
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use videogen_core::store::{
     ApiKey, AttemptStore, CredentialStore, Idempotency, JobStore, LeadershipStore, ListQuery, MaintenanceStore, NewJob,
     Reclaimed, StoreError, Submitted, WorkerToken,
 };
 use videogen_core::{
-    CheckpointRef, EventPayload, Job, JobError, JobEvent, Lease, Outputs, Progress, QueuedJob, TenantId, VideoId,
-    WorkerId,
+    CheckpointRef, EventPayload, Job, JobError, JobEvent, Lease, Outputs, Progress, QueuedJob, RequeueReason, TenantId,
+    VideoId, WorkerId,
 };
 
 /// How a database runs the operations of [`crate::ops`].
@@ -104,11 +104,51 @@ pub trait Backend: Send + Sync + 'static {
 /// [`crate::PgStore`] are this with their backend.
 pub struct SqlStore<B> {
     pub(crate) backend: B,
+    /// Longest any one call may take; past it the call answers
+    /// [`StoreError::Unavailable`].
+    op_deadline: Duration,
 }
+
+/// The default of [`SqlStore::with_op_deadline`]: far above any healthy
+/// call (milliseconds), short enough that a database that stopped
+/// answering (a black-holed network, a hung disk) fails requests with a
+/// 503 instead of piling them up.
+pub const OP_DEADLINE: Duration = Duration::from_secs(5);
 
 impl<B> SqlStore<B> {
     pub(crate) fn new(backend: B) -> Self {
-        Self { backend }
+        Self {
+            backend,
+            op_deadline: OP_DEADLINE,
+        }
+    }
+
+    /// Bounds every call by `deadline` instead of [`OP_DEADLINE`]. A write
+    /// cut off by it may still commit: callers retry idempotently (submits
+    /// by idempotency key, worker writes fenced by attempt).
+    pub fn with_op_deadline(mut self, deadline: Duration) -> Self {
+        self.op_deadline = deadline;
+        self
+    }
+
+    /// Times `call` (bounded by the deadline), counts its backend failures,
+    /// and logs those.
+    async fn observe<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.op_deadline, observe(op, call)).await {
+            Ok(out) => out,
+            Err(_) => {
+                metrics::counter!("videogen_store_errors_total", "op" => op, "kind" => "timeout").increment(1);
+                tracing::warn!(op, deadline = ?self.op_deadline, "store call timed out");
+                Err(StoreError::unavailable(format!(
+                    "{op} did not answer within {:?}",
+                    self.op_deadline
+                )))
+            }
+        }
     }
 }
 
@@ -122,6 +162,7 @@ impl<B: Clone> Clone for SqlStore<B> {
     fn clone(&self) -> Self {
         Self {
             backend: self.backend.clone(),
+            op_deadline: self.op_deadline,
         }
     }
 }
@@ -172,7 +213,7 @@ impl<B: Backend> CredentialStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(async move { ops::credentials::insert(tx, &key).await }));
-        observe("insert_api_key", call).await
+        self.observe("insert_api_key", call).await
     }
 
     async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
@@ -180,7 +221,7 @@ impl<B: Backend> CredentialStore for SqlStore<B> {
         let call = self
             .backend
             .read(move |tx| Box::pin(async move { ops::credentials::by_hash(tx, &hash).await }));
-        observe("api_key_by_hash", call).await
+        self.observe("api_key_by_hash", call).await
     }
 
     async fn list_api_keys(&self, after: Option<&ApiKey>, limit: u32) -> Result<Vec<ApiKey>, StoreError> {
@@ -188,7 +229,7 @@ impl<B: Backend> CredentialStore for SqlStore<B> {
         let call = self
             .backend
             .read(move |tx| Box::pin(ops::credentials::list(tx, after, limit)));
-        observe("list_api_keys", call).await
+        self.observe("list_api_keys", call).await
     }
 
     async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
@@ -196,7 +237,7 @@ impl<B: Backend> CredentialStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(async move { ops::credentials::revoke::<ApiKey>(tx, &id, now_ms).await }));
-        observe("revoke_api_key", call).await
+        self.observe("revoke_api_key", call).await
     }
 
     async fn insert_worker_token(&self, token: &WorkerToken) -> Result<(), StoreError> {
@@ -204,7 +245,7 @@ impl<B: Backend> CredentialStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(async move { ops::credentials::insert(tx, &token).await }));
-        observe("insert_worker_token", call).await
+        self.observe("insert_worker_token", call).await
     }
 
     async fn worker_token_by_hash(&self, hash: &str) -> Result<Option<WorkerToken>, StoreError> {
@@ -212,7 +253,7 @@ impl<B: Backend> CredentialStore for SqlStore<B> {
         let call = self
             .backend
             .read(move |tx| Box::pin(async move { ops::credentials::by_hash(tx, &hash).await }));
-        observe("worker_token_by_hash", call).await
+        self.observe("worker_token_by_hash", call).await
     }
 
     async fn list_worker_tokens(
@@ -224,7 +265,7 @@ impl<B: Backend> CredentialStore for SqlStore<B> {
         let call = self
             .backend
             .read(move |tx| Box::pin(ops::credentials::list(tx, after, limit)));
-        observe("list_worker_tokens", call).await
+        self.observe("list_worker_tokens", call).await
     }
 
     async fn revoke_worker_token(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
@@ -232,7 +273,7 @@ impl<B: Backend> CredentialStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(async move { ops::credentials::revoke::<WorkerToken>(tx, &id, now_ms).await }));
-        observe("revoke_worker_token", call).await
+        self.observe("revoke_worker_token", call).await
     }
 }
 
@@ -240,12 +281,12 @@ impl<B: Backend> CredentialStore for SqlStore<B> {
 impl<B: Backend> JobStore for SqlStore<B> {
     async fn submit(&self, job: NewJob, idem: Option<Idempotency>) -> Result<Submitted, StoreError> {
         let submitted = match idem {
-            None => observe("submit", self.backend.submit_unkeyed(job)).await?,
+            None => self.observe("submit", self.backend.submit_unkeyed(job)).await?,
             Some(idem) => {
                 let call = self
                     .backend
                     .write(move |tx| Box::pin(ops::jobs::submit(tx, job, Some(idem))));
-                observe("submit", call).await?
+                self.observe("submit", call).await?
             }
         };
         match &submitted {
@@ -262,7 +303,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
         let call = self
             .backend
             .read(move |tx| Box::pin(async move { ops::jobs::job(tx, &id).await }));
-        observe("job", call).await
+        self.observe("job", call).await
     }
 
     async fn list_jobs(&self, tenant: &TenantId, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
@@ -270,7 +311,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
         let call = self
             .backend
             .read(move |tx| Box::pin(async move { ops::jobs::list(tx, &tenant, &q).await }));
-        observe("list_jobs", call).await
+        self.observe("list_jobs", call).await
     }
 
     async fn events(&self, id: &VideoId, after_seq: i64, limit: u32) -> Result<Vec<JobEvent>, StoreError> {
@@ -278,7 +319,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
         let call = self
             .backend
             .read(move |tx| Box::pin(async move { ops::jobs::events(tx, &id, after_seq, limit).await }));
-        observe("events", call).await
+        self.observe("events", call).await
     }
 
     async fn queued_jobs(&self, after: Option<&QueuedJob>, limit: u32) -> Result<Vec<QueuedJob>, StoreError> {
@@ -286,7 +327,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
         let call = self
             .backend
             .read(move |tx| Box::pin(ops::jobs::queued_jobs(tx, after, limit)));
-        observe("queued_jobs", call).await
+        self.observe("queued_jobs", call).await
     }
 
     async fn queued_job(&self, id: &VideoId) -> Result<Option<QueuedJob>, StoreError> {
@@ -294,7 +335,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
         let call = self
             .backend
             .read(move |tx| Box::pin(async move { ops::jobs::queued_job(tx, &id).await }));
-        observe("queued_job", call).await
+        self.observe("queued_job", call).await
     }
 
     async fn cancel(&self, id: &VideoId, now_ms: i64) -> Result<Job, StoreError> {
@@ -302,7 +343,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(async move { ops::jobs::cancel(tx, &id, now_ms).await }));
-        let job = observe("cancel", call).await?;
+        let job = self.observe("cancel", call).await?;
         tracing::info!(job = %job.id, attempt = job.attempt, "job cancelled");
         Ok(job)
     }
@@ -312,7 +353,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(async move { ops::jobs::delete(tx, &id).await }));
-        let deleted = observe("delete", call).await?;
+        let deleted = self.observe("delete", call).await?;
         if let Some(job) = &deleted {
             tracing::info!(job = %job.id, "job deleted");
         }
@@ -324,7 +365,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(async move { ops::jobs::append_event(tx, &id, &event, now_ms).await }));
-        observe("append_event", call).await
+        self.observe("append_event", call).await
     }
 }
 
@@ -338,7 +379,7 @@ impl<B: Backend> AttemptStore for SqlStore<B> {
         ttl_ms: i64,
     ) -> Result<Option<Lease>, StoreError> {
         let call = self.backend.lease(id.clone(), worker.clone(), now_ms, ttl_ms);
-        let lease = observe("lease", call).await?;
+        let lease = self.observe("lease", call).await?;
         if let Some(l) = &lease {
             tracing::info!(job = %l.job_id, worker = %l.worker, attempt = l.attempt, "job leased");
         }
@@ -347,12 +388,12 @@ impl<B: Backend> AttemptStore for SqlStore<B> {
 
     async fn heartbeat(&self, lease: &Lease, progress: &Progress, now_ms: i64, ttl_ms: i64) -> Result<i64, StoreError> {
         let call = self.backend.heartbeat(lease.clone(), *progress, now_ms, ttl_ms);
-        observe("heartbeat", call).await
+        self.observe("heartbeat", call).await
     }
 
     async fn commit_checkpoint(&self, lease: &Lease, ck: &CheckpointRef, now_ms: i64) -> Result<(), StoreError> {
         let call = self.backend.commit_checkpoint(lease.clone(), ck.clone(), now_ms);
-        observe("commit_checkpoint", call).await?;
+        self.observe("commit_checkpoint", call).await?;
         tracing::debug!(job = %lease.job_id, attempt = lease.attempt, step = ck.step, "checkpoint committed");
         Ok(())
     }
@@ -367,7 +408,7 @@ impl<B: Backend> AttemptStore for SqlStore<B> {
         let call = self
             .backend
             .complete(lease.clone(), outputs.clone(), now_ms, expires_at_ms);
-        let job = observe("complete", call).await?;
+        let job = self.observe("complete", call).await?;
         tracing::info!(job = %job.id, attempt = lease.attempt, "job completed");
         Ok(job)
     }
@@ -377,18 +418,24 @@ impl<B: Backend> AttemptStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(async move { ops::attempts::fail(tx, &l, &e, now_ms).await }));
-        observe("fail", call).await?;
+        self.observe("fail", call).await?;
         tracing::info!(job = %lease.job_id, attempt = lease.attempt, code = %error.code, reason = %error.message, "job failed");
         Ok(())
     }
 
-    async fn release(&self, lease: &Lease, now_ms: i64) -> Result<QueuedJob, StoreError> {
+    async fn release(
+        &self,
+        lease: &Lease,
+        reason: RequeueReason,
+        now_ms: i64,
+        not_before_ms: Option<i64>,
+    ) -> Result<QueuedJob, StoreError> {
         let l = lease.clone();
-        let call = self
-            .backend
-            .write(move |tx| Box::pin(async move { ops::attempts::release(tx, &l, now_ms).await }));
-        let queued = observe("release", call).await?;
-        tracing::info!(job = %lease.job_id, attempt = lease.attempt, "job released back to the queue");
+        let call = self.backend.write(move |tx| {
+            Box::pin(async move { ops::attempts::release(tx, &l, reason, now_ms, not_before_ms).await })
+        });
+        let queued = self.observe("release", call).await?;
+        tracing::info!(job = %lease.job_id, attempt = lease.attempt, reason = reason.as_str(), "job released back to the queue");
         Ok(queued)
     }
 
@@ -398,12 +445,15 @@ impl<B: Backend> AttemptStore for SqlStore<B> {
         reason_message: &str,
         now_ms: i64,
         max_attempts: u32,
+        not_before_ms: Option<i64>,
     ) -> Result<Reclaimed, StoreError> {
         let (l, msg) = (lease.clone(), reason_message.to_owned());
         let call = self.backend.write(move |tx| {
-            Box::pin(async move { ops::attempts::requeue_or_dead_letter(tx, &l, &msg, now_ms, max_attempts).await })
+            Box::pin(async move {
+                ops::attempts::requeue_or_dead_letter(tx, &l, &msg, now_ms, max_attempts, not_before_ms).await
+            })
         });
-        let done = observe("requeue_or_dead_letter", call).await?;
+        let done = self.observe("requeue_or_dead_letter", call).await?;
         log_reclaimed(std::slice::from_ref(&done), "error");
         Ok(done)
     }
@@ -421,7 +471,7 @@ impl<B: Backend> MaintenanceStore for SqlStore<B> {
                 limit,
             ))
         });
-        let done = observe("reclaim_expired", call).await?;
+        let done = self.observe("reclaim_expired", call).await?;
         log_reclaimed(&done, "lease_expired");
         Ok(done)
     }
@@ -439,7 +489,7 @@ impl<B: Backend> MaintenanceStore for SqlStore<B> {
                 async move { ops::maintenance::reclaim(tx, Reclaim::OfNode(&node), now_ms, max_attempts, limit).await },
             )
         });
-        let done = observe("reclaim_node", call).await?;
+        let done = self.observe("reclaim_node", call).await?;
         log_reclaimed(&done, "node_restarted");
         Ok(done)
     }
@@ -448,7 +498,7 @@ impl<B: Backend> MaintenanceStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(ops::maintenance::expire_due(tx, now_ms, limit)));
-        let expired = observe("expire_due", call).await?;
+        let expired = self.observe("expire_due", call).await?;
         for job in &expired {
             tracing::info!(job = %job.id, "job expired");
         }
@@ -459,7 +509,7 @@ impl<B: Backend> MaintenanceStore for SqlStore<B> {
         let call = self
             .backend
             .read(move |tx| Box::pin(ops::maintenance::dead_letters(tx, limit, after)));
-        observe("dead_letters", call).await
+        self.observe("dead_letters", call).await
     }
 
     async fn redrive(&self, id: &VideoId, now_ms: i64) -> Result<QueuedJob, StoreError> {
@@ -467,9 +517,36 @@ impl<B: Backend> MaintenanceStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(async move { ops::maintenance::redrive(tx, &id, now_ms).await }));
-        let queued = observe("redrive", call).await?;
+        let queued = self.observe("redrive", call).await?;
         tracing::info!(job = %queued.id, "dead letter re-driven");
         Ok(queued)
+    }
+
+    async fn stale_dead_letter_checkpoints(&self, before_ms: i64, limit: u32) -> Result<Vec<VideoId>, StoreError> {
+        let call = self
+            .backend
+            .read(move |tx| Box::pin(ops::maintenance::stale_dead_letter_checkpoints(tx, before_ms, limit)));
+        self.observe("stale_dead_letter_checkpoints", call).await
+    }
+
+    async fn forget_dead_letter_checkpoints(&self, id: &VideoId) -> Result<bool, StoreError> {
+        let id = id.clone();
+        let call = self
+            .backend
+            .write(move |tx| Box::pin(async move { ops::maintenance::forget_dead_letter_checkpoints(tx, &id).await }));
+        self.observe("forget_dead_letter_checkpoints", call).await
+    }
+
+    async fn probe_write(&self, node: &str, now_ms: i64) -> Result<(), StoreError> {
+        let node = node.to_owned();
+        let call = self.backend.write(move |tx| {
+            Box::pin(async move {
+                tx.exec(crate::sql::WRITE_PROBE, crate::exec::params![node.as_str(), now_ms])
+                    .await
+                    .map(drop)
+            })
+        });
+        self.observe("probe_write", call).await
     }
 }
 
@@ -480,7 +557,7 @@ impl<B: Backend> LeadershipStore for SqlStore<B> {
         let call = self.backend.write(move |tx| {
             Box::pin(async move { ops::leadership::try_lead(tx, &name, &holder, now_ms, ttl_ms).await })
         });
-        observe("try_lead", call).await
+        self.observe("try_lead", call).await
     }
 
     async fn resign(&self, name: &str, holder: &str) -> Result<(), StoreError> {
@@ -488,6 +565,6 @@ impl<B: Backend> LeadershipStore for SqlStore<B> {
         let call = self
             .backend
             .write(move |tx| Box::pin(async move { ops::leadership::resign(tx, &name, &holder).await }));
-        observe("resign", call).await
+        self.observe("resign", call).await
     }
 }

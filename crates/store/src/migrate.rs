@@ -61,6 +61,7 @@ const MIGRATIONS: &[Migration] = &[
         postgres: Some(include_str!("../migrations/0004_statement_event_trigger.postgres.sql")),
     },
     per_engine!(5, "0005_typed_events"),
+    per_engine!(6, "0006_retry_backoff_probes"),
 ];
 
 /// The name a version is recorded under: the file name without its number.

@@ -118,6 +118,7 @@ pub(crate) fn queued_job(row: &dyn Columns) -> Result<QueuedJob, StoreError> {
         tier: get_tier(row, "tier")?,
         model: text(row, "model")?,
         enqueued_at_ms: int(row, "enqueued_at_ms")?,
+        not_before_ms: row.int("not_before_ms")?,
     })
 }
 

@@ -32,7 +32,7 @@ pub(crate) use job_columns;
 /// The columns `rows::queued_job` decodes.
 macro_rules! queued_columns {
     () => {
-        "id, tenant, tier, model, enqueued_at_ms"
+        "id, tenant, tier, model, enqueued_at_ms, not_before_ms"
     };
 }
 
@@ -232,16 +232,31 @@ pub(crate) const DEAD_LETTER_OF_NODE: &str = concat!(
 macro_rules! requeue_where {
     () => {
         "UPDATE jobs SET state = $1, phase = $2, lease_worker = NULL, lease_expires_at_ms = NULL, \
-         last_event_seq = last_event_seq + 1, event_kind = $3, event_at_ms = $4, event_data_json = $5 \
-         WHERE id = $6 AND state = $7 AND attempt = $8"
+         last_event_seq = last_event_seq + 1, event_kind = $3, event_at_ms = $4, event_data_json = $5, \
+         not_before_ms = NULL WHERE id = $6 AND state = $7 AND attempt = $8"
     };
 }
 
-pub(crate) const RELEASE: &str = concat!(requeue_where!(), " RETURNING ", queued_columns!());
-/// An attempt's error with budget left. $9 max attempts.
+/// Given back through no fault of the job (shutdown, preemption, storage
+/// or database trouble): the attempt is not charged (`attempt_floor` moves
+/// with it), so infrastructure faults never dead-letter a job. $1 to-state,
+/// $2 phase, $3 event kind, $4 now, $5 event data, $6 not-before (or
+/// NULL), $7 id, $8 from-state, $9 attempt.
+pub(crate) const RELEASE: &str = concat!(
+    "UPDATE jobs SET state = $1, phase = $2, lease_worker = NULL, lease_expires_at_ms = NULL, ",
+    "last_event_seq = last_event_seq + 1, event_kind = $3, event_at_ms = $4, event_data_json = $5, ",
+    "not_before_ms = $6, attempt_floor = attempt_floor + 1 WHERE id = $7 AND state = $8 AND attempt = $9 ",
+    "RETURNING ",
+    queued_columns!()
+);
+/// An attempt's error with budget left, runnable again from the backoff's
+/// end. $1 to-state, $2 phase, $3 event kind, $4 now, $5 event data,
+/// $6 not-before, $7 id, $8 from-state, $9 attempt, $10 max attempts.
 pub(crate) const REQUEUE_WITHIN_BUDGET: &str = concat!(
-    requeue_where!(),
-    " AND attempt - attempt_floor < $9 RETURNING ",
+    "UPDATE jobs SET state = $1, phase = $2, lease_worker = NULL, lease_expires_at_ms = NULL, ",
+    "last_event_seq = last_event_seq + 1, event_kind = $3, event_at_ms = $4, event_data_json = $5, ",
+    "not_before_ms = $6 WHERE id = $7 AND state = $8 AND attempt = $9 AND attempt - attempt_floor < $10 ",
+    "RETURNING ",
     queued_columns!()
 );
 /// A reclaimed job whose lease is still expired. $9 now.
@@ -295,6 +310,22 @@ pub(crate) const DEAD_LETTERS: &str = concat!(
     " AND id > $1 ORDER BY id LIMIT $2"
 );
 
+/// Dead letters whose last event is older than $1 that still point at
+/// checkpoints (their retention is over). $2 limit.
+pub(crate) const STALE_DEAD_LETTER_CHECKPOINTS: &str = concat!(
+    "SELECT id FROM jobs WHERE ",
+    dead_letter_where!(),
+    " AND checkpoint_json IS NOT NULL AND event_at_ms < $1 ORDER BY id LIMIT $2"
+);
+
+/// A dead letter forgets its checkpoints (their bytes are gone), so a
+/// re-drive starts over instead of trying them. No event: nothing a
+/// client sees changes. $1 id.
+pub(crate) const FORGET_DEAD_LETTER_CHECKPOINTS: &str = concat!(
+    "UPDATE jobs SET checkpoint_json = NULL, prev_checkpoint_json = NULL, checkpoint_step = NULL WHERE id = $1 AND ",
+    dead_letter_where!()
+);
+
 /// What a re-drive reads first: the state (for the error if it is not a
 /// dead letter), and the error and attempt it re-drives.
 pub(crate) const REDRIVE_CANDIDATE: &str = "SELECT state, error_code, error_message, attempt FROM jobs WHERE id = $1";
@@ -306,7 +337,8 @@ pub(crate) const REDRIVE_CANDIDATE: &str = "SELECT state, error_code, error_mess
 /// $7 attempt.
 pub(crate) const REDRIVE: &str = concat!(
     "UPDATE jobs SET state = $1, phase = $2, enqueued_at_ms = $3, error_code = NULL, error_message = NULL, ",
-    "attempt_floor = attempt, last_event_seq = last_event_seq + 1, event_kind = $4, event_at_ms = $3, ",
+    "attempt_floor = attempt, not_before_ms = NULL, last_event_seq = last_event_seq + 1, event_kind = $4, ",
+    "event_at_ms = $3, ",
     "event_data_json = $5 WHERE id = $6 AND attempt = $7 AND ",
     dead_letter_where!(),
     " RETURNING ",
@@ -326,6 +358,10 @@ pub(crate) const TRY_LEAD: &str = "INSERT INTO leader_leases (name, holder, expi
 
 /// $1 name, $2 holder.
 pub(crate) const RESIGN: &str = "DELETE FROM leader_leases WHERE name = $1 AND holder = $2";
+
+/// The write `/readyz` proves the database takes. $1 node, $2 now.
+pub(crate) const WRITE_PROBE: &str = "INSERT INTO write_probes (node, at_ms) VALUES ($1, $2) \
+     ON CONFLICT (node) DO UPDATE SET at_ms = excluded.at_ms";
 
 /// Every statement, for the tests that check them on both engines.
 #[cfg(test)]
@@ -368,10 +404,13 @@ pub(crate) const ALL: &[(&str, &str)] = &[
     ("LEASES_OF_NODE", LEASES_OF_NODE),
     ("EXPIRE_DUE", EXPIRE_DUE),
     ("DEAD_LETTERS", DEAD_LETTERS),
+    ("STALE_DEAD_LETTER_CHECKPOINTS", STALE_DEAD_LETTER_CHECKPOINTS),
+    ("FORGET_DEAD_LETTER_CHECKPOINTS", FORGET_DEAD_LETTER_CHECKPOINTS),
     ("REDRIVE_CANDIDATE", REDRIVE_CANDIDATE),
     ("REDRIVE", REDRIVE),
     ("TRY_LEAD", TRY_LEAD),
     ("RESIGN", RESIGN),
+    ("WRITE_PROBE", WRITE_PROBE),
 ];
 
 #[cfg(test)]

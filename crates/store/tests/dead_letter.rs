@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
 use std::collections::HashSet;
+use videogen_core::RequeueReason;
 use videogen_core::store::prelude::*;
 use videogen_core::store::{ApiKey, NewJob, Reclaimed, Store, StoreError, Submitted, WorkerToken};
 use videogen_core::{
@@ -127,7 +128,10 @@ async fn dead_letters_lists_only_exhausted_jobs_oldest_first_with_a_cursor(store
     }
     let j = submit(store, T0 + 3).await;
     let l = lease(store, &j.id, T0 + 4).await;
-    let r = store.requeue_or_dead_letter(&l, "disk full", T0 + 5, 1).await.unwrap();
+    let r = store
+        .requeue_or_dead_letter(&l, "disk full", T0 + 5, 1, None)
+        .await
+        .unwrap();
     assert!(matches!(r, Reclaimed::DeadLettered(ref id) if *id == j.id), "{r:?}");
     dead.push(j.id);
     // Not dead letters: a fatal failure, a cancelled, a queued, a running and a completed job.
@@ -225,7 +229,7 @@ async fn redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing(store: &dyn 
     let l5 = lease(store, &j.id, now + 5 * TTL).await;
     assert_eq!(l5.attempt, 5);
     let r = store
-        .requeue_or_dead_letter(&l5, "flaky", now + 5 * TTL + 1, MAX)
+        .requeue_or_dead_letter(&l5, "flaky", now + 5 * TTL + 1, MAX, None)
         .await
         .unwrap();
     assert!(matches!(r, Reclaimed::Requeued(_)), "{r:?}");
@@ -235,7 +239,10 @@ on_every_backend!(redrive_gives_a_fresh_budget_and_the_attempt_keeps_growing);
 async fn a_lease_from_before_the_redrive_stays_stale(store: &dyn Store) {
     let j = submit(store, T0).await;
     let old = lease(store, &j.id, T0).await;
-    let r = store.requeue_or_dead_letter(&old, "boom", T0 + 1, 1).await.unwrap();
+    let r = store
+        .requeue_or_dead_letter(&old, "boom", T0 + 1, 1, None)
+        .await
+        .unwrap();
     assert!(matches!(r, Reclaimed::DeadLettered(_)), "{r:?}");
     store.redrive(&j.id, T0 + 2).await.unwrap();
 
@@ -263,8 +270,12 @@ async fn a_lease_from_before_the_redrive_stays_stale(store: &dyn Store) {
         assert!(is_stale(
             store.fail(&old, &JobError::new("model_error", "x"), T0 + 4).await
         ));
-        assert!(is_stale(store.release(&old, T0 + 4).await));
-        assert!(is_stale(store.requeue_or_dead_letter(&old, "late", T0 + 4, 1).await));
+        assert!(is_stale(
+            store.release(&old, RequeueReason::Released, T0 + 4, None).await
+        ));
+        assert!(is_stale(
+            store.requeue_or_dead_letter(&old, "late", T0 + 4, 1, None).await
+        ));
         assert_eq!(job(store, &j.id).await, before, "a stale write changed the job");
         if let Some(owner) = owner {
             assert_eq!(owner.attempt, 2);
@@ -319,7 +330,7 @@ async fn redrive_refuses_what_is_not_a_dead_letter(store: &dyn Store) {
     // Re-driving twice: the second finds a queued job.
     let dead = submit(store, T0).await;
     let l = lease(store, &dead.id, T0).await;
-    store.requeue_or_dead_letter(&l, "x", T0 + 1, 1).await.unwrap();
+    store.requeue_or_dead_letter(&l, "x", T0 + 1, 1, None).await.unwrap();
     store.redrive(&dead.id, T0 + 2).await.unwrap();
     assert_eq!(illegal(store.redrive(&dead.id, T0 + 3).await), Some(JobState::Queued));
 }
@@ -338,7 +349,7 @@ async fn requeue_or_dead_letter_requeues_while_the_budget_lasts(store: &dyn Stor
             .await
             .unwrap();
         let r = store
-            .requeue_or_dead_letter(&l, &format!("blob store timeout {attempt}"), now + 2, MAX)
+            .requeue_or_dead_letter(&l, &format!("blob store timeout {attempt}"), now + 2, MAX, None)
             .await
             .unwrap();
         let Reclaimed::Requeued(q) = r else {
@@ -358,7 +369,7 @@ async fn requeue_or_dead_letter_requeues_while_the_budget_lasts(store: &dyn Stor
     let l = lease(store, &j.id, now + 10).await;
     assert_eq!(l.attempt, MAX);
     let r = store
-        .requeue_or_dead_letter(&l, "blob store timeout 3", now + 11, MAX)
+        .requeue_or_dead_letter(&l, "blob store timeout 3", now + 11, MAX, None)
         .await
         .unwrap();
     assert!(matches!(r, Reclaimed::DeadLettered(ref id) if *id == j.id), "{r:?}");
@@ -381,12 +392,14 @@ async fn requeue_or_dead_letter_requeues_while_the_budget_lasts(store: &dyn Stor
     assert_eq!(e.to_json()["error"]["message"], error.message.as_str());
     assert_eq!(dead_letter_ids(store).await, vec![j.id.clone()]);
     // Once dead, the lease is stale.
-    assert!(is_stale(store.requeue_or_dead_letter(&l, "again", now + 12, MAX).await));
+    assert!(is_stale(
+        store.requeue_or_dead_letter(&l, "again", now + 12, MAX, None).await
+    ));
     // A huge message is cut, not stored whole in the job and its event.
     let k = submit(store, T0).await;
     let l = lease(store, &k.id, T0).await;
     store
-        .requeue_or_dead_letter(&l, &"x".repeat(100_000), T0 + 1, 1)
+        .requeue_or_dead_letter(&l, &"x".repeat(100_000), T0 + 1, 1, None)
         .await
         .unwrap();
     let message = job(store, &k.id).await.error.unwrap().message;
@@ -403,13 +416,15 @@ async fn requeue_or_dead_letter_is_fenced(store: &dyn Store) {
     // Neither branch lands for an old attempt, whatever the budget says.
     for max in [1, 3] {
         assert!(is_stale(
-            store.requeue_or_dead_letter(&zombie, "late", T0 + TTL + 3, max).await
+            store
+                .requeue_or_dead_letter(&zombie, "late", T0 + TTL + 3, max, None)
+                .await
         ));
     }
     assert_eq!((job(store, &j.id).await, events(store, &j.id).await), before);
     // The owner's error lands.
     let r = store
-        .requeue_or_dead_letter(&owner, "now", T0 + TTL + 4, 3)
+        .requeue_or_dead_letter(&owner, "now", T0 + TTL + 4, 3, None)
         .await
         .unwrap();
     assert!(matches!(r, Reclaimed::Requeued(_)), "{r:?}");
@@ -417,7 +432,7 @@ async fn requeue_or_dead_letter_is_fenced(store: &dyn Store) {
     let c = submit(store, T0).await;
     let l = lease(store, &c.id, T0).await;
     store.cancel(&c.id, T0 + 1).await.unwrap();
-    assert!(is_stale(store.requeue_or_dead_letter(&l, "x", T0 + 2, 3).await));
+    assert!(is_stale(store.requeue_or_dead_letter(&l, "x", T0 + 2, 3, None).await));
     assert_eq!(job(store, &c.id).await.state, JobState::Cancelled);
 }
 on_every_backend!(requeue_or_dead_letter_is_fenced);
@@ -540,3 +555,71 @@ async fn redrive_and_worker_tokens_survive_reopening() {
     assert!(ids.contains(&j.id));
     store.close().await.unwrap();
 }
+
+/// A job given back through no fault of its own (shutdown, preemption,
+/// storage or database trouble) keeps its whole budget: releases any
+/// number of times, it is still dead-lettered only after `MAX` errors.
+async fn releases_do_not_spend_the_attempt_budget(store: &dyn Store) {
+    const MAX: u32 = 2;
+    let j = submit(store, T0).await;
+    let mut now = T0;
+    for (i, reason) in [RequeueReason::Released, RequeueReason::Infrastructure]
+        .into_iter()
+        .cycle()
+        .take(5)
+        .enumerate()
+    {
+        now += 10;
+        let l = lease(store, &j.id, now).await;
+        let q = store.release(&l, reason, now + 1, None).await.unwrap();
+        assert_eq!(q.not_before_ms, None, "release {i}");
+        let e = events(store, &j.id).await.pop().unwrap();
+        assert_eq!(e.to_json()["reason"], reason.as_str());
+    }
+    now += 10;
+    let first = lease(store, &j.id, now).await;
+    assert_eq!(first.attempt, 6, "every lease is a new fencing token");
+    let r = store
+        .requeue_or_dead_letter(&first, "oom", now + 1, MAX, None)
+        .await
+        .unwrap();
+    assert!(matches!(r, Reclaimed::Requeued(_)), "one error of {MAX}: {r:?}");
+    let second = lease(store, &j.id, now + 2).await;
+    let r = store
+        .requeue_or_dead_letter(&second, "oom", now + 3, MAX, None)
+        .await
+        .unwrap();
+    assert!(matches!(r, Reclaimed::DeadLettered(_)), "two errors of {MAX}: {r:?}");
+}
+on_every_backend!(releases_do_not_spend_the_attempt_budget);
+
+/// A retry's backoff is stored with the job: the queued view (what the
+/// dispatcher seeds from after a restart) says when it is due, and the
+/// next re-queue replaces it.
+async fn a_retry_backoff_is_kept_until_the_next_requeue(store: &dyn Store) {
+    let j = submit(store, T0).await;
+    let l = lease(store, &j.id, T0 + 1).await;
+    let due = T0 + 60_000;
+    let Reclaimed::Requeued(q) = store
+        .requeue_or_dead_letter(&l, "oom", T0 + 2, 3, Some(due))
+        .await
+        .unwrap()
+    else {
+        panic!("within budget")
+    };
+    assert_eq!(q.not_before_ms, Some(due));
+    assert_eq!(store.queued_job(&j.id).await.unwrap().unwrap().not_before_ms, Some(due));
+    let listed = store.queued_jobs(None, 10).await.unwrap();
+    assert_eq!(listed.iter().find(|q| q.id == j.id).unwrap().not_before_ms, Some(due));
+    let l = lease(store, &j.id, due).await;
+    let q = store.release(&l, RequeueReason::Released, due + 1, None).await.unwrap();
+    assert_eq!(q.not_before_ms, None, "a release is runnable at once");
+}
+on_every_backend!(a_retry_backoff_is_kept_until_the_next_requeue);
+
+async fn the_write_probe_writes(store: &dyn Store) {
+    store.probe_write("node-a", T0).await.unwrap();
+    store.probe_write("node-a", T0 + 1).await.unwrap();
+    store.probe_write("node-b", T0 + 1).await.unwrap();
+}
+on_every_backend!(the_write_probe_writes);

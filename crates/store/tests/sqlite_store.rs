@@ -460,7 +460,7 @@ async fn cancelled_running_job_rejects_every_worker_write_as_stale(store: &dyn S
     assert!(is_stale(
         store.fail(&l, &JobError::new("model_error", "boom"), T0 + 7).await
     ));
-    assert!(is_stale(store.release(&l, T0 + 8).await));
+    assert!(is_stale(store.release(&l, RequeueReason::Released, T0 + 8, None).await));
     assert_eq!(job(store, &j.id).await, before, "stale writes changed the job");
     assert_eq!(events(store, &j.id).await, before_events, "stale writes logged events");
 
@@ -510,7 +510,11 @@ async fn zombie_attempt_is_fenced_off_after_its_lease_is_reclaimed(store: &dyn S
             .fail(&zombie, &JobError::new("model_error", "x"), T0 + TTL + 5)
             .await
     ));
-    assert!(is_stale(store.release(&zombie, T0 + TTL + 5).await));
+    assert!(is_stale(
+        store
+            .release(&zombie, RequeueReason::Released, T0 + TTL + 5, None)
+            .await
+    ));
     assert_eq!(job(store, &j.id).await, before);
 
     store
@@ -654,7 +658,7 @@ async fn checkpoint_commit_keeps_the_previous_pointer(store: &dyn Store) {
         .heartbeat(&l, &progress(Phase::Generating, 15, 50), T0 + 4, TTL)
         .await
         .unwrap();
-    let q = store.release(&l, T0 + 5).await.unwrap();
+    let q = store.release(&l, RequeueReason::Released, T0 + 5, None).await.unwrap();
     assert_eq!(
         (q.id.clone(), q.tenant.clone(), q.tier, q.model.as_str()),
         (j.id.clone(), tenant("acme"), Tier::Paid, "videogen-ref")

@@ -12,6 +12,8 @@
 //! - [`sqlite`]: a file-backed SQLite store in a temporary directory.
 //! - [`s3`]: a private `s3s-fs` (S3-compatible, checks SigV4 and checksums).
 //! - [`redis`]: a private `redis-server` that tests may kill, pause or flush.
+//! - [`proxy`]: a TCP proxy that can refuse or black-hole a real server's
+//!   traffic (outage and partition tests).
 //! - [`on_every_backend!`]: runs one store scenario on SQLite (file and
 //!   memory) and PostgreSQL.
 //!
@@ -25,6 +27,7 @@
 pub mod files;
 pub mod pg;
 pub mod pg_server;
+pub mod proxy;
 pub mod redis;
 pub mod s3;
 pub mod sqlite;

@@ -98,6 +98,33 @@ impl TestDb {
         format!("{base}/{}{query}{sep}{TEST_OPTIONS}", self.name)
     }
 
+    /// The server's TCP address (to put a [`crate::proxy::FaultProxy`] in
+    /// front of it).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let (base, _) = split_url(&self.server);
+        let authority = base.rsplit_once('@').map_or(base, |(_, a)| a);
+        let authority = authority.rsplit_once("://").map_or(authority, |(_, a)| a);
+        let authority = authority.replace("localhost", "127.0.0.1");
+        authority
+            .parse()
+            .or_else(|_| format!("{authority}:5432").parse())
+            .unwrap_or_else(|e| panic!("no TCP address in {base}: {e}"))
+    }
+
+    /// [`TestDb::url`] with the server reached at `addr` instead.
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        let url = self.url();
+        let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", &url));
+        let (user, hostpart) = rest.split_once('@').map_or(("", rest), |(u, h)| (u, h));
+        let tail = hostpart.find(['/', '?']).map_or("", |i| &hostpart[i..]);
+        let at = if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        };
+        format!("{scheme}://{at}{addr}{tail}")
+    }
+
     /// A store on this database (migrated).
     pub async fn store(&self) -> PgStore {
         PgStore::connect(&self.url())

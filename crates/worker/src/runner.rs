@@ -80,15 +80,21 @@ enum Stop {
     Released,
     /// Will fail the same way again: fail the job now.
     Fatal(JobError),
-    /// Might work next time (I/O, infrastructure).
+    /// Might work next time (the model crashed, a worker task panicked):
+    /// charged to the job, retried after a backoff.
     Retryable(String),
+    /// The platform failed the attempt (storage full or unreachable, the
+    /// database unavailable): not the job's fault, so the job goes back
+    /// uncharged and dispatch waits for the infrastructure.
+    Infrastructure(String),
 }
 
 impl From<ControlError> for Stop {
     fn from(e: ControlError) -> Self {
         match e {
             ControlError::Stale { .. } => Stop::LeaseLost,
-            other => Stop::Retryable(other.to_string()),
+            ControlError::Unavailable(msg) => Stop::Infrastructure(msg),
+            other @ ControlError::Rejected(_) => Stop::Retryable(other.to_string()),
         }
     }
 }
@@ -115,6 +121,8 @@ pub(crate) enum Outcome {
     Failed,
     Retry,
     DeadLettered,
+    /// Given back uncharged after an infrastructure fault.
+    Infrastructure,
 }
 
 impl Outcome {
@@ -127,6 +135,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Retry => "retry",
             Outcome::DeadLettered => "dead_lettered",
+            Outcome::Infrastructure => "infrastructure",
         }
     }
 }
@@ -261,6 +270,13 @@ impl Worker {
                 }
                 Outcome::Failed
             }
+            Err(Stop::Infrastructure(msg)) => {
+                tracing::warn!(job = %id, attempt = lease.attempt, "infrastructure fault, job given back uncharged: {msg}");
+                if let Err(e) = self.control.release(&lease, ReleaseCause::Infrastructure).await {
+                    tracing::warn!(job = %id, error = %e, "could not give the job back; the lease will expire");
+                }
+                Outcome::Infrastructure
+            }
             Err(Stop::Retryable(msg)) => {
                 tracing::warn!(job = %id, attempt = lease.attempt, "attempt error: {msg}");
                 match self.control.retry(&lease, &msg).await {
@@ -366,7 +382,7 @@ impl Attempt<'_> {
     async fn start_or_resume(&self, job: &Job, req: &GenerationRequest) -> Result<Box<dyn Generation>, Stop> {
         let candidates = [job.checkpoint.as_ref(), job.prev_checkpoint.as_ref()];
         for ck in candidates.into_iter().flatten() {
-            match self.load_checkpoint(ck, req).await {
+            match self.load_checkpoint(ck, req).await? {
                 Ok(generation) => {
                     let resumed = AttemptEvent::Resumed {
                         from_step: ck.step,
@@ -399,21 +415,25 @@ impl Attempt<'_> {
         &self,
         ck: &CheckpointRef,
         req: &GenerationRequest,
-    ) -> Result<Box<dyn Generation>, String> {
-        let bytes = self
-            .control
-            .read_blob(self.lease, &ck.key)
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Result<Box<dyn Generation>, String>, Stop> {
+        // A store that cannot answer now says nothing about the checkpoint:
+        // give the job back rather than throw its progress away.
+        let bytes = match self.control.read_blob(self.lease, &ck.key).await {
+            Ok(bytes) => bytes,
+            Err(e @ (ControlError::Unavailable(_) | ControlError::Stale { .. })) => return Err(e.into()),
+            Err(e @ ControlError::Rejected(_)) => return Ok(Err(e.to_string())),
+        };
         if crc32fast::hash(&bytes) != ck.crc32 || bytes.len() as u64 != ck.size_bytes {
-            return Err("checksum or size mismatch".into());
+            return Ok(Err("checksum or size mismatch".into()));
         }
         let model = self.engine.model.clone();
         let req = req.clone();
-        tokio::task::spawn_blocking(move || model.resume(&req, &bytes))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+        Ok(
+            match tokio::task::spawn_blocking(move || model.resume(&req, &bytes)).await {
+                Ok(resumed) => resumed.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        )
     }
 
     async fn generate_and_finish(&mut self, job: &Job, req: GenerationRequest) -> Result<Finished, Stop> {
@@ -488,7 +508,16 @@ impl Attempt<'_> {
         held: Instant,
     ) -> Result<Upload, Stop> {
         if let Some(prev) = previous {
-            finish_upload(prev).await?;
+            match finish_upload(prev).await {
+                Ok(()) => {}
+                Err(ControlError::Stale { .. }) => return Err(Stop::LeaseLost),
+                // The attempt goes on without it; it resumes from an older one
+                // if it is interrupted (the next checkpoint may well succeed).
+                Err(e) => {
+                    metrics::counter!("videogen_checkpoint_failures_total").increment(1);
+                    tracing::warn!(job = %self.lease.job_id, error = %e, "checkpoint not saved; going on without it");
+                }
+            }
         }
         let crc = crc32fast::hash(&bytes);
         let stall = held.elapsed().as_secs_f64();
@@ -498,7 +527,7 @@ impl Attempt<'_> {
         let lease = self.lease.clone();
         let started = Instant::now();
         let task = tokio::spawn(async move {
-            let r = control.write_checkpoint(&lease, step, crc, bytes.into()).await;
+            let r = write_checkpoint_retrying(control.as_ref(), &lease, step, crc, bytes).await;
             metrics::histogram!("videogen_checkpoint_duration_seconds").record(started.elapsed().as_secs_f64());
             r
         });
@@ -614,6 +643,36 @@ impl Attempt<'_> {
         }
         self.control.complete(self.lease, video_bytes).await?;
         Ok(())
+    }
+}
+
+/// Tries of one checkpoint upload, and the wait before the second; each
+/// further wait doubles. A checkpoint that still fails is skipped: the
+/// generation is worth more than the checkpoint.
+const CHECKPOINT_TRIES: u32 = 3;
+const CHECKPOINT_RETRY: Duration = Duration::from_millis(250);
+
+/// Uploads a checkpoint, retrying what the infrastructure refused
+/// (`Unavailable`) a few times; a rejection or a lost lease is final.
+async fn write_checkpoint_retrying(
+    control: &dyn ControlPlane,
+    lease: &Lease,
+    step: u32,
+    crc: u32,
+    bytes: Bytes,
+) -> Result<CheckpointRef, ControlError> {
+    let mut wait = CHECKPOINT_RETRY;
+    let mut tries = 1;
+    loop {
+        match control.write_checkpoint(lease, step, crc, bytes.clone().into()).await {
+            Err(ControlError::Unavailable(msg)) if tries < CHECKPOINT_TRIES => {
+                tracing::debug!(job = %lease.job_id, step, tries, "checkpoint upload failed, retrying: {msg}");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                tries += 1;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -31,6 +31,7 @@ pub fn app_state(store: Arc<dyn Store>, blob_dir: &Path, clock: Arc<dyn Clock>, 
         control: None,
         downloads: Downloads::default(),
         submit_limit: None,
+        readiness: Default::default(),
     }
 }
 

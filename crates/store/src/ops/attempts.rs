@@ -178,9 +178,14 @@ pub(crate) async fn fail(tx: &mut impl Tx, lease: &Lease, error: &JobError, now_
     Ok(())
 }
 
-pub(crate) async fn release(tx: &mut impl Tx, lease: &Lease, now_ms: i64) -> Result<QueuedJob, StoreError> {
+pub(crate) async fn release(
+    tx: &mut impl Tx,
+    lease: &Lease,
+    reason: RequeueReason,
+    now_ms: i64,
+    not_before_ms: Option<i64>,
+) -> Result<QueuedJob, StoreError> {
     let from = JobState::Running;
-    let reason = RequeueReason::Released;
     let to = next(from, Transition::Requeue(reason))?;
     let (kind, data) = outbox(&EventPayload::Requeued { reason, error: None });
     tx.row(
@@ -191,6 +196,7 @@ pub(crate) async fn release(tx: &mut impl Tx, lease: &Lease, now_ms: i64) -> Res
             kind,
             now_ms,
             data,
+            not_before_ms,
             lease.job_id.as_str(),
             from.as_str(),
             lease.attempt
@@ -218,6 +224,7 @@ pub(crate) async fn requeue_or_dead_letter(
     reason_message: &str,
     now_ms: i64,
     max_attempts: u32,
+    not_before_ms: Option<i64>,
 ) -> Result<Reclaimed, StoreError> {
     let from = JobState::Running;
     let reason = RequeueReason::Error;
@@ -238,6 +245,7 @@ pub(crate) async fn requeue_or_dead_letter(
                 kind,
                 now_ms,
                 data,
+                not_before_ms,
                 id,
                 from.as_str(),
                 lease.attempt,

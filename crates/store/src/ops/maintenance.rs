@@ -140,6 +140,24 @@ pub(crate) async fn dead_letters(tx: &mut impl Tx, limit: u32, after: Option<Vid
     tx.rows(sql::DEAD_LETTERS, params![after, limit], rows::job).await
 }
 
+/// Dead letters past their checkpoint retention that still hold some.
+pub(crate) async fn stale_dead_letter_checkpoints(
+    tx: &mut impl Tx,
+    before_ms: i64,
+    limit: u32,
+) -> Result<Vec<VideoId>, StoreError> {
+    tx.rows(sql::STALE_DEAD_LETTER_CHECKPOINTS, params![before_ms, limit], rows::id)
+        .await
+}
+
+/// Whether the job was (still) a dead letter holding checkpoints.
+pub(crate) async fn forget_dead_letter_checkpoints(tx: &mut impl Tx, id: &VideoId) -> Result<bool, StoreError> {
+    Ok(tx
+        .exec(sql::FORGET_DEAD_LETTER_CHECKPOINTS, params![id.as_str()])
+        .await?
+        > 0)
+}
+
 struct RedriveCandidate {
     state: JobState,
     error: Option<JobError>,

@@ -21,7 +21,7 @@ use videogen_core::store::StoreError;
 use videogen_core::{EventPayload, JobState, Lease, Transition};
 
 /// Error code of dead-lettered jobs (attempts exhausted).
-pub const MAX_ATTEMPTS_EXCEEDED: &str = "max_attempts_exceeded";
+pub use videogen_core::job::MAX_ATTEMPTS_EXCEEDED;
 /// Error code of cancelled jobs.
 pub const CANCELLED: &str = "cancelled";
 

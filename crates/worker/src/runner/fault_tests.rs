@@ -46,6 +46,9 @@ struct Faults {
     release_while_encoding: bool,
     /// Storing this asset fails (bucket unavailable).
     fail_asset: Option<AssetKind>,
+    /// Checkpoint uploads the store refuses (`Unavailable`, a full disk)
+    /// before it takes one; `u32::MAX`: every one.
+    refuse_checkpoints: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +83,9 @@ enum Call {
     Fail {
         code: String,
     },
-    Release,
+    Release {
+        cause: ReleaseCause,
+    },
     Retry {
         message: String,
     },
@@ -225,7 +230,18 @@ impl ControlPlane for FakeControl {
         if self.faults.cancel_during_checkpoint_at == Some(step) && state.owner == Owner::Us {
             state.owner = Owner::Cancelled;
         }
-        let stored = Self::fenced(&state, lease).and_then(|()| receive(bytes, crc32));
+        let refused = state
+            .calls
+            .iter()
+            .filter(|c| matches!(c, Call::WriteCheckpoint { stored: false, .. }))
+            .count();
+        let full = u32::try_from(refused).unwrap_or(u32::MAX) < self.faults.refuse_checkpoints;
+        let stored = Self::fenced(&state, lease).and_then(|()| {
+            if full {
+                return Err(ControlError::Unavailable("No space left on device".into()));
+            }
+            receive(bytes, crc32)
+        });
         state.calls.push(Call::WriteCheckpoint {
             step,
             stored: stored.is_ok(),
@@ -278,9 +294,9 @@ impl ControlPlane for FakeControl {
         Self::fenced(&state, lease)
     }
 
-    async fn release(&self, lease: &Lease, _cause: ReleaseCause) -> Result<(), ControlError> {
+    async fn release(&self, lease: &Lease, cause: ReleaseCause) -> Result<(), ControlError> {
         let mut state = self.lock();
-        state.calls.push(Call::Release);
+        state.calls.push(Call::Release { cause });
         Self::fenced(&state, lease)
     }
 
@@ -647,31 +663,91 @@ fn a_heartbeat_conflict_while_encoding_uploads_nothing() {
     assert_eq!(run.attempts_total, counted("lease_lost"));
 }
 
+/// The bucket refusing an output is the platform's fault: the job goes
+/// back uncharged (a release, not a retry) and nothing is completed.
 #[test]
-fn an_asset_upload_failure_is_retried_and_completes_nothing() {
+fn an_asset_the_store_refuses_gives_the_job_back_uncharged() {
     let faults = Faults {
         fail_asset: Some(AssetKind::Video),
         ..Faults::default()
     };
     let run = run_one(faults, Hold::default(), config(0));
-    assert_eq!(run.outcome, Outcome::Retry);
+    assert_eq!(run.outcome, Outcome::Infrastructure);
     let state = run.fake.lock();
     assert!(state.assets.is_empty(), "{:?}", state.assets.keys());
-    let two: [Call; 2] = writes(&state.calls)
-        .try_into()
-        .unwrap_or_else(|w| panic!("not two writes: {w:?}"));
-    let [put, Call::Retry { message }] = two else {
-        panic!("{:?}", state.calls);
-    };
     assert_eq!(
-        put,
-        Call::PutAsset {
-            kind: AssetKind::Video,
-            stored: false
-        }
+        writes(&state.calls),
+        [
+            Call::PutAsset {
+                kind: AssetKind::Video,
+                stored: false
+            },
+            Call::Release {
+                cause: ReleaseCause::Infrastructure
+            }
+        ]
     );
-    assert!(message.contains("bucket unreachable"), "{message}");
-    assert_eq!(run.attempts_total, counted("retry"));
+    assert_eq!(run.attempts_total, counted("infrastructure"));
+}
+
+/// A checkpoint the store refuses once is uploaded again, and the attempt
+/// goes on.
+#[test]
+fn a_refused_checkpoint_upload_is_retried() {
+    let faults = Faults {
+        refuse_checkpoints: 1,
+        ..Faults::default()
+    };
+    let run = run_one(faults, Hold::default(), config(3));
+    assert_eq!(run.outcome, Outcome::Completed);
+    let state = run.fake.lock();
+    let checkpoints: Vec<&Call> = state
+        .calls
+        .iter()
+        .filter(|c| matches!(c, Call::WriteCheckpoint { .. }))
+        .collect();
+    assert_eq!(
+        checkpoints,
+        [
+            &Call::WriteCheckpoint { step: 3, stored: false },
+            &Call::WriteCheckpoint { step: 3, stored: true }
+        ]
+    );
+    assert_eq!(state.checkpoints.keys().copied().collect::<Vec<_>>(), [3]);
+}
+
+/// A store that keeps refusing checkpoints costs the attempt its
+/// checkpoints, not the attempt: it completes without them (the defect
+/// was an attempt ended, and with it the job's budget, by a full disk).
+#[test]
+fn checkpoints_that_keep_failing_are_skipped_and_the_attempt_completes() {
+    let faults = Faults {
+        refuse_checkpoints: u32::MAX,
+        ..Faults::default()
+    };
+    let run = run_one(faults, Hold::default(), config(2));
+    assert_eq!(run.outcome, Outcome::Completed);
+    let state = run.fake.lock();
+    assert!(state.checkpoints.is_empty());
+    let tries = |step| {
+        state
+            .calls
+            .iter()
+            .filter(|c| **c == Call::WriteCheckpoint { step, stored: false })
+            .count()
+    };
+    // Checkpoints at steps 2 and 4 (step 6 is the end), each tried in full.
+    let expected = CHECKPOINT_TRIES as usize;
+    assert_eq!((tries(2), tries(4)), (expected, expected));
+    assert_eq!(state.assets.len(), 3);
+    assert!(state.calls.iter().any(|c| matches!(c, Call::Complete { .. })));
+    assert!(
+        !state
+            .calls
+            .iter()
+            .any(|c| matches!(c, Call::Retry { .. } | Call::Release { .. }))
+    );
+    assert_eq!(run.attempts_total, counted("completed"));
 }
 
 #[test]
@@ -780,6 +856,7 @@ fn outcome_labels_are_the_documented_ones() {
         Outcome::Failed,
         Outcome::Retry,
         Outcome::DeadLettered,
+        Outcome::Infrastructure,
     ]
     .into_iter()
     .map(Outcome::as_str)
@@ -793,7 +870,8 @@ fn outcome_labels_are_the_documented_ones() {
             "released",
             "failed",
             "retry",
-            "dead_lettered"
+            "dead_lettered",
+            "infrastructure"
         ]
     );
 }
