@@ -166,8 +166,10 @@ pub async fn signed_file(
             "This download URL has expired; request the content again for a fresh one.",
         ));
     }
+    // A key no object can have (validly signed, so only by whoever holds the
+    // signing key) names no file either: 404, not a server fault.
     let on_err = |e| match e {
-        BlobError::NotFound(_) => {
+        BlobError::NotFound(_) | BlobError::InvalidKey { .. } => {
             ApiError::route_not_found().with_code("file_not_found", "This file is no longer available.")
         }
         other => ApiError::blob("blob read", other),
@@ -306,17 +308,17 @@ pub fn parse_range(header: &str, size: u64) -> ApiResult<Option<Range<u64>>> {
     let (a, b) = spec.split_once('-').ok_or_else(unsatisfiable)?;
     let (a, b) = (a.trim(), b.trim());
     let range = if a.is_empty() {
-        let n: u64 = b.parse().map_err(|_| unsatisfiable())?;
+        let n = byte_pos(b).ok_or_else(unsatisfiable)?;
         if n == 0 || size == 0 {
             return Err(unsatisfiable());
         }
         size.saturating_sub(n)..size
     } else {
-        let start: u64 = a.parse().map_err(|_| unsatisfiable())?;
+        let start = byte_pos(a).ok_or_else(unsatisfiable)?;
         let end_incl = if b.is_empty() {
             size.saturating_sub(1)
         } else {
-            b.parse().map_err(|_| unsatisfiable())?
+            byte_pos(b).ok_or_else(unsatisfiable)?
         };
         if start >= size || end_incl < start {
             return Err(unsatisfiable());
@@ -324,6 +326,16 @@ pub fn parse_range(header: &str, size: u64) -> ApiResult<Option<Range<u64>>> {
         start..end_incl.min(size - 1) + 1
     };
     Ok(Some(range))
+}
+
+/// A position of a `Range`: decimal digits only (`1*DIGIT`, no sign),
+/// saturating, so a position past `u64::MAX` still means "past the end"
+/// (`bytes=0-99999999999999999999` is the whole body, not a 416).
+fn byte_pos(s: &str) -> Option<u64> {
+    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| {
+        s.bytes()
+            .fold(0u64, |n, d| n.saturating_mul(10).saturating_add(u64::from(d - b'0')))
+    })
 }
 
 #[cfg(test)]
@@ -396,6 +408,13 @@ mod tests {
         assert_eq!(parse_range("bytes=-100", 1000).unwrap(), Some(900..1000));
         assert_eq!(parse_range("bytes=990-5000", 1000).unwrap(), Some(990..1000));
         assert_eq!(parse_range("bytes=-5000", 1000).unwrap(), Some(0..1000));
+        // Positions past u64::MAX are past the end, not invalid.
+        assert_eq!(
+            parse_range("bytes=0-18446744073709551616", 1000).unwrap(),
+            Some(0..1000)
+        );
+        assert_eq!(parse_range("bytes=-99999999999999999999", 1000).unwrap(), Some(0..1000));
+        assert_eq!(parse_range("bytes=-18446744073709551616", 1).unwrap(), Some(0..1));
         assert_eq!(parse_range("bytes=0-1,5-6", 1000).unwrap(), None);
         assert_eq!(parse_range("items=0-1", 1000).unwrap(), None);
         for bad in [
@@ -405,6 +424,9 @@ mod tests {
             "bytes=-0",
             "bytes=-",
             "bytes=1",
+            "bytes=+5-",
+            "bytes=5-+9",
+            "bytes=99999999999999999999-",
         ] {
             assert_eq!(
                 parse_range(bad, 1000).unwrap_err().status,

@@ -13,6 +13,8 @@
 //!   and ungraceful preemption, checkpoint overhead).
 //! - [`checkpoint_storm`]: workers writing checkpoints at once to an
 //!   S3-compatible server (`s3s-fs`) on loopback, and to a `file://` store.
+//! - [`reliability`]: submissions under load while the server is killed,
+//!   the database stopped or the blob store full, and parallel large uploads.
 //! - [`slow_clients`]: a slow-connection attack on a `serve` process while
 //!   `/healthz` is probed.
 //!
@@ -28,6 +30,7 @@ mod checkpoint_storm;
 mod dispatch;
 mod fleet;
 mod model;
+mod reliability;
 mod slow_clients;
 mod submit;
 
@@ -52,6 +55,8 @@ pub enum BenchCommand {
     CheckpointStorm(checkpoint_storm::CheckpointStormArgs),
     /// A slow-connection attack on `videogen serve`: many half-sent requests held open while /healthz is probed.
     SlowClients(slow_clients::SlowClientsArgs),
+    /// Submissions under load while infrastructure fails (server killed, database stopped, blob store full), or parallel large uploads.
+    Reliability(reliability::ReliabilityArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -62,6 +67,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fleet(args) => fleet::run(args).await,
         BenchCommand::CheckpointStorm(args) => checkpoint_storm::run(args).await,
         BenchCommand::SlowClients(args) => slow_clients::run(args).await,
+        BenchCommand::Reliability(args) => reliability::run(args).await,
     }
 }
 

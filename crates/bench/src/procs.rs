@@ -18,9 +18,23 @@ pub async fn start_server(
     admin_key: &str,
     worker_token: &str,
 ) -> anyhow::Result<(Child, String)> {
-    let log = std::fs::File::create(log)?;
+    start_server_on(exe, "127.0.0.1:0", data, log, extra, admin_key, worker_token).await
+}
+
+/// [`start_server`] listening on `listen` (a restarted server keeps its
+/// address, so its workers find it again); the log is appended to.
+pub async fn start_server_on(
+    exe: &Path,
+    listen: &str,
+    data: &Path,
+    log: &Path,
+    extra: &[String],
+    admin_key: &str,
+    worker_token: &str,
+) -> anyhow::Result<(Child, String)> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut child = Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0"])
+        .args(["serve", "--listen", listen, "--workers", "0"])
         .arg("--data-dir")
         .arg(data)
         .args(extra)

@@ -311,71 +311,121 @@ fn run(mut cmd: Command, what: &str) -> Result<(), String> {
 /// initdb + pg_ctl start in a fresh temporary directory; the URL of the
 /// `postgres` database there.
 fn start_private_server() -> Result<String, String> {
-    let bin = postgres_bin()?;
-    let root = is_root();
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let dir = std::env::temp_dir().join(format!("videogen-pg-{}-{nanos}", std::process::id()));
-    std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    if root {
-        let mut chown = Command::new("chown");
-        chown.arg("nobody").arg(&dir);
-        run(chown, "chown nobody")?;
+    PrivateServer::start().map(|s| s.url())
+}
+
+/// A PostgreSQL server of this process's own, in a temporary directory, that
+/// a benchmark may stop and start again (a database outage). A watchdog
+/// stops it and removes its files once this process is gone.
+#[derive(Debug)]
+pub struct PrivateServer {
+    bin: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    options: String,
+    port: u16,
+    root: bool,
+}
+
+impl PrivateServer {
+    /// initdb, then start it on a free loopback port.
+    pub fn start() -> Result<Self, String> {
+        let bin = postgres_bin()?;
+        let root = is_root();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!("videogen-pg-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        if root {
+            let mut chown = Command::new("chown");
+            chown.arg("nobody").arg(&dir);
+            run(chown, "chown nobody")?;
+        }
+        let data = dir.join("data");
+        let mut initdb = as_server_user(root, &bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "--auth=trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
+        ]);
+        run(initdb, "initdb")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("finding a free port: {e}"))?
+            .port();
+        let server = Self {
+            log: dir.join("server.log"),
+            options: format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                dir.display()
+            ),
+            bin,
+            data,
+            port,
+            root,
+        };
+        server.resume()?;
+        // The watchdog outlives this process (there is no hook at its exit):
+        // once this process is gone it stops the server and removes the files.
+        let pg_ctl_stop = format!(
+            "{}{} -D {} stop -m immediate",
+            if root { "runuser -u nobody -- " } else { "" },
+            server.bin.join("pg_ctl").display(),
+            server.data.display()
+        );
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {} 2>/dev/null; do sleep 1; done; {pg_ctl_stop} >/dev/null 2>&1; rm -rf {}",
+                std::process::id(),
+                dir.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting the watchdog: {e}"))?;
+        Ok(server)
     }
-    let data = dir.join("data");
-    let mut initdb = as_server_user(root, &bin.join("initdb"));
-    initdb.arg("-D").arg(&data).args([
-        "--auth=trust",
-        "-U",
-        "postgres",
-        "-E",
-        "UTF8",
-        "--no-sync",
-        "--no-instructions",
-    ]);
-    run(initdb, "initdb")?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("finding a free port: {e}"))?
-        .port();
-    let log = dir.join("server.log");
-    let mut pg_ctl = as_server_user(root, &bin.join("pg_ctl"));
-    pg_ctl
-        .arg("-D")
-        .arg(&data)
-        .arg("-l")
-        .arg(&log)
-        .arg("-w")
-        .arg("-o")
-        .arg(format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            dir.display()
-        ))
-        .arg("start")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Err(e) = run(pg_ctl, "pg_ctl start") {
-        let log = std::fs::read_to_string(&log).unwrap_or_default();
-        return Err(format!("{e}\n{log}"));
+
+    /// The `postgres` database's URL.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
-    // The watchdog outlives this process (there is no hook at its exit):
-    // once this process is gone it stops the server and removes the files.
-    let pg_ctl_stop = format!(
-        "{}{} -D {} stop -m immediate",
-        if root { "runuser -u nobody -- " } else { "" },
-        bin.join("pg_ctl").display(),
-        data.display()
-    );
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "while kill -0 {} 2>/dev/null; do sleep 1; done; {pg_ctl_stop} >/dev/null 2>&1; rm -rf {}",
-            std::process::id(),
-            dir.display()
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("starting the watchdog: {e}"))?;
-    Ok(format!("postgres://postgres@127.0.0.1:{port}/postgres"))
+
+    /// Stops the server (`pg_ctl stop -m fast`: sessions are terminated,
+    /// new connections refused), waiting until it is down.
+    pub fn stop(&self) -> Result<(), String> {
+        let mut pg_ctl = as_server_user(self.root, &self.bin.join("pg_ctl"));
+        pg_ctl
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-w", "-m", "fast", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        run(pg_ctl, "pg_ctl stop")
+    }
+
+    /// Starts the server (again), waiting until it accepts connections.
+    pub fn resume(&self) -> Result<(), String> {
+        let mut pg_ctl = as_server_user(self.root, &self.bin.join("pg_ctl"));
+        pg_ctl
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .arg("-w")
+            .arg("-o")
+            .arg(&self.options)
+            .arg("start")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        run(pg_ctl, "pg_ctl start").map_err(|e| {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            format!("{e}\n{log}")
+        })
+    }
 }
