@@ -89,13 +89,18 @@ pub struct ReliabilityArgs {
     json: bool,
 }
 
-/// One submission and what became of it.
-#[derive(Debug, Clone)]
+/// One submission (retried under its idempotency key until answered 2xx
+/// or 4xx) and what became of it.
+#[derive(Debug, Clone, Default)]
 struct Sent {
-    at: Duration,
-    latency: Option<Duration>,
-    status: Option<u16>,
+    /// Each try's answer time, for those answered.
+    answered: Vec<(u16, Duration)>,
+    /// Tries with no answer (refused, reset, or past the request timeout).
+    unanswered: usize,
+    /// The video's id once a try was answered 200.
     id: Option<String>,
+    /// When the 200 came, from the load's start.
+    acked_at: Option<Duration>,
 }
 
 #[derive(Serialize, Default)]
@@ -107,11 +112,14 @@ struct Report {
     load_secs: u64,
     fault_at_secs: u64,
     fault_secs: u64,
+    /// Submissions (each retried under its idempotency key until answered).
     sent: usize,
     acknowledged: usize,
-    /// Answered with an error status, by status.
+    /// Submissions that needed more than one try.
+    retried: usize,
+    /// Tries answered with an error status, by status.
     refused: BTreeMap<u16, usize>,
-    /// No answer (connection refused or reset, or past the request timeout).
+    /// Tries with no answer (connection refused or reset, or past the request timeout).
     unanswered: usize,
     answered_latency: Percentiles,
     answered_over_2s: usize,
@@ -122,8 +130,13 @@ struct Report {
     duplicated: usize,
     /// `/readyz` probes during the fault: ready / not ready / no answer.
     readyz_during_fault: [usize; 3],
-    /// From the fault's end to the first acknowledged submission sent after it, ms.
+    /// From the fault's end to the first acknowledgement after it, ms.
     back_after_ms: Option<f64>,
+    /// From the fault's end to the last acknowledged job's completion, s
+    /// (completion times are whole seconds).
+    drained_after_s: Option<f64>,
+    #[serde(skip)]
+    last_completed_unix: Option<f64>,
     peak_rss_mib: Option<f64>,
     rss_before_mib: Option<f64>,
 }
@@ -209,20 +222,26 @@ pub async fn run(args: ReliabilityArgs) -> anyhow::Result<()> {
         fault_secs: args.fault_secs,
         ..Report::default()
     };
+    let load_started_unix = unix_now();
+    let mut report_fault_end_unix = None;
     let sent = if args.scenario == Scenario::ImageUploads {
         image_uploads(&env, &args, server.id(), &mut report).await?
     } else {
         let (sent, fault_end) = load_with_fault(&mut env, &args, &mut server, pg.as_ref(), &mut report).await?;
+        report_fault_end_unix = fault_end.map(|d| load_started_unix + d.as_secs_f64());
         report.back_after_ms = fault_end.and_then(|end| {
             sent.iter()
-                .filter(|s| s.at >= end && s.id.is_some())
-                .map(|s| (s.at + s.latency.unwrap_or_default()).saturating_sub(end))
+                .filter_map(|s| s.acked_at)
+                .filter(|at| *at >= end)
                 .min()
-                .map(|d| d.as_secs_f64() * 1e3)
+                .map(|at| (at - end).as_secs_f64() * 1e3)
         });
         sent
     };
     summarise(&env, &args, &sent, &mut report).await?;
+    if let (Some(end), Some(last)) = (report_fault_end_unix, report.last_completed_unix) {
+        report.drained_after_s = Some(last - end);
+    }
     for w in &mut workers {
         let _ = w.kill().await;
     }
@@ -395,35 +414,44 @@ async fn submit_loop(
     while !stop.is_cancelled() {
         tick.tick().await;
         n += 1;
-        let (http, base, results) = (http.clone(), base.clone(), results.clone());
+        let (http, base, results, stop) = (http.clone(), base.clone(), results.clone(), stop.clone());
         inflight.spawn(async move {
-            let prompt = format!("reliability probe {n}");
-            let at = started.elapsed();
-            let t0 = Instant::now();
-            let body = json!({"prompt": prompt, "seconds": "4", "size": "720x1280"});
-            let r = http
-                .post(format!("{base}/v1/videos"))
-                .bearer_auth(ADMIN_KEY)
-                .header("Idempotency-Key", format!("reliability-{n}"))
-                .json(&body)
-                .send()
-                .await;
-            let (status, id) = match r {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let v: Value = r.json().await.unwrap_or(Value::Null);
-                    let id = (status == 200).then(|| v["id"].as_str().map(str::to_owned)).flatten();
-                    (Some(status), id)
+            let body = json!({"prompt": format!("reliability probe {n}"), "seconds": "4", "size": "720x1280"});
+            let mut sent = Sent::default();
+            // A client that does what a client should: retry what was not
+            // answered for sure, under the same key, a while past the load.
+            let give_up = Instant::now() + Duration::from_secs(120);
+            loop {
+                let t0 = Instant::now();
+                let r = http
+                    .post(format!("{base}/v1/videos"))
+                    .bearer_auth(ADMIN_KEY)
+                    .header("Idempotency-Key", format!("reliability-{n}"))
+                    .json(&body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        sent.answered.push((status, t0.elapsed()));
+                        let v: Value = r.json().await.unwrap_or(Value::Null);
+                        if status == 200 {
+                            sent.id = v["id"].as_str().map(str::to_owned);
+                            sent.acked_at = Some(started.elapsed());
+                            break;
+                        }
+                        if (400..500).contains(&status) && status != 429 {
+                            break;
+                        }
+                    }
+                    Err(_) => sent.unanswered += 1,
                 }
-                Err(_) => (None, None),
-            };
-            let latency = status.map(|_| t0.elapsed());
-            results.lock().unwrap_or_else(|e| e.into_inner()).push(Sent {
-                at,
-                latency,
-                status,
-                id,
-            });
+                if Instant::now() > give_up || (stop.is_cancelled() && sent.answered.len() + sent.unanswered > 40) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            results.lock().unwrap_or_else(|e| e.into_inner()).push(sent);
         });
     }
     while inflight.join_next().await.is_some() {}
@@ -486,7 +514,7 @@ async fn image_uploads(
             );
             body.extend_from_slice(&png);
             body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-            let at = started.elapsed();
+            let mut sent = Sent::default();
             let t0 = Instant::now();
             let r = http
                 .post(format!("{base}/v1/videos"))
@@ -495,20 +523,19 @@ async fn image_uploads(
                 .body(body)
                 .send()
                 .await;
-            let (status, id) = match r {
+            match r {
                 Ok(r) => {
                     let status = r.status().as_u16();
+                    sent.answered.push((status, t0.elapsed()));
                     let v: Value = r.json().await.unwrap_or(Value::Null);
-                    (Some(status), v["id"].as_str().map(str::to_owned).filter(|_| status == 200))
+                    if status == 200 {
+                        sent.id = v["id"].as_str().map(str::to_owned);
+                        sent.acked_at = Some(started.elapsed());
+                    }
                 }
-                Err(_) => (None, None),
-            };
-            Sent {
-                at,
-                latency: status.map(|_| t0.elapsed()),
-                status,
-                id,
+                Err(_) => sent.unanswered += 1,
             }
+            sent
         });
     }
     let mut sent = Vec::new();
@@ -524,17 +551,19 @@ async fn summarise(env: &Env, args: &ReliabilityArgs, sent: &[Sent], report: &mu
     report.sent = sent.len();
     let mut latencies = Vec::new();
     for s in sent {
-        match (s.status, s.latency) {
-            (Some(200), Some(l)) => {
-                report.acknowledged += 1;
-                latencies.push(l);
-            }
-            (Some(code), Some(l)) => {
-                *report.refused.entry(code).or_default() += 1;
-                latencies.push(l);
-            }
-            _ => report.unanswered += 1,
+        if s.id.is_some() {
+            report.acknowledged += 1;
         }
+        if s.answered.len() + s.unanswered > 1 {
+            report.retried += 1;
+        }
+        for (status, l) in &s.answered {
+            if *status != 200 {
+                *report.refused.entry(*status).or_default() += 1;
+            }
+            latencies.push(*l);
+        }
+        report.unanswered += s.unanswered;
     }
     report.answered_over_2s = latencies.iter().filter(|l| **l > ANSWER_BOUND).count();
     report.answered_latency = Percentiles::of(&mut latencies);
@@ -576,6 +605,9 @@ async fn summarise(env: &Env, args: &ReliabilityArgs, sent: &[Sent], report: &mu
     report.present_after = states.len();
     report.lost = acked.len() - states.len();
     for v in states.values() {
+        if let Some(at) = v["completed_at"].as_f64() {
+            report.last_completed_unix = Some(report.last_completed_unix.map_or(at, |l: f64| l.max(at)));
+        }
         match v["status"].as_str() {
             Some("completed") => report.completed += 1,
             Some("failed") => {
@@ -609,6 +641,12 @@ async fn summarise(env: &Env, args: &ReliabilityArgs, sent: &[Sent], report: &mu
     Ok(())
 }
 
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 fn checks(r: &Report, scenario: Scenario) -> Vec<String> {
     let mut failed = Vec::new();
     if r.lost > 0 {
@@ -630,18 +668,26 @@ fn print_report(r: &Report) {
     if let Some(m) = &r.machine {
         m.print();
     }
+    let fault = match r.scenario {
+        Some(Scenario::ServerKill) => format!("server killed at {} s", r.fault_at_secs),
+        Some(Scenario::DatabaseStop) => format!("database stopped at {} s for {} s", r.fault_at_secs, r.fault_secs),
+        Some(Scenario::BlobFull) => format!("blob store full at {} s for {} s", r.fault_at_secs, r.fault_secs),
+        Some(Scenario::ImageUploads) | None => "all at once, no fault".to_owned(),
+    };
+    match r.scenario {
+        Some(Scenario::ImageUploads) => println!("reliability image-uploads: {} submissions, {fault}", r.sent),
+        _ => println!(
+            "reliability {:?}: {} submissions at {}/s over {} s, {fault}",
+            r.scenario.unwrap_or(Scenario::ServerKill),
+            r.sent,
+            r.rate,
+            r.load_secs
+        ),
+    }
     println!(
-        "reliability {:?}: {} submissions at {}/s over {} s, fault at {} s for {} s",
-        r.scenario.unwrap_or(Scenario::ServerKill),
-        r.sent,
-        r.rate,
-        r.load_secs,
-        r.fault_at_secs,
-        r.fault_secs
-    );
-    println!(
-        "  answers: {} acknowledged, refused {:?}, {} unanswered; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} over 2 s",
+        "  answers: {} acknowledged ({} after retries); tries refused {:?}, {} unanswered; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} over 2 s",
         r.acknowledged,
+        r.retried,
         r.refused,
         r.unanswered,
         r.answered_latency.p50_ms,
@@ -654,11 +700,14 @@ fn print_report(r: &Report) {
         r.present_after, r.completed, r.failed, r.lost, r.duplicated
     );
     println!(
-        "  /readyz during the fault: {} ready, {} not ready, {} unanswered",
+        "  /readyz during the fault: {} ready, {} not ready, {} unanswered (within 2 s)",
         r.readyz_during_fault[0], r.readyz_during_fault[1], r.readyz_during_fault[2]
     );
     if let Some(ms) = r.back_after_ms {
-        println!("  first acknowledged submission after the fault ended: {ms:.0} ms");
+        println!("  first acknowledgement after the fault ended: {ms:.0} ms later");
+    }
+    if let Some(s) = r.drained_after_s {
+        println!("  last acknowledged job completed {s:.0} s after the fault ended");
     }
     if let (Some(before), Some(peak)) = (r.rss_before_mib, r.peak_rss_mib) {
         println!("  server RSS: {before:.0} MiB before, {peak:.0} MiB peak");

@@ -95,13 +95,16 @@ impl LocalControl {
 
     /// Writes an upload under `key` after (or, for a stream, while) checking
     /// its size and checksum; a refused body leaves nothing under `key`.
-    async fn store_upload(&self, key: &str, crc32: u32, body: Upload) -> Result<u64, ControlError> {
+    /// A write an attempt cannot do without (`required`: its outputs) that
+    /// the store refuses pauses dispatch; a checkpoint does not (the attempt
+    /// goes on without it, and the outputs it will write decide).
+    async fn store_upload(&self, key: &str, crc32: u32, body: Upload, required: bool) -> Result<u64, ControlError> {
         match body {
             Upload::Bytes(bytes) => {
                 upload::check(&bytes, crc32, MAX_UPLOAD_BYTES)?;
                 let size = bytes.len() as u64;
                 if let Err(e) = self.rt.blob.put(key, bytes).await {
-                    self.rt.storage.write_failed(&self.rt, size, &e);
+                    self.rt.storage.write_failed(&self.rt, size, &e, required);
                     return Err(e.into());
                 }
                 Ok(size)
@@ -113,7 +116,9 @@ impl LocalControl {
                     .put_stream(key, upload::checked(stream, crc32, MAX_UPLOAD_BYTES))
                     .await;
                 if let Err(e) = &put {
-                    self.rt.storage.write_failed(&self.rt, STREAM_FAILURE_PROBE_BYTES, e);
+                    self.rt
+                        .storage
+                        .write_failed(&self.rt, STREAM_FAILURE_PROBE_BYTES, e, required);
                 }
                 put.map_err(upload::upload_error)
             }
@@ -249,7 +254,7 @@ impl ControlPlane for LocalControl {
         // referenced; checking first just spares the bucket the write.
         let job = self.owned_job(lease).await?;
         let key = keys::checkpoint(&lease.job_id, lease.attempt, step);
-        let size_bytes = self.store_upload(&key, crc32, body).await?;
+        let size_bytes = self.store_upload(&key, crc32, body, false).await?;
         let ck = CheckpointRef {
             key: key.clone(),
             step,
@@ -283,7 +288,7 @@ impl ControlPlane for LocalControl {
 
     async fn put_asset(&self, lease: &Lease, kind: AssetKind, crc32: u32, body: Upload) -> Result<(), ControlError> {
         self.owned_job(lease).await?;
-        self.store_upload(&kind.key(lease), crc32, body).await?;
+        self.store_upload(&kind.key(lease), crc32, body, true).await?;
         Ok(())
     }
 

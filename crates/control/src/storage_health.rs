@@ -4,7 +4,8 @@
 //! A full disk or an unreachable bucket is not the job's fault: an attempt
 //! that cannot write its outputs gives the job back uncharged (see the
 //! worker runner), and starting more attempts could only fail the same way.
-//! So the first write that fails for a retryable reason ([`BlobError::is_retryable`])
+//! So the first output write that fails for a retryable reason
+//! ([`BlobError::is_retryable`]; a checkpoint is optional and does not count)
 //! pauses dispatch (reason `blob_store_unwritable`, in `/readyz` and
 //! `videogen_dispatch_paused`), and [`run`] probes the store, with the size of
 //! the write that failed, until a probe goes through; then dispatch resumes
@@ -38,11 +39,18 @@ struct Failing {
 }
 
 impl StorageHealth {
-    /// Records a failed write of `bytes`. A retryable failure pauses
-    /// dispatch; a later success proves nothing about larger writes, so
-    /// only a probe of this size lifts it.
-    pub fn write_failed(&self, rt: &Runtime, bytes: u64, e: &BlobError) {
+    /// Records a failed write of `bytes`. A retryable failure of a write
+    /// the attempt needs (`required`: an output) pauses dispatch; a later
+    /// success proves nothing about larger writes, so only a probe of this
+    /// size lifts it. A failed checkpoint is only counted: the attempt goes
+    /// on without it, and pausing for it would stop jobs that could finish.
+    pub fn write_failed(&self, rt: &Runtime, bytes: u64, e: &BlobError, required: bool) {
         if !e.is_retryable() {
+            return;
+        }
+        metrics::counter!("videogen_blob_write_failures_total", "required" => if required { "true" } else { "false" })
+            .increment(1);
+        if !required {
             return;
         }
         let detail = e.to_string();
@@ -54,7 +62,6 @@ impl StorageHealth {
                 bytes,
             });
         }
-        metrics::counter!("videogen_blob_write_failures_total").increment(1);
         rt.dispatcher.pause(PAUSE_REASON, &detail);
     }
 

@@ -40,11 +40,22 @@ struct FillingDisk {
     inner: videogen_blob::LocalBlobStore,
     full: AtomicBool,
     refused: AtomicU64,
+    /// Refuses only keys under this prefix (`None`: every key).
+    only: Option<&'static str>,
 }
 
 impl FillingDisk {
+    fn new(dir: &std::path::Path, only: Option<&'static str>) -> Self {
+        Self {
+            inner: videogen_blob::LocalBlobStore::new(dir).unwrap(),
+            full: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+            only,
+        }
+    }
+
     fn refuse(&self, key: &str) -> Result<(), BlobError> {
-        if self.full.load(Ordering::SeqCst) {
+        if self.full.load(Ordering::SeqCst) && self.only.is_none_or(|p| key.starts_with(p)) {
             self.refused.fetch_add(1, Ordering::SeqCst);
             let enospc = std::io::Error::from_raw_os_error(28);
             return Err(BlobError::unavailable(key, enospc));
@@ -134,18 +145,11 @@ async fn states(store: &dyn Store, ids: &[VideoId]) -> Vec<JobState> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_blob_store_pauses_dispatch_and_dead_letters_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FillingDisk {
-        inner: videogen_blob::LocalBlobStore::new(dir.path()).unwrap(),
-        full: AtomicBool::new(false),
-        refused: AtomicU64::new(0),
-    });
+async fn runtime(disk: Arc<FillingDisk>) -> Arc<Runtime> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let rt = Arc::new(Runtime {
+    Arc::new(Runtime {
         store: Arc::new(videogen_store::SqliteStore::open_in_memory().await.unwrap()),
-        blob: disk.clone(),
+        blob: disk,
         dispatcher: Arc::new(Dispatcher::new(SchedulerConfig::default(), clock.clone())),
         bus: JobBus::default(),
         clock,
@@ -157,11 +161,11 @@ async fn a_full_blob_store_pauses_dispatch_and_dead_letters_nothing() {
         },
         fleet: Arc::default(),
         storage: Default::default(),
-    });
-    let ids: Vec<VideoId> = futures::future::join_all((0..JOBS).map(|n| submit(&rt, n))).await;
+    })
+}
 
-    // The disk is full before any output is written.
-    disk.full.store(true, Ordering::SeqCst);
+/// `WORKERS` worker slots on the reference model, until `shutdown`.
+fn spawn_workers(rt: &Arc<Runtime>, shutdown: &CancellationToken) -> tokio::task::JoinSet<()> {
     let control: Arc<dyn ControlPlane> = Arc::new(LocalControl::new(rt.clone()));
     let engine = Arc::new(Engine {
         model: Arc::new(ReferenceModel::new(ReferenceConfig::instant())),
@@ -175,7 +179,6 @@ async fn a_full_blob_store_pauses_dispatch_and_dead_letters_nothing() {
         acquire_wait: Duration::from_millis(200),
         ..WorkerConfig::default()
     };
-    let shutdown = CancellationToken::new();
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..WORKERS {
         let info = WorkerInfo {
@@ -188,6 +191,20 @@ async fn a_full_blob_store_pauses_dispatch_and_dead_letters_nothing() {
         let worker = Worker::new(control.clone(), engine.clone(), info, config.clone());
         workers.spawn(worker.run(shutdown.clone()));
     }
+    workers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_blob_store_pauses_dispatch_and_dead_letters_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FillingDisk::new(dir.path(), None));
+    let rt = runtime(disk.clone()).await;
+    let ids: Vec<VideoId> = futures::future::join_all((0..JOBS).map(|n| submit(&rt, n))).await;
+
+    // The disk is full before any output is written.
+    disk.full.store(true, Ordering::SeqCst);
+    let shutdown = CancellationToken::new();
+    let mut workers = spawn_workers(&rt, &shutdown);
 
     // The first refused write pauses dispatch, and says why.
     let mut paused = rt.dispatcher.watch_paused();
@@ -249,6 +266,33 @@ async fn a_full_blob_store_pauses_dispatch_and_dead_letters_nothing() {
             .count();
     }
     assert!(given_back >= 1, "no attempt gave its job back for the full disk");
+    shutdown.cancel();
+    while workers.join_next().await.is_some() {}
+}
+
+/// A store that refuses only checkpoints costs the jobs their checkpoints,
+/// nothing else: dispatch never pauses (the outputs still fit) and every
+/// job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_checkpoints_alone_do_not_pause_dispatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FillingDisk::new(dir.path(), Some("checkpoints/")));
+    disk.full.store(true, Ordering::SeqCst);
+    let rt = runtime(disk.clone()).await;
+    let ids: Vec<VideoId> = futures::future::join_all((0..JOBS).map(|n| submit(&rt, n))).await;
+    let shutdown = CancellationToken::new();
+    let mut workers = spawn_workers(&rt, &shutdown);
+    until("every job completed", async || {
+        states(rt.store.as_ref(), &ids)
+            .await
+            .iter()
+            .all(|s| *s == JobState::Completed || *s == JobState::Failed)
+    })
+    .await;
+    assert_eq!(states(rt.store.as_ref(), &ids).await, vec![JobState::Completed; JOBS]);
+    assert!(disk.refused.load(Ordering::SeqCst) > 0, "no checkpoint was refused");
+    assert_eq!(rt.dispatcher.paused(), None);
+    assert!(rt.storage.failing().is_none());
     shutdown.cancel();
     while workers.join_next().await.is_some() {}
 }
