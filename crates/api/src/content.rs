@@ -166,12 +166,13 @@ pub async fn signed_file(
             "This download URL has expired; request the content again for a fresh one.",
         ));
     }
-    // A key no object can have (validly signed, so only by whoever holds the
-    // signing key) names no file either: 404, not a server fault.
     let on_err = |e| match e {
-        BlobError::NotFound(_) | BlobError::InvalidKey { .. } => {
+        BlobError::NotFound(_) => {
             ApiError::route_not_found().with_code("file_not_found", "This file is no longer available.")
         }
+        // A key no object can have (validly signed, so only by whoever holds
+        // the signing key): the request's fault, not the server's.
+        e @ BlobError::InvalidKey { .. } => ApiError::bad_request("invalid_file_key", e.to_string()),
         other => ApiError::blob("blob read", other),
     };
     let size = state.blob.size(&key).await.map_err(on_err)?;

@@ -468,6 +468,28 @@ mod tests {
         assert_eq!(job.prev_checkpoint.as_ref(), Some(&second));
     }
 
+    /// A worker asking for a malformed key of its own job's tree (`..`, a
+    /// trailing `/`) made a mistake: rejected (the worker API's 400), not
+    /// "unavailable" (a 503 with an ERROR log, as it was).
+    #[tokio::test]
+    async fn a_malformed_blob_key_is_rejected_not_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path()).await;
+        let control = LocalControl::new(rt.clone());
+        let lease = leased_job(&rt).await;
+        let [_, checkpoints, _] = keys::job_prefixes(&lease.job_id);
+        for key in [
+            format!("{checkpoints}1/../../x"),
+            checkpoints.clone(),
+            format!("{checkpoints}1//a"),
+        ] {
+            match control.read_blob(&lease, &key).await {
+                Err(ControlError::Rejected(_)) => {}
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
     #[tokio::test]
     async fn a_rewritten_checkpoint_key_is_not_deleted() {
         let dir = tempfile::tempdir().unwrap();
