@@ -23,9 +23,9 @@ use videogen_sched::{Scheduler, SchedulerConfig, TierMap, WorkerView};
 
 pub struct Dispatcher {
     sched: Mutex<Scheduler>,
-    /// Jobs waiting out a retry backoff, by (due, id). Locked after `sched`
-    /// when both are held.
-    delayed: Mutex<BTreeMap<(i64, VideoId), QueuedJob>>,
+    /// Jobs waiting out a retry backoff. Locked after `sched` when both are
+    /// held.
+    delayed: Mutex<Delayed>,
     /// Why dispatch is paused, if it is.
     paused: watch::Sender<Option<String>>,
     cfg: SchedulerConfig,
@@ -60,7 +60,7 @@ impl Dispatcher {
     pub fn passive(cfg: SchedulerConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
             sched: Mutex::new(Scheduler::new(cfg.clone())),
-            delayed: Mutex::new(BTreeMap::new()),
+            delayed: Mutex::new(Delayed::default()),
             paused: watch::Sender::new(None),
             cfg,
             active: AtomicBool::new(false),
@@ -78,7 +78,7 @@ impl Dispatcher {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn delayed(&self) -> MutexGuard<'_, BTreeMap<(i64, VideoId), QueuedJob>> {
+    fn delayed(&self) -> MutexGuard<'_, Delayed> {
         self.delayed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -196,13 +196,11 @@ impl Dispatcher {
         match job.not_before_ms {
             Some(due) if due > now_ms => {
                 sched.remove(&job.id);
-                let mut delayed = self.delayed();
-                delayed.retain(|(_, id), _| *id != job.id);
-                delayed.insert((due, job.id.clone()), job);
+                self.delayed().insert(due, job);
                 true
             }
             _ => {
-                self.delayed().retain(|(_, id), _| *id != job.id);
+                self.delayed().remove(&job.id);
                 sched.enqueue(job);
                 false
             }
@@ -213,13 +211,12 @@ impl Dispatcher {
     /// the next one is due, if any is still waiting.
     fn promote_due(&self, sched: &mut Scheduler, now_ms: i64) -> Option<i64> {
         let mut delayed = self.delayed();
-        while let Some(entry) = delayed.first_entry() {
-            if entry.key().0 > now_ms {
-                return Some(entry.key().0);
+        loop {
+            match delayed.pop_due(now_ms) {
+                Ok(job) => sched.enqueue(job),
+                Err(next) => return next,
             }
-            sched.enqueue(entry.remove());
         }
-        None
     }
 
     /// Forgets a queued job. (A running one learns of its cancellation from
@@ -227,7 +224,7 @@ impl Dispatcher {
     pub fn cancel(&self, id: &VideoId) {
         let mut s = self.sched();
         s.remove(id);
-        self.delayed().retain(|(_, d), _| d != id);
+        self.delayed().remove(id);
         drop(s);
         self.publish_depth();
     }
@@ -357,6 +354,47 @@ impl Dispatcher {
         metrics::gauge!("videogen_queue_depth", "tier" => "paid").set(d.paid as f64);
         metrics::gauge!("videogen_queue_depth", "tier" => "internal").set(d.internal as f64);
         metrics::gauge!("videogen_queue_backing_off").set(self.backing_off() as f64);
+    }
+}
+
+/// Jobs held aside until their backoff ends: ordered by when they are due,
+/// and found by id (a re-enqueue or cancel of one must not scan them all).
+#[derive(Default)]
+struct Delayed {
+    by_due: BTreeMap<(i64, VideoId), QueuedJob>,
+    due_of: HashMap<VideoId, i64>,
+}
+
+impl Delayed {
+    fn insert(&mut self, due: i64, job: QueuedJob) {
+        self.remove(&job.id);
+        self.due_of.insert(job.id.clone(), due);
+        self.by_due.insert((due, job.id.clone()), job);
+    }
+
+    fn remove(&mut self, id: &VideoId) -> Option<QueuedJob> {
+        let due = self.due_of.remove(id)?;
+        self.by_due.remove(&(due, id.clone()))
+    }
+
+    /// The earliest job due by `now_ms`, or (`Err`) when the next one is due.
+    fn pop_due(&mut self, now_ms: i64) -> Result<QueuedJob, Option<i64>> {
+        let entry = self.by_due.first_entry().ok_or(None)?;
+        if entry.key().0 > now_ms {
+            return Err(Some(entry.key().0));
+        }
+        let job = entry.remove();
+        self.due_of.remove(&job.id);
+        Ok(job)
+    }
+
+    fn len(&self) -> usize {
+        self.by_due.len()
+    }
+
+    fn clear(&mut self) {
+        self.by_due.clear();
+        self.due_of.clear();
     }
 }
 
@@ -626,8 +664,12 @@ mod tests {
     async fn a_job_backing_off_can_be_cancelled_and_a_due_one_is_not_held() {
         let d = Dispatcher::new(SchedulerConfig::default(), Arc::new(ManualClock::new(10_000)));
         let mut later = job(Tier::Free, 0);
+        later.not_before_ms = Some(30_000);
+        d.enqueue(later.clone());
+        // Enqueued again with another backoff: one job, due at the new time.
         later.not_before_ms = Some(20_000);
         d.enqueue(later.clone());
+        assert_eq!((d.queued(), d.backing_off()), (1, 1));
         d.cancel(&later.id);
         assert_eq!(d.queued(), 0);
         let mut due = job(Tier::Free, 0);
