@@ -422,29 +422,14 @@ async fn submit_loop(
             // answered for sure, under the same key, a while past the load.
             let give_up = Instant::now() + Duration::from_secs(120);
             loop {
-                let t0 = Instant::now();
-                let r = http
+                let req = http
                     .post(format!("{base}/v1/videos"))
                     .bearer_auth(ADMIN_KEY)
                     .header("Idempotency-Key", format!("reliability-{n}"))
-                    .json(&body)
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        sent.answered.push((status, t0.elapsed()));
-                        let v: Value = r.json().await.unwrap_or(Value::Null);
-                        if status == 200 {
-                            sent.id = v["id"].as_str().map(str::to_owned);
-                            sent.acked_at = Some(started.elapsed());
-                            break;
-                        }
-                        if (400..500).contains(&status) && status != 429 {
-                            break;
-                        }
-                    }
-                    Err(_) => sent.unanswered += 1,
+                    .json(&body);
+                match try_once(req, started, &mut sent).await {
+                    Some(status) if status == 200 || ((400..500).contains(&status) && status != 429) => break,
+                    _ => {}
                 }
                 if Instant::now() > give_up || (stop.is_cancelled() && sent.answered.len() + sent.unanswered > 40) {
                     break;
@@ -455,6 +440,24 @@ async fn submit_loop(
         });
     }
     while inflight.join_next().await.is_some() {}
+}
+
+/// Sends one try of a submission and records its answer in `sent`; the
+/// status, if it was answered.
+async fn try_once(req: reqwest::RequestBuilder, started: Instant, sent: &mut Sent) -> Option<u16> {
+    let t0 = Instant::now();
+    let Ok(r) = req.send().await else {
+        sent.unanswered += 1;
+        return None;
+    };
+    let status = r.status().as_u16();
+    sent.answered.push((status, t0.elapsed()));
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    if status == 200 {
+        sent.id = v["id"].as_str().map(str::to_owned);
+        sent.acked_at = Some(started.elapsed());
+    }
+    Some(status)
 }
 
 /// Peak RSS of `pid` (`VmHWM`) and current RSS, MiB.
@@ -515,26 +518,12 @@ async fn image_uploads(
             body.extend_from_slice(&png);
             body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
             let mut sent = Sent::default();
-            let t0 = Instant::now();
-            let r = http
+            let req = http
                 .post(format!("{base}/v1/videos"))
                 .bearer_auth(ADMIN_KEY)
                 .header("Content-Type", format!("multipart/form-data; boundary={boundary}"))
-                .body(body)
-                .send()
-                .await;
-            match r {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    sent.answered.push((status, t0.elapsed()));
-                    let v: Value = r.json().await.unwrap_or(Value::Null);
-                    if status == 200 {
-                        sent.id = v["id"].as_str().map(str::to_owned);
-                        sent.acked_at = Some(started.elapsed());
-                    }
-                }
-                Err(_) => sent.unanswered += 1,
-            }
+                .body(body);
+            try_once(req, started, &mut sent).await;
             sent
         });
     }

@@ -128,13 +128,36 @@ async fn submit(rt: &Runtime, n: usize) -> VideoId {
     job.id
 }
 
-/// Polls `cond` (exposed state, no timing) until it holds.
+/// Polls `cond` (exposed state: queue depth and waiting workers, which no
+/// event announces) until it holds.
 async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + HANG;
     while !cond().await {
         assert!(tokio::time::Instant::now() < deadline, "hung waiting for {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits until every job of `ids` has ended, woken by the bus that every
+/// job change notifies (subscribed before the workers started).
+async fn until_all_ended(rt: &Runtime, ids: &[VideoId], changes: &mut tokio::sync::broadcast::Receiver<VideoId>) {
+    let ended = async || {
+        states(rt.store.as_ref(), ids)
+            .await
+            .iter()
+            .all(|s| *s == JobState::Completed || *s == JobState::Failed)
+    };
+    let wait = async {
+        while !ended().await {
+            match changes.recv().await {
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => panic!("the bus closed"),
+            }
+        }
+    };
+    tokio::time::timeout(HANG, wait)
+        .await
+        .expect("hung waiting for every job to end");
 }
 
 async fn states(store: &dyn Store, ids: &[VideoId]) -> Vec<JobState> {
@@ -203,6 +226,7 @@ async fn a_full_blob_store_pauses_dispatch_and_dead_letters_nothing() {
 
     // The disk is full before any output is written.
     disk.full.store(true, Ordering::SeqCst);
+    let mut changes = rt.bus.subscribe();
     let shutdown = CancellationToken::new();
     let mut workers = spawn_workers(&rt, &shutdown);
 
@@ -239,13 +263,7 @@ async fn a_full_blob_store_pauses_dispatch_and_dead_letters_nothing() {
     assert!(storage_health::probe_once(&rt, "node-1").await);
     assert_eq!(rt.dispatcher.paused(), None);
     assert!(rt.storage.failing().is_none());
-    until("every job completed", async || {
-        states(rt.store.as_ref(), &ids)
-            .await
-            .iter()
-            .all(|s| *s == JobState::Completed || *s == JobState::Failed)
-    })
-    .await;
+    until_all_ended(&rt, &ids, &mut changes).await;
     assert_eq!(states(rt.store.as_ref(), &ids).await, vec![JobState::Completed; JOBS]);
     assert!(rt.store.dead_letters(100, None).await.unwrap().is_empty());
     // Attempts on the full disk were made (and given back), yet none was charged:
@@ -280,15 +298,10 @@ async fn refused_checkpoints_alone_do_not_pause_dispatch() {
     disk.full.store(true, Ordering::SeqCst);
     let rt = runtime(disk.clone()).await;
     let ids: Vec<VideoId> = futures::future::join_all((0..JOBS).map(|n| submit(&rt, n))).await;
+    let mut changes = rt.bus.subscribe();
     let shutdown = CancellationToken::new();
     let mut workers = spawn_workers(&rt, &shutdown);
-    until("every job completed", async || {
-        states(rt.store.as_ref(), &ids)
-            .await
-            .iter()
-            .all(|s| *s == JobState::Completed || *s == JobState::Failed)
-    })
-    .await;
+    until_all_ended(&rt, &ids, &mut changes).await;
     assert_eq!(states(rt.store.as_ref(), &ids).await, vec![JobState::Completed; JOBS]);
     assert!(disk.refused.load(Ordering::SeqCst) > 0, "no checkpoint was refused");
     assert_eq!(rt.dispatcher.paused(), None);
