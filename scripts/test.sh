@@ -12,6 +12,15 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import openai, pytest
 fi
 export VIDEOGEN_SDK_PYTHON="$PWD/$VENV/bin/python"
 
+# The model host (python/videogen_host) in its own virtualenv: pinned torch
+# (CPU is enough), diffusers, transformers; its lints (ruff: style, imports,
+# annotations) and its own tests.
+VIDEOGEN_HOST_PYTHON="$(bash scripts/host-venv.sh)"
+export VIDEOGEN_HOST_PYTHON
+"$VIDEOGEN_HOST_PYTHON" -m ruff check python
+"$VIDEOGEN_HOST_PYTHON" -m ruff format --check python
+(cd python && "$VIDEOGEN_HOST_PYTHON" -m pytest -q -p no:cacheprovider)
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -111,11 +111,12 @@ mod tests {
                 model: "videogen-ref".into(),
                 prompt: "waves".into(),
                 seconds: Seconds::S4,
-                size: VideoSize::Portrait720,
+                size: VideoSize::PORTRAIT_720,
                 seed: 1,
                 style: None,
                 steps: 8,
                 input_reference: None,
+                params: Default::default(),
             },
             now_ms: 1,
         };

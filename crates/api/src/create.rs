@@ -12,7 +12,8 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use videogen_core::spec::{self, Seconds, VideoSize};
+use videogen_core::catalog::{Asked, Catalog};
+use videogen_core::spec::{self, GenerationParams, Seconds, VideoSize};
 
 use crate::decode::DecodeBudget;
 use crate::error::{ApiError, ApiResult};
@@ -34,6 +35,11 @@ pub struct CreateRequest {
     pub seed: Option<u64>,
     /// Raw bytes of the input reference image, not yet decoded.
     pub input_reference: Option<Bytes>,
+    /// Extension fields, named as vLLM-Omni and SGLang name them.
+    pub negative_prompt: Option<String>,
+    pub num_inference_steps: Option<u32>,
+    pub guidance_scale: Option<f64>,
+    pub fps: Option<u32>,
 }
 
 /// A validated create request.
@@ -45,6 +51,10 @@ pub struct ValidCreate {
     pub size: VideoSize,
     pub style: Option<String>,
     pub seed: Option<u64>,
+    /// Denoising steps (the request's or the model's default).
+    pub steps: u32,
+    /// What the model's card resolved (guidance, fps, frames, negative prompt).
+    pub params: GenerationParams,
     /// The input reference re-encoded as PNG (metadata stripped).
     pub input_png: Option<Vec<u8>>,
     /// Identifies the request for idempotency (seed only if the client chose it).
@@ -120,6 +130,17 @@ fn parse_json(bytes: &[u8]) -> ApiResult<CreateRequest> {
             }
             "seed" => req.seed = json_seed(v)?,
             "input_reference" => req.input_reference = json_input_reference(v)?,
+            "negative_prompt" => req.negative_prompt = json_opt_string(&k, v)?,
+            "num_inference_steps" => req.num_inference_steps = json_opt_u32(&k, v)?,
+            "fps" => req.fps = json_opt_u32(&k, v)?,
+            "guidance_scale" => {
+                req.guidance_scale = match v {
+                    Value::Null => None,
+                    Value::Number(n) => n.as_f64(),
+                    Value::String(s) => Some(parse_f64(&k, &s)?),
+                    _ => return Err(type_error(&k, "a number")),
+                }
+            }
             other => return Err(unknown_parameter(other)),
         }
     }
@@ -200,6 +221,42 @@ fn json_opt_string(param: &str, v: Value) -> ApiResult<Option<String>> {
         Value::Null => Ok(None),
         other => json_string(param, other).map(Some),
     }
+}
+
+/// Largest integer extension field accepted (steps, fps).
+const EXT_INT_MAX: u64 = 100_000;
+
+fn json_opt_u32(param: &str, v: Value) -> ApiResult<Option<u32>> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_u64()
+            .filter(|x| *x <= EXT_INT_MAX)
+            .map(|x| Some(x as u32))
+            .ok_or_else(|| type_error(param, "a non-negative integer")),
+        Value::String(s) => parse_u32(param, &s).map(Some),
+        _ => Err(type_error(param, "an integer")),
+    }
+}
+
+fn parse_u32(param: &str, s: &str) -> ApiResult<u32> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 6 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(type_error(param, "a non-negative integer"));
+    }
+    s.parse::<u32>()
+        .ok()
+        .filter(|x| u64::from(*x) <= EXT_INT_MAX)
+        .ok_or_else(|| type_error(param, "a non-negative integer"))
+}
+
+fn parse_f64(param: &str, s: &str) -> ApiResult<f64> {
+    let s = s.trim();
+    let ok = !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-');
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| ok && v.is_finite())
+        .ok_or_else(|| type_error(param, "a number"))
 }
 
 fn json_seed(v: Value) -> ApiResult<Option<u64>> {
@@ -328,6 +385,10 @@ async fn parse_multipart(mut mp: Multipart, limits: &Limits) -> ApiResult<Create
             "size" => req.size = Some(text),
             "style" => req.style = Some(text),
             "seed" => req.seed = Some(parse_seed(&text)?),
+            "negative_prompt" => req.negative_prompt = Some(text),
+            "num_inference_steps" => req.num_inference_steps = Some(parse_u32(&name, &text)?),
+            "fps" => req.fps = Some(parse_u32(&name, &text)?),
+            "guidance_scale" => req.guidance_scale = Some(parse_f64(&name, &text)?),
             "input_reference[image_url]" => req.input_reference = Some(decode_data_url(&text)?),
             "input_reference[file_id]" => return Err(file_ids_unsupported()),
             other => return Err(unknown_parameter(other)),
@@ -338,8 +399,8 @@ async fn parse_multipart(mut mp: Multipart, limits: &Limits) -> ApiResult<Create
 
 /// Applies defaults and checks every field; decodes the image (in a blocking
 /// task: decoding is CPU work).
-pub async fn validate(req: CreateRequest, models: &[String], limits: &Limits) -> ApiResult<ValidCreate> {
-    let field = |e: spec::SpecError| ApiError::invalid(e.param, "invalid_value", e.message);
+pub async fn validate(req: CreateRequest, catalog: &Catalog, limits: &Limits) -> ApiResult<ValidCreate> {
+    let field = |e: spec::SpecError| ApiError::invalid(e.param, e.code, e.message);
     let prompt = req.prompt.ok_or_else(|| {
         ApiError::invalid(
             "prompt",
@@ -348,23 +409,26 @@ pub async fn validate(req: CreateRequest, models: &[String], limits: &Limits) ->
         )
     })?;
     spec::validate_prompt(&prompt).map_err(field)?;
-    let model = req.model.unwrap_or_else(|| models[0].clone());
-    let known: Vec<&str> = models.iter().map(String::as_str).collect();
-    spec::validate_model(&model, &known).map_err(field)?;
-    let seconds: Seconds = req
-        .seconds
+    if req
+        .model
         .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(field)?
-        .unwrap_or_default();
-    let size: VideoSize = req
-        .size
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(field)?
-        .unwrap_or_default();
+        .is_some_and(|m| m.is_empty() || m.len() > spec::MODEL_MAX_CHARS)
+    {
+        return Err(field(spec::SpecError::new(
+            "model",
+            format!("model must be 1 to {} characters", spec::MODEL_MAX_CHARS),
+        )));
+    }
+    let card = catalog.resolve(req.model.as_deref()).map_err(field)?;
+    if req.input_reference.is_some() && !card.image_to_video {
+        // Before decoding: no CPU spent on an image the model cannot take.
+        return Err(field(spec::SpecError::unsupported(
+            "input_reference",
+            format!("model {} does not take an input_reference image", card.id),
+        )));
+    }
+    let seconds: Option<Seconds> = req.seconds.as_deref().map(str::parse).transpose().map_err(field)?;
+    let size: Option<VideoSize> = req.size.as_deref().map(str::parse).transpose().map_err(field)?;
     if let Some(style) = &req.style {
         spec::validate_style(style).map_err(field)?;
     }
@@ -380,20 +444,48 @@ pub async fn validate(req: CreateRequest, models: &[String], limits: &Limits) ->
             )
         }
     };
+    let resolved = card
+        .resolve(&Asked {
+            seconds,
+            size,
+            steps: req.num_inference_steps,
+            guidance_scale: req.guidance_scale,
+            negative_prompt: req.negative_prompt.clone(),
+            fps: req.fps,
+            style: req.style.clone(),
+            has_image: input_png.is_some(),
+        })
+        .map_err(field)?;
+    let model = card.id.clone();
     let mut h = Sha256::new();
-    let canonical = serde_json::json!({
-        "prompt": prompt, "model": model, "seconds": seconds.as_str(), "size": size.as_str(),
+    let mut canonical = serde_json::json!({
+        "prompt": prompt, "model": model, "seconds": resolved.seconds.to_string(), "size": resolved.size.to_string(),
         "style": req.style, "seed": req.seed,
         "input_reference": input_png.as_ref().map(|b| hex::encode(Sha256::digest(b))),
     });
+    // Extension fields only when sent, so a plain request hashes as it did
+    // before they existed (idempotency records stay valid across upgrades).
+    let ext = [
+        ("negative_prompt", serde_json::json!(req.negative_prompt)),
+        ("num_inference_steps", serde_json::json!(req.num_inference_steps)),
+        ("guidance_scale", serde_json::json!(req.guidance_scale)),
+        ("fps", serde_json::json!(req.fps)),
+    ];
+    for (k, v) in ext {
+        if !v.is_null() {
+            canonical[k] = v;
+        }
+    }
     h.update(canonical.to_string().as_bytes());
     Ok(ValidCreate {
         prompt,
         model,
-        seconds,
-        size,
+        seconds: resolved.seconds,
+        size: resolved.size,
         style: req.style,
         seed: req.seed,
+        steps: resolved.steps,
+        params: resolved.params,
         input_png,
         body_hash: hex::encode(h.finalize()),
     })

@@ -81,6 +81,17 @@ impl ApiError {
         .with_param("video_id")
     }
 
+    pub fn model_not_found(id: &str) -> Self {
+        let shown: String = id.chars().take(64).collect();
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("The model '{shown}' does not exist."),
+        )
+        .with_param("model")
+    }
+
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "invalid_request_error", code, message)
     }

@@ -25,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod layers;
 pub mod listener;
+pub mod models;
 pub mod ready;
 pub mod routes;
 pub mod state;
@@ -54,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         .route("/videos/{id}", get(routes::retrieve_video).delete(routes::delete_video))
         .route("/videos/{id}/content", get(content::download))
         .route("/videos/{id}/cancel", post(routes::cancel_video))
+        .route("/models", get(models::list))
+        .route("/models/{id}", get(models::retrieve))
         .route(
             "/videos/{id}/events",
             get(events::stream).layer(Extension(layers::StreamSlots::new(

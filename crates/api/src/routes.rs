@@ -131,6 +131,26 @@ fn with_poll_hint(state: &AppState, job: &Job, body: serde_json::Value, status: 
     resp
 }
 
+/// A job as clients see it, with `estimated_seconds` (the generation time
+/// still to come, from its model's `seconds_per_step` at its size) where
+/// the registry knows that figure.
+fn view(state: &AppState, job: &Job) -> serde_json::Value {
+    let mut body = render(job, position(state, job));
+    let sps = state
+        .catalog
+        .get(&job.spec.model)
+        .and_then(|c| c.seconds_per_step.get(&job.spec.size.to_string()).copied());
+    let left = match job.state {
+        JobState::Queued => Some(job.spec.steps),
+        JobState::Running => Some(job.spec.steps.saturating_sub(job.step)),
+        _ => None,
+    };
+    if let (Some(sps), Some(left)) = (sps, left) {
+        body["estimated_seconds"] = serde_json::json!((f64::from(left) * sps * 10.0).round() / 10.0);
+    }
+    body
+}
+
 fn position(state: &AppState, job: &Job) -> Option<u64> {
     (job.state == JobState::Queued)
         .then(|| state.dispatcher.position(&job.id))
@@ -143,7 +163,7 @@ const SUBMIT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Request<Body>) -> ApiResult<Response> {
     let idem_key = idempotency_key(req.headers(), state.limits.idempotency_key_chars_max)?;
     let parsed = create::read(req, &state.limits).await?;
-    let valid = create::validate(parsed, &state.models, &state.limits).await?;
+    let valid = create::validate(parsed, &state.catalog, &state.limits).await?;
     // Counted once a submission is well-formed, so a malformed or invalid
     // request is answered for what it is (400) and spends nothing.
     if let Some(limit) = &state.submit_limit {
@@ -187,8 +207,9 @@ pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Re
         size: valid.size,
         seed: valid.seed.unwrap_or_else(|| rand::random::<u64>() & create::SEED_MAX),
         style: valid.style,
-        steps: state.default_steps,
+        steps: valid.steps,
         input_reference: input_key.clone(),
+        params: valid.params,
     };
     let new = NewJob {
         id: id.clone(),
@@ -223,7 +244,7 @@ pub async fn create_video(State(state): State<AppState>, caller: Caller, req: Re
         }
         Submitted::Replayed(job) => job,
     };
-    let body = render(&job, position(&state, &job));
+    let body = view(&state, &job);
     Ok(with_poll_hint(&state, &job, body, StatusCode::OK))
 }
 
@@ -251,7 +272,7 @@ pub async fn retrieve_video(
     VideoPath(id): VideoPath,
 ) -> ApiResult<Response> {
     let job = visible_job(&state, &caller, &id).await?;
-    let body = render(&job, position(&state, &job));
+    let body = view(&state, &job);
     Ok(with_poll_hint(&state, &job, body, StatusCode::OK))
 }
 
@@ -281,7 +302,7 @@ pub async fn list_videos(State(state): State<AppState>, caller: Caller, RawQuery
             },
         )
         .await?;
-    Ok(list_page(jobs, limit, |j| render(j, position(&state, j))))
+    Ok(list_page(jobs, limit, |j| view(&state, j)))
 }
 
 pub async fn delete_video(

@@ -94,10 +94,12 @@ pub struct AppState {
     pub bus: JobBus,
     pub clock: Arc<dyn Clock>,
     pub limits: Limits,
-    /// Models this deployment serves; the first is the default.
-    pub models: Vec<String>,
-    /// Denoising steps given to new jobs.
-    pub default_steps: u32,
+    /// The model registry: what requests may name (ids and aliases), the
+    /// sizes, durations and knobs of each; the first is the default.
+    pub catalog: Arc<videogen_core::catalog::Catalog>,
+    /// The fleet as this node's control plane sees it (`/v1/models`);
+    /// `None` on a node that runs no control plane.
+    pub fleet: Option<Arc<videogen_control::fleet::FleetStats>>,
     /// Renders `/metrics`; `None` disables the endpoint.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Poll hint for SDK pollers (`openai-poll-after-ms`).

@@ -31,8 +31,8 @@ pub fn render(job: &Job, queue_position: Option<u64>) -> Value {
         "progress": job.progress,
         "prompt": job.spec.prompt,
         "remixed_from_video_id": Value::Null,
-        "seconds": job.spec.seconds.as_str(),
-        "size": job.spec.size.as_str(),
+        "seconds": job.spec.seconds.to_string(),
+        "size": job.spec.size.to_string(),
         "status": job.state.api_status(),
         // extensions
         "phase": job.phase.as_str(),

@@ -219,9 +219,13 @@ async fn event(
             format!("Not an event a worker may append: {e}"),
         )
     })?;
-    if let AttemptEvent::CheckpointRejected { key, reason, .. } = &event
-        && (key.chars().count() > EVENT_TEXT_CHARS_MAX || reason.chars().count() > EVENT_TEXT_CHARS_MAX)
-    {
+    let too_long = |t: &str| t.chars().count() > EVENT_TEXT_CHARS_MAX;
+    let oversized = match &event {
+        AttemptEvent::CheckpointRejected { key, reason, .. } => too_long(key) || too_long(reason),
+        AttemptEvent::Restarted { reason, .. } => too_long(reason),
+        AttemptEvent::Resumed { .. } => false,
+    };
+    if oversized {
         return Err(ApiError::invalid(
             "data",
             "event_too_large",

@@ -648,10 +648,46 @@ fn json_cases(no_fetch_url: &str) -> Vec<Case> {
         ),
         Case::json_value("size is a number", with("size", json!(720))).expect(400, "invalid_type", Some("size")),
         Case::json_value("model is a number", with("model", json!(2))).expect(400, "invalid_type", Some("model")),
-        Case::json_value("seconds \"5\"", with("seconds", json!("5"))).expect(400, "invalid_value", Some("seconds")),
-        Case::json_value("seconds 7", with("seconds", json!(7))).expect(400, "invalid_value", Some("seconds")),
+        // Well-formed, but not a duration or size this model makes.
+        Case::json_value("seconds \"5\"", with("seconds", json!("5"))).expect(
+            400,
+            "unsupported_by_model",
+            Some("seconds"),
+        ),
+        Case::json_value("seconds 7", with("seconds", json!(7))).expect(400, "unsupported_by_model", Some("seconds")),
+        Case::json_value("seconds 0", with("seconds", json!("0"))).expect(400, "invalid_value", Some("seconds")),
+        Case::json_value("size 641x480", with("size", json!("641x480"))).expect(400, "invalid_value", Some("size")),
+        Case::json_value("num_inference_steps 0", with("num_inference_steps", json!(0))).expect(
+            400,
+            "invalid_value",
+            Some("num_inference_steps"),
+        ),
+        Case::json_value(
+            "num_inference_steps a string",
+            with("num_inference_steps", json!("many")),
+        )
+        .expect(400, "invalid_type", Some("num_inference_steps")),
+        Case::json_value(
+            "guidance_scale on a model without it",
+            with("guidance_scale", json!(5.0)),
+        )
+        .expect(400, "unsupported_by_model", Some("guidance_scale")),
+        Case::json_value(
+            "negative_prompt on a model without it",
+            with("negative_prompt", json!("blur")),
+        )
+        .expect(400, "unsupported_by_model", Some("negative_prompt")),
+        Case::json_value("fps the model does not make", with("fps", json!(30))).expect(
+            400,
+            "invalid_value",
+            Some("fps"),
+        ),
         Case::json_value("seconds 4.0", with("seconds", json!(4.0))).expect(400, "invalid_value", Some("seconds")),
-        Case::json_value("size 640x480", with("size", json!("640x480"))).expect(400, "invalid_value", Some("size")),
+        Case::json_value("size 640x480", with("size", json!("640x480"))).expect(
+            400,
+            "unsupported_by_model",
+            Some("size"),
+        ),
         Case::json_value("unknown model sora-2", with("model", json!("sora-2"))).expect(
             400,
             "invalid_value",
@@ -824,7 +860,7 @@ fn multipart_cases() -> Vec<Case> {
             "multipart: seconds 5",
             &[Part::Text("prompt", b"x"), Part::Text("seconds", b"5")],
         )
-        .expect(400, "invalid_value", Some("seconds")),
+        .expect(400, "unsupported_by_model", Some("seconds")),
         Case::multipart(
             "multipart: seed abc",
             &[Part::Text("prompt", b"x"), Part::Text("seed", b"abc")],
@@ -905,7 +941,7 @@ fn multipart_cases() -> Vec<Case> {
                 Part::Text("size", b"640x480"),
             ],
         )
-        .expect(400, "invalid_value", Some("size")),
+        .expect(400, "unsupported_by_model", Some("size")),
         Case::multipart(
             "multipart: text field over 64 KiB",
             &[Part::Text("prompt", "p".repeat(70_000).as_bytes())],
@@ -1178,7 +1214,7 @@ async fn edge_values_are_accepted_and_rejections_do_not_consume_idempotency_keys
         c.headers.push(("Idempotency-Key", "retry-after-fixing-it".into()));
         c
     };
-    let bad = keyed("keyed, bad", with("size", json!("640x480"))).expect(400, "invalid_value", Some("size"));
+    let bad = keyed("keyed, bad", with("size", json!("640x480"))).expect(400, "unsupported_by_model", Some("size"));
     check(&s, &bad).await.unwrap();
     let png_body = with(
         "input_reference",

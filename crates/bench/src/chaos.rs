@@ -185,6 +185,7 @@ pub async fn run(mut args: ChaosArgs) -> anyhow::Result<()> {
             &env.base,
             &ref_ids.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>(),
             args.timeout_secs,
+            || Ok(()),
         )
         .await?;
         for (seed, id) in &ref_ids {
@@ -200,11 +201,16 @@ pub async fn run(mut args: ChaosArgs) -> anyhow::Result<()> {
         }
         let ids: Vec<String> = jobs.iter().map(|(_, id)| id.clone()).collect();
         let faults = inject_faults(&env, &mut slots, &mut rng, &http, &ids).await?;
-        // Peace: wake zombies, restart the dead, let everything finish.
+        // Peace: wake zombies, restart the dead, let everything finish. A
+        // worker still finishing its uploads after the last SIGTERM exits
+        // later: it is restarted then, while the jobs drain.
         for slot in &mut slots {
             heal(&env, slot, true)?;
         }
-        wait_all(&http, &env.base, &ids, args.timeout_secs).await?;
+        wait_all(&http, &env.base, &ids, args.timeout_secs, || {
+            slots.iter_mut().try_for_each(|slot| heal(&env, slot, false))
+        })
+        .await?;
         let metrics = http.get(format!("{}/metrics", env.base)).send().await?.text().await?;
         let mut report = Report {
             rng_seed,
@@ -469,9 +475,16 @@ async fn count_done(http: &reqwest::Client, base: &str, ids: &[String]) -> anyho
     }
 }
 
-async fn wait_all(http: &reqwest::Client, base: &str, ids: &[String], timeout_secs: f64) -> anyhow::Result<()> {
+async fn wait_all(
+    http: &reqwest::Client,
+    base: &str,
+    ids: &[String],
+    timeout_secs: f64,
+    mut heal: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs_f64(timeout_secs);
     loop {
+        heal()?;
         let done = count_done(http, base, ids).await?;
         if done == ids.len() {
             return Ok(());

@@ -411,11 +411,12 @@ fn spec() -> VideoSpec {
         model: REFERENCE_MODEL.to_owned(),
         prompt: "a red fox trotting through fresh snow at dawn, cinematic".to_owned(),
         seconds: Seconds::S4,
-        size: VideoSize::Landscape720,
+        size: VideoSize::LANDSCAPE_720,
         seed: 42,
         style: None,
         steps: 30,
         input_reference: None,
+        params: Default::default(),
     }
 }
 

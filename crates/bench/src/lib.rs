@@ -17,6 +17,12 @@
 //!   the database stopped or the blob store full, and parallel large uploads.
 //! - [`slow_clients`]: a slow-connection attack on a `serve` process while
 //!   `/healthz` is probed.
+//! - [`host_overhead`]: the model-host protocol's cost per step (noop adapter
+//!   round trips; tiny Wan through the host against an in-process loop).
+//! - [`latent_checkpoint`]: a Wan2.1-14B-sized (1280x720, 81 frames) host
+//!   checkpoint serialised, uploaded, downloaded and restored, per blob store.
+//! - [`gpu_busy`]: the share of wall time one worker slot's model steps, with
+//!   encoding inline (`--finishing 0`) and in the background (`--finishing 2`).
 //!
 //! Every subcommand prints a human-readable report, or one JSON object on
 //! stdout with `--json` (progress goes to stderr either way). Nothing here
@@ -29,7 +35,11 @@
 mod checkpoint_storm;
 mod dispatch;
 mod fleet;
+mod gpu_busy;
+mod host_overhead;
+mod latent_checkpoint;
 mod model;
+mod model_host;
 mod reliability;
 mod slow_clients;
 mod submit;
@@ -57,6 +67,12 @@ pub enum BenchCommand {
     SlowClients(slow_clients::SlowClientsArgs),
     /// Submissions under load while infrastructure fails (server killed, database stopped, blob store full), or parallel large uploads.
     Reliability(reliability::ReliabilityArgs),
+    /// Model-host protocol overhead per step: noop round trips, tiny Wan hosted vs in-process.
+    Host(host_overhead::HostArgs),
+    /// A Wan2.1-14B-sized latent checkpoint: serialise, upload, download, restore, per blob store.
+    LatentCheckpoint(latent_checkpoint::LatentCheckpointArgs),
+    /// Share of wall time the model steps for back-to-back jobs, encoding inline vs in the background.
+    GpuBusy(gpu_busy::GpuBusyArgs),
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -68,6 +84,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::CheckpointStorm(args) => checkpoint_storm::run(args).await,
         BenchCommand::SlowClients(args) => slow_clients::run(args).await,
         BenchCommand::Reliability(args) => reliability::run(args).await,
+        BenchCommand::Host(args) => host_overhead::run(args).await,
+        BenchCommand::LatentCheckpoint(args) => latent_checkpoint::run(args).await,
+        BenchCommand::GpuBusy(args) => gpu_busy::run(args).await,
     }
 }
 

@@ -41,7 +41,7 @@ pub struct ModelArgs {
 struct Clip {
     config: &'static str,
     step_time_ms: u64,
-    size: &'static str,
+    size: String,
     seconds: u32,
     frames: u32,
     steps: u32,
@@ -71,7 +71,7 @@ pub async fn run(args: ModelArgs) -> anyhow::Result<()> {
     let mut clips = Vec::new();
     for (name, cfg) in configs {
         let model = std::sync::Arc::new(ReferenceModel::new(cfg));
-        for size in VideoSize::ALL {
+        for size in VideoSize::OPENAI {
             eprintln!("[bench model] {name} step time, {size}, 4 s, {} steps", args.steps);
             let (model, steps) = (model.clone(), args.steps);
             let clip = tokio::task::spawn_blocking(move || clip(&model, name, size, steps)).await??;
@@ -183,7 +183,7 @@ fn clip(model: &ReferenceModel, config: &'static str, size: VideoSize, steps: u3
     Ok(Clip {
         config,
         step_time_ms: model.config().step_time.as_millis() as u64,
-        size: size.as_str(),
+        size: size.to_string(),
         seconds: seconds.get(),
         frames: n,
         steps,

@@ -32,7 +32,7 @@ use videogen_api::{AppState, Limits};
 use videogen_control::{Dispatcher, JobBus};
 use videogen_core::store::prelude::*;
 use videogen_core::{Clock, SystemClock, TenantId, Tier};
-use videogen_model::{Model, REFERENCE_DEFAULT_STEPS, ReferenceModel};
+use videogen_model::REFERENCE_DEFAULT_STEPS;
 use videogen_sched::SchedulerConfig;
 
 use crate::procs;
@@ -815,7 +815,6 @@ async fn start_server(
     let store = Arc::new(videogen_store::SqliteStore::open(&data_dir.join("videogen.db")).await?);
     let blob = Arc::new(videogen_blob::LocalBlobStore::new(&data_dir.join("blobs"))?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let model = ReferenceModel::default();
     let dispatcher = Arc::new(Dispatcher::new(SchedulerConfig::default(), clock.clone()));
     dispatcher.seed(store.queued_jobs(None, u32::MAX).await?);
 
@@ -839,8 +838,8 @@ async fn start_server(
         bus: JobBus::default(),
         clock,
         limits: Limits::default(),
-        models: vec![model.id().to_owned()],
-        default_steps: REFERENCE_DEFAULT_STEPS,
+        catalog: Arc::new(videogen_core::catalog::Catalog::reference(REFERENCE_DEFAULT_STEPS)),
+        fleet: None,
         metrics: Some(metrics),
         poll_after_ms: 1000,
         control: None,

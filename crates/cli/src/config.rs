@@ -376,6 +376,20 @@ options! {
         checkpoint_max: Duration [Secs] = "workers.checkpoint_max_secs", "checkpoint-max-secs", Duration::from_secs(600);
         /// Longest a graceful stop may take from notice to release, in seconds (GCE gives 30 s, AWS 120 s).
         preemption_deadline: Duration [Secs] = "workers.preemption_deadline_secs", "preemption-deadline-secs", WorkerConfig::default().preemption_deadline;
+        /// Finished generations each slot moderates, encodes and uploads on the CPU while its GPU runs the next job (0: none; the GPU waits for each upload).
+        finishing: usize [Plain] = "workers.finishing", "finishing", WorkerConfig::default().finishing_max; check in_range(0, 64);
+        /// Give the reference model's clips a prompt-seeded soundtrack (exercises the audio path without a GPU).
+        reference_audio: bool [Bool] = "workers.reference_audio", "reference-audio", false;
+        /// Models the worker slots run, comma-separated ids of the `[[models]]` registry (unset: the built-in reference model).
+        models: Option<String> [Maybe<Plain>] = "workers.models", "models", None; check some(check_model_list);
+        /// GPUs, one model host and one slot per comma-separated group; `+` joins GPUs into one group (e.g. `0,1` or `0+1,2+3`). Unset: hosts run on the CPU.
+        gpus: Option<String> [Maybe<Plain>] = "workers.gpus", "gpus", None; check some(check_gpus);
+        /// Python interpreter of the model-host virtualenv (with `pip install ./python`).
+        host_python: PathBuf [Plain] = "workers.host_python", "host-python", PathBuf::from("python3");
+        /// Threads each CPU model host uses (unset: torch's default).
+        host_threads: Option<u32> [Maybe<Plain>] = "workers.host_threads", "host-threads", None; check some(|n: &u32| ok((1..=1024).contains(n), "must be 1..=1024"));
+        /// GPU memory of one host's GPU group, in GB: loading a model past it evicts the least recently used (unset: no limit).
+        gpu_memory_gb: Option<f64> [Maybe<Plain>] = "workers.gpu_memory_gb", "gpu-memory-gb", None; check some(|g: &f64| ok(g.is_finite() && *g > 0.0, "must be a positive number"));
         /// File of 64-bit perceptual hashes (hex, one per line) that output moderation blocks.
         blocked_hashes: Option<PathBuf> [Maybe<Plain>] = "moderation.blocked_hashes", "blocked-hashes", None;
             check some(|p: &PathBuf| ok(p.is_file(), format!("{} is not a readable file", p.display())));
@@ -445,6 +459,8 @@ pub struct Loader {
     origin: Origin,
     errors: Vec<String>,
     flags: BTreeMap<&'static str, String>,
+    /// The file's `[[models]]` entries (the model registry).
+    models: Vec<crate::registry::RegistryEntry>,
 }
 
 impl Loader {
@@ -470,6 +486,7 @@ impl Loader {
             origin,
             errors: Vec::new(),
             flags: BTreeMap::new(),
+            models: Vec::new(),
         };
         match path.as_deref().map(|p| (p, std::fs::read_to_string(p))) {
             Some((p, Ok(text))) => loader.read_file(p, &text),
@@ -503,7 +520,14 @@ impl Loader {
             }
         };
         let known = |key: &str| all_options().any(|o| o.key == key);
+        match crate::registry::parse(text) {
+            Ok(models) => self.models = models,
+            Err(e) => self.errors.push(format!("{}: {e}", path.display())),
+        }
         for (k, v) in doc.get_ref() {
+            if k.get_ref() == "models" && matches!(v.get_ref(), V::Array(_)) {
+                continue; // The registry, read above.
+            }
             let entries = match v.get_ref() {
                 V::Table(t) if !known(k.get_ref()) => t
                     .iter()
@@ -544,6 +568,16 @@ impl Loader {
                 self.file_values.insert(key, (text, at(v.span())));
             }
         }
+    }
+
+    /// The model registry of the file (`[[models]]`).
+    pub fn models(&self) -> &[crate::registry::RegistryEntry] {
+        &self.models
+    }
+
+    /// Records an error found outside the option groups.
+    pub fn error_at(&mut self, what: &str, msg: impl Display) {
+        self.errors.push(format!("{what}: {msg}"));
     }
 
     /// Resolves a group, its flags over the layers.
@@ -712,6 +746,9 @@ pub struct Config {
     pub server: ServerOptions,
     pub worker: WorkerOptions,
     pub log: LogOptions,
+    /// The model registry; its catalogue is what the API serves.
+    pub models: Vec<crate::registry::RegistryEntry>,
+    pub catalog: videogen_core::catalog::Catalog,
     pub origin: Origin,
 }
 
@@ -748,12 +785,23 @@ impl Config {
             );
             l.error("downloads.redirect", msg);
         }
+        let models = l.models().to_vec();
+        let catalog = match crate::registry::catalog(&models, server.steps) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                l.error_at("model registry", e);
+                None
+            }
+        };
         let origin = l.finish()?;
+        let catalog = catalog.ok_or_else(|| anyhow::anyhow!("invalid model registry"))?;
         Ok(Config {
             storage,
             server,
             worker,
             log,
+            models,
+            catalog,
             origin,
         })
     }
@@ -777,6 +825,24 @@ impl Config {
         if let Some(p) = &self.origin.file {
             let _ = writeln!(out, "# Config file: {}", p.display());
         }
+        let models: Vec<String> = self
+            .catalog
+            .cards()
+            .iter()
+            .map(|c| {
+                let aliases = if c.aliases.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (aliases {})", c.aliases.join(", "))
+                };
+                format!("{}{aliases}", c.id)
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "# Models ([[models]] in the config file; the first is the default): {}",
+            models.join("; ")
+        );
         let mut sections: Vec<&str> = vec![""];
         for (key, _) in &values {
             if !sections.contains(&split(key).0) {
@@ -797,6 +863,26 @@ impl Config {
         }
         out
     }
+}
+
+fn check_model_list(s: &String) -> Result<(), String> {
+    let ids: Vec<&str> = s.split(',').map(str::trim).collect();
+    ok(
+        !ids.is_empty() && ids.iter().all(|i| !i.is_empty() && i.len() <= 64),
+        format!("{s:?} is not a comma-separated list of model ids"),
+    )
+}
+
+fn check_gpus(s: &String) -> Result<(), String> {
+    let good = s.split(',').all(|g| {
+        !g.is_empty()
+            && g.split('+')
+                .all(|d| !d.is_empty() && d.len() <= 3 && d.bytes().all(|b| b.is_ascii_digit()))
+    });
+    ok(
+        good,
+        format!("{s:?} is not a list of GPU indices such as 0,1 or 0+1,2+3"),
+    )
 }
 
 fn check_listen(s: &String) -> Result<(), String> {

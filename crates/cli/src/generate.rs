@@ -32,11 +32,11 @@ pub struct GenerateArgs {
     /// Where to save the spritesheet (a JPEG grid of 10 frames).
     #[arg(long, value_name = "PATH")]
     spritesheet: Option<PathBuf>,
-    /// Length of the clip, in seconds.
-    #[arg(long, default_value = "4", value_parser = clap::builder::PossibleValuesParser::new(Seconds::ALL.map(Seconds::as_str)))]
+    /// Length of the clip, in seconds (the model's card at /v1/models lists what it makes; the built-in model makes 4, 8, 12).
+    #[arg(long, default_value = "4", value_parser = parse_seconds)]
     seconds: String,
-    /// Width x height, in pixels.
-    #[arg(long, default_value = "1280x720", value_parser = clap::builder::PossibleValuesParser::new(VideoSize::ALL.map(VideoSize::as_str)))]
+    /// Width x height, in pixels (the built-in model makes 720x1280, 1280x720, 1024x1792, 1792x1024).
+    #[arg(long, default_value = "1280x720", value_parser = parse_size)]
     size: String,
     /// Seed of the generation.
     #[arg(
@@ -54,6 +54,14 @@ pub struct GenerateArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_secs: u64,
+}
+
+fn parse_seconds(s: &str) -> Result<String, String> {
+    s.parse::<Seconds>().map(|v| v.to_string()).map_err(|e| e.message)
+}
+
+fn parse_size(s: &str) -> Result<String, String> {
+    s.parse::<VideoSize>().map(|v| v.to_string()).map_err(|e| e.message)
 }
 
 fn parse_style(s: &str) -> Result<String, String> {

@@ -19,9 +19,11 @@
 mod config;
 mod fanout;
 mod generate;
+mod gpu;
 mod jobs;
 mod keys;
 mod process;
+mod registry;
 mod serve;
 mod worker;
 

@@ -118,7 +118,17 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
     let lease_ttl = cfg.server.lease_ttl;
     let housekeeping_interval = cfg.server.housekeeping;
     let retention = cfg.server.retention;
-    let engine = crate::worker::engine(&cfg.worker)?;
+    let plan = Arc::new(crate::worker::plan(
+        &cfg.worker,
+        &cfg.models,
+        &cfg.catalog,
+        cfg.server.workers,
+    )?);
+    if plan.warm_first {
+        let p = plan.clone();
+        tokio::task::spawn_blocking(move || p.warm_up()).await?;
+    }
+    let moderator = crate::worker::moderator(&cfg.worker)?;
     let worker_config = crate::worker::worker_config(&cfg.worker);
 
     let metrics = install_metrics()?;
@@ -206,13 +216,15 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if runs_workers {
-        for i in 0..cfg.server.workers {
+        for (i, engine) in plan.engines.iter().enumerate() {
             let info = WorkerInfo {
                 id: WorkerId::new(&node, &format!("w{i}")),
                 loaded_models: Vec::new(),
                 spot: false,
                 memory_class: None,
-                model_load_ms: cfg.worker.model_load_ms,
+                model_load_ms: plan.load_ms.unwrap_or(cfg.worker.model_load_ms),
+                serves: None,
+                models: Vec::new(),
             };
             let w = Worker::new(control.clone(), engine.clone(), info, worker_config.clone());
             tasks.spawn(w.run(shutdown.clone()));
@@ -235,7 +247,7 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
     let state = AppState {
         store: store.clone(),
         blob,
-        moderator: engine.moderator.clone(),
+        moderator,
         dispatcher,
         bus,
         clock,
@@ -253,8 +265,8 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
             decode: videogen_api::decode::DecodeBudget::new(cfg.server.image_decode_mib << 20),
             ..Limits::default()
         },
-        models: vec![engine.model.id().to_owned()],
-        default_steps: cfg.server.steps,
+        catalog: Arc::new(cfg.catalog.clone()),
+        fleet: Some(rt.fleet.clone()),
         metrics: Some(metrics),
         poll_after_ms: cfg.server.poll_after_ms,
         control: Some(control),
@@ -298,6 +310,7 @@ pub async fn run(args: ServeArgs, log: &Flags<LogOptions>) -> anyhow::Result<()>
     {
         tracing::warn!("workers did not stop within {SHUTDOWN_GRACE:?}; their leases will expire");
     }
+    let _ = tokio::task::spawn_blocking(move || plan.shutdown_hosts()).await;
     Ok(())
 }
 

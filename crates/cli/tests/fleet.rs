@@ -5,15 +5,13 @@
 mod common;
 use videogen_testkit::pg;
 
-use common::{ADMIN_KEY, BIN, Server, body};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{ADMIN_KEY, BIN, Server, WORKER_TOKEN, WorkerProc, body, checkpoint_steps, events, wait_for_event};
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const WORKER_TOKEN: &str = "vgw_test_worker_token_0123456789abcdef";
 const LONG: Duration = Duration::from_secs(120);
 
 /// A control plane without in-process workers, and a fast-ish model.
@@ -21,100 +19,6 @@ fn control_plane(dir: &Path, extra: &[&str]) -> Server {
     let mut args = vec!["--workers", "0", "--steps", "20", "--housekeeping-secs", "0.2"];
     args.extend_from_slice(extra);
     Server::start_with_env(dir, &args, &[("VIDEOGEN_WORKER_TOKEN", WORKER_TOKEN)])
-}
-
-struct WorkerProc(Child);
-
-impl WorkerProc {
-    fn start(s: &Server, name: &str, extra: &[&str]) -> WorkerProc {
-        let child = Command::new(BIN)
-            .args(["worker", "--server", &s.base, "--name", name])
-            .args(extra)
-            .env("VIDEOGEN_WORKER_TOKEN", WORKER_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn videogen worker");
-        WorkerProc(child)
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.0.id() as i32), sig).expect("signal worker");
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if self.0.try_wait().expect("try_wait").is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for WorkerProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The job's event log (kind, data), read from the database file (WAL lets
-/// a reader in while the server writes; SSE would stream until the job ends).
-/// The attempt, and a `requeued` event's `resume_step`, are the columns the
-/// trigger recorded beside the payload, added as `JobEvent::to_json` shows
-/// them to clients.
-async fn events(s: &Server, id: &str) -> Vec<(String, Value)> {
-    let db = rusqlite::Connection::open_with_flags(
-        s.data_dir.join("videogen.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut stmt = db
-        .prepare("SELECT kind, data_json, checkpoint_step, attempt FROM job_events WHERE job_id = ?1 ORDER BY seq")
-        .unwrap();
-    stmt.query_map([id], |r| {
-        let kind: String = r.get(0)?;
-        let data: String = r.get(1)?;
-        let mut data = serde_json::from_str(&data).unwrap_or(Value::Null);
-        if kind == "requeued" {
-            let step: Option<i64> = r.get(2)?;
-            data["resume_step"] = step.unwrap_or(0).into();
-        }
-        data["attempt"] = r.get::<_, i64>(3)?.into();
-        Ok((kind, data))
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
-}
-
-async fn wait_for_event(
-    s: &Server,
-    id: &str,
-    timeout: Duration,
-    pred: impl Fn(&str, &Value) -> bool,
-) -> Vec<(String, Value)> {
-    let end = Instant::now() + timeout;
-    loop {
-        let evs = events(s, id).await;
-        if evs.iter().any(|(k, d)| pred(k, d)) {
-            return evs;
-        }
-        assert!(Instant::now() < end, "event not seen in {timeout:?}: {evs:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn checkpoint_steps(evs: &[(String, Value)]) -> Vec<i64> {
-    evs.iter()
-        .filter(|(k, _)| k == "checkpoint")
-        .filter_map(|(_, d)| d["step"].as_i64())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,15 +240,17 @@ impl Dispatcher {
     /// a warm worker that is idle at that moment, and takes it otherwise:
     /// with no warm worker free, waiting for one would cost more than loading.
     pub async fn next(&self, loaded_models: &[String], shutdown: &CancellationToken) -> Option<QueuedJob> {
-        self.next_with(loaded_models, shutdown, &|_| None).await
+        self.next_with(loaded_models, None, shutdown, &|_| None).await
     }
 
-    /// [`Dispatcher::next`], where `defer` may also leave a job a cold worker
-    /// drew to a busy warm worker that will be free sooner than a load would
-    /// take (it returns how long to step aside, then the job is drawn again).
+    /// [`Dispatcher::next`] for a worker that runs only `serves` (`None`:
+    /// any model), where `defer` may also leave a job a cold worker drew to
+    /// a busy warm worker that will be free sooner than a load would take
+    /// (it returns how long to step aside, then the job is drawn again).
     pub async fn next_with(
         &self,
         loaded_models: &[String],
+        serves: Option<&[String]>,
         shutdown: &CancellationToken,
         defer: &(dyn Fn(&QueuedJob) -> Option<std::time::Duration> + Sync),
     ) -> Option<QueuedJob> {
@@ -266,7 +268,7 @@ impl Dispatcher {
                 let pick = if self.paused.borrow().is_some() {
                     Pick::Nothing
                 } else {
-                    match sched.next(now, &WorkerView { loaded_models }) {
+                    match sched.next(now, &WorkerView { loaded_models, serves }) {
                         Some(job) if !loaded_models.contains(&job.model) && self.warm_idle(&job.model) => {
                             sched.enqueue(job);
                             Pick::LeftForWarm
@@ -553,7 +555,7 @@ mod tests {
                 }
                 wait
             };
-            d.next_with(&[], &stop, &defer).await
+            d.next_with(&[], None, &stop, &defer).await
         });
         (task, rx)
     }

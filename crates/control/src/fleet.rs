@@ -5,9 +5,10 @@
 //! Per node and in memory: a restart starts again from the estimator's prior,
 //! which is the right answer for a fleet nobody has observed yet.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use videogen_core::{VideoId, WorkerId};
+use videogen_protocol::{ModelReport, ModelState, WorkerInfo};
 
 use videogen_sched::checkpoint::PreemptionRateEstimator;
 
@@ -52,9 +53,23 @@ struct Seen {
     busy: bool,
     /// Models it has loaded.
     models: Vec<String>,
+    /// What it reported about each of its models.
+    reports: Vec<ModelReport>,
     /// Its current attempt: when it was leased and its last progress percent.
     leased_at_ms: i64,
     percent: u8,
+}
+
+/// One model across the workers that reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FleetModel {
+    /// Workers with it loaded.
+    pub warm: Vec<String>,
+    /// Workers that can load it.
+    pub cold: Vec<String>,
+    /// Workers where it failed to load, with why.
+    pub unavailable: Vec<(String, String)>,
+    pub weights_hash: Option<String>,
 }
 
 /// A busy worker's remaining time is only extrapolated from this much progress.
@@ -71,15 +86,47 @@ impl FleetStats {
     }
 
     /// A worker asks for work (idle) with these models loaded.
-    pub fn polling(&self, worker: &WorkerId, models: &[String], now_ms: i64) {
+    pub fn polling(&self, worker: &WorkerInfo, now_ms: i64) {
         let seen = Seen {
             at_ms: now_ms,
             busy: false,
-            models: models.to_vec(),
+            models: worker.loaded_models.clone(),
+            reports: worker.models.clone(),
             leased_at_ms: now_ms,
             percent: 0,
         };
-        self.inner().workers.insert(worker.clone(), seen);
+        self.inner().workers.insert(worker.id.clone(), seen);
+    }
+
+    /// Each model some worker reported, with who has it warm, cold or
+    /// unavailable (workers silent for a minute are forgotten).
+    pub fn models(&self, now_ms: i64) -> BTreeMap<String, FleetModel> {
+        let inner = self.inner();
+        let mut out: BTreeMap<String, FleetModel> = BTreeMap::new();
+        for (id, seen) in &inner.workers {
+            if now_ms - seen.at_ms > WORKER_SILENCE_MS {
+                continue;
+            }
+            for r in &seen.reports {
+                let m = out.entry(r.id.clone()).or_default();
+                match r.state {
+                    ModelState::Warm => m.warm.push(id.to_string()),
+                    ModelState::Cold => m.cold.push(id.to_string()),
+                    ModelState::Unavailable => m
+                        .unavailable
+                        .push((id.to_string(), r.error.clone().unwrap_or_default())),
+                }
+                if m.weights_hash.is_none() {
+                    m.weights_hash.clone_from(&r.weights_hash);
+                }
+            }
+        }
+        for m in out.values_mut() {
+            m.warm.sort();
+            m.cold.sort();
+            m.unavailable.sort();
+        }
+        out
     }
 
     /// A job's attempt reported in: its worker is alive, busy, this far along.
@@ -205,8 +252,9 @@ mod tests {
     fn a_busy_warm_worker_is_expected_free_from_its_progress() {
         let f = FleetStats::default();
         let warm = WorkerId::new("n", "warm");
-        let models = vec!["m".to_owned()];
-        f.polling(&warm, &models, 0);
+        let mut info = WorkerInfo::new(warm.clone());
+        info.loaded_models = vec!["m".to_owned()];
+        f.polling(&info, 0);
         let job = VideoId::generate();
         f.leased(&job, &warm, 0);
         // Too little progress to extrapolate from.
@@ -220,6 +268,33 @@ mod tests {
         // Done: nobody is busy any more.
         f.ended(&job, 10_000);
         assert_eq!(f.warm_free_within("m", 60_000, 10_000), None);
+    }
+
+    #[test]
+    fn model_reports_are_gathered_per_model() {
+        let f = FleetStats::default();
+        let report = |id: &str, state, error: Option<&str>| ModelReport {
+            id: id.into(),
+            state,
+            weights_hash: (state == ModelState::Warm).then(|| "sha256:ab".to_owned()),
+            error: error.map(str::to_owned),
+        };
+        let mut a = WorkerInfo::new(WorkerId::new("n", "a"));
+        a.models = vec![
+            report("wan", ModelState::Warm, None),
+            report("ltx", ModelState::Cold, None),
+        ];
+        let mut b = WorkerInfo::new(WorkerId::new("n", "b"));
+        b.models = vec![report("wan", ModelState::Unavailable, Some("bad path"))];
+        f.polling(&a, 0);
+        f.polling(&b, 0);
+        let m = f.models(1_000);
+        assert_eq!(m["wan"].warm, vec!["n/a".to_owned()]);
+        assert_eq!(m["wan"].unavailable, vec![("n/b".to_owned(), "bad path".to_owned())]);
+        assert_eq!(m["wan"].weights_hash.as_deref(), Some("sha256:ab"));
+        assert_eq!(m["ltx"].cold, vec!["n/a".to_owned()]);
+        // Silent workers drop out.
+        assert!(f.models(1_000 + WORKER_SILENCE_MS + 1).is_empty());
     }
 
     #[test]

@@ -33,4 +33,5 @@ pub mod storage_health;
 pub use bus::JobBus;
 pub use config::RuntimeConfig;
 pub use dispatch::Dispatcher;
+pub use fleet::FleetModel;
 pub use local::{LocalControl, Runtime};

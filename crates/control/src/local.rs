@@ -166,9 +166,7 @@ impl ControlPlane for LocalControl {
     async fn acquire(&self, worker: &WorkerInfo, wait: Duration) -> Result<Option<Assignment>, ControlError> {
         let deadline = tokio::time::Instant::now() + wait;
         let never = CancellationToken::new();
-        self.rt
-            .fleet
-            .polling(&worker.id, &worker.loaded_models, self.rt.clock.now_ms());
+        self.rt.fleet.polling(worker, self.rt.clock.now_ms());
         // A cold worker steps aside for a busy warm one that will be free
         // sooner than this worker would take to load the model.
         let (fleet, clock) = (self.rt.fleet.clone(), self.rt.clock.clone());
@@ -179,7 +177,10 @@ impl ControlPlane for LocalControl {
         };
         loop {
             // Cancel-safe: the scheduler hands a job out only when this returns.
-            let next = self.rt.dispatcher.next_with(&worker.loaded_models, &never, &defer);
+            let next = self
+                .rt
+                .dispatcher
+                .next_with(&worker.loaded_models, worker.serves.as_deref(), &never, &defer);
             let next = tokio::time::timeout_at(deadline, next);
             let Ok(Some(queued)) = next.await else { return Ok(None) };
             let (tx, rx) = oneshot::channel();
@@ -421,11 +422,12 @@ mod tests {
                 model: "videogen-ref".into(),
                 prompt: "waves on a breakwater".into(),
                 seconds: Seconds::S4,
-                size: VideoSize::Portrait720,
+                size: VideoSize::PORTRAIT_720,
                 seed: 1,
                 style: None,
                 steps: 30,
                 input_reference: None,
+                params: Default::default(),
             },
             now_ms: T0,
         };
@@ -588,6 +590,8 @@ mod tests {
             spot: false,
             memory_class: None,
             model_load_ms: 0,
+            serves: None,
+            models: Vec::new(),
         }
     }
 

@@ -152,11 +152,12 @@ mod tests {
             model: "videogen-ref".into(),
             prompt: "p".into(),
             seconds: videogen_core::Seconds::S4,
-            size: videogen_core::VideoSize::Portrait720,
+            size: videogen_core::VideoSize::PORTRAIT_720,
             seed: 1,
             style: None,
             steps: 8,
             input_reference: None,
+            params: Default::default(),
         };
         Job {
             id: VideoId::generate(),

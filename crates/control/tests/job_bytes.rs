@@ -66,11 +66,12 @@ async fn leased(f: &Fixture) -> Lease {
             model: "videogen-ref".into(),
             prompt: "a kite over dunes".into(),
             seconds: Seconds::S4,
-            size: VideoSize::Portrait720,
+            size: VideoSize::PORTRAIT_720,
             seed: 3,
             style: None,
             steps: 8,
             input_reference: None,
+            params: Default::default(),
         },
         now_ms: f.clock.now_ms(),
     };

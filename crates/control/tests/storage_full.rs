@@ -106,11 +106,12 @@ async fn submit(rt: &Runtime, n: usize) -> VideoId {
             model: "videogen-ref".into(),
             prompt: format!("waves on a breakwater, take {n}"),
             seconds: Seconds::S4,
-            size: VideoSize::Landscape720,
+            size: VideoSize::LANDSCAPE_720,
             seed: n as u64,
             style: None,
             steps: 8,
             input_reference: None,
+            params: Default::default(),
         },
         now_ms: rt.clock.now_ms(),
     };
@@ -190,10 +191,10 @@ async fn runtime(disk: Arc<FillingDisk>) -> Arc<Runtime> {
 /// `WORKERS` worker slots on the reference model, until `shutdown`.
 fn spawn_workers(rt: &Arc<Runtime>, shutdown: &CancellationToken) -> tokio::task::JoinSet<()> {
     let control: Arc<dyn ControlPlane> = Arc::new(LocalControl::new(rt.clone()));
-    let engine = Arc::new(Engine {
-        model: Arc::new(ReferenceModel::new(ReferenceConfig::instant())),
-        moderator: Arc::new(videogen_safety::DenylistModerator::new()),
-    });
+    let engine = Arc::new(Engine::single(
+        Arc::new(ReferenceModel::new(ReferenceConfig::instant())),
+        Arc::new(videogen_safety::DenylistModerator::new()),
+    ));
     let config = WorkerConfig {
         checkpoint: videogen_sched::checkpoint::CheckpointPolicy::Fixed {
             every_steps: 2,
@@ -210,6 +211,8 @@ fn spawn_workers(rt: &Arc<Runtime>, shutdown: &CancellationToken) -> tokio::task
             spot: false,
             memory_class: None,
             model_load_ms: 0,
+            serves: None,
+            models: Vec::new(),
         };
         let worker = Worker::new(control.clone(), engine.clone(), info, config.clone());
         workers.spawn(worker.run(shutdown.clone()));

@@ -51,6 +51,13 @@ pub enum EventPayload {
         step: u32,
         reason: String,
     },
+    /// The attempt started again at step 0 although the job had made
+    /// progress: no checkpoint was usable, or its model cannot checkpoint
+    /// (an upstream engine). Written by the worker.
+    Restarted {
+        previous_step: u32,
+        reason: String,
+    },
     /// Back in the queue; the next attempt resumes from the newest checkpoint.
     Requeued {
         reason: RequeueReason,
@@ -85,6 +92,7 @@ pub enum EventKind {
     Checkpoint,
     Resumed,
     CheckpointRejected,
+    Restarted,
     Requeued,
     Completed,
     Failed,
@@ -94,13 +102,14 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Created,
         EventKind::Leased,
         EventKind::Progress,
         EventKind::Checkpoint,
         EventKind::Resumed,
         EventKind::CheckpointRejected,
+        EventKind::Restarted,
         EventKind::Requeued,
         EventKind::Completed,
         EventKind::Failed,
@@ -117,6 +126,7 @@ impl EventKind {
             EventKind::Checkpoint => "checkpoint",
             EventKind::Resumed => "resumed",
             EventKind::CheckpointRejected => "checkpoint_rejected",
+            EventKind::Restarted => "restarted",
             EventKind::Requeued => "requeued",
             EventKind::Completed => "completed",
             EventKind::Failed => "failed",
@@ -158,6 +168,7 @@ impl EventPayload {
             EventPayload::Checkpoint { .. } => EventKind::Checkpoint,
             EventPayload::Resumed { .. } => EventKind::Resumed,
             EventPayload::CheckpointRejected { .. } => EventKind::CheckpointRejected,
+            EventPayload::Restarted { .. } => EventKind::Restarted,
             EventPayload::Requeued { .. } => EventKind::Requeued,
             EventPayload::Completed { .. } => EventKind::Completed,
             EventPayload::Failed { .. } => EventKind::Failed,
@@ -209,6 +220,10 @@ pub enum AttemptEvent {
         step: u32,
         reason: String,
     },
+    Restarted {
+        previous_step: u32,
+        reason: String,
+    },
 }
 
 impl From<AttemptEvent> for EventPayload {
@@ -226,6 +241,7 @@ impl From<AttemptEvent> for EventPayload {
             AttemptEvent::CheckpointRejected { key, step, reason } => {
                 EventPayload::CheckpointRejected { key, step, reason }
             }
+            AttemptEvent::Restarted { previous_step, reason } => EventPayload::Restarted { previous_step, reason },
         }
     }
 }
@@ -299,6 +315,10 @@ mod tests {
                 key: "k".into(),
                 step: 4,
                 reason: "crc".into(),
+            },
+            EventPayload::Restarted {
+                previous_step: 4,
+                reason: "no checkpoint".into(),
             },
             EventPayload::Requeued {
                 reason: RequeueReason::Error,

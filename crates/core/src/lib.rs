@@ -7,6 +7,7 @@
 //! # Layout
 //! - [`ids`]: identifiers (`video_…`, tenants, workers) and their parsing rules.
 //! - [`spec`]: what a user asked for (size, duration, model, prompt, seed) and its limits.
+//! - [`catalog`]: the model registry as the API sees it ([`catalog::ModelCard`]): names, sizes, durations, knobs.
 //! - [`tier`]: service tiers and their retention periods.
 //! - [`lifecycle`]: the one job state machine; every persisted state change goes through it.
 //! - [`job`]: the job record, leases, progress, checkpoints, outputs.
@@ -19,6 +20,7 @@
 //! - [`secret_url`]: service URLs that may hold credentials, masked wherever shown.
 
 pub mod blob;
+pub mod catalog;
 pub mod clock;
 pub mod event;
 pub mod ids;

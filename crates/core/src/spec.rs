@@ -16,120 +16,183 @@ pub const FPS: u32 = 24;
 /// The built-in reference model; the default when a request names none.
 pub const REFERENCE_MODEL: &str = "videogen-ref";
 
-/// Output resolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum VideoSize {
-    #[serde(rename = "720x1280")]
-    Portrait720,
-    #[serde(rename = "1280x720")]
-    Landscape720,
-    #[serde(rename = "1024x1792")]
-    Portrait1024,
-    #[serde(rename = "1792x1024")]
-    Landscape1024,
+/// Largest output side accepted at the API, in pixels (a model's catalogue
+/// entry narrows it to the sizes it supports).
+pub const MAX_SIDE: u32 = 4096;
+/// Longest clip accepted at the API, in seconds.
+pub const MAX_SECONDS: u32 = 120;
+
+/// Output resolution, `WIDTHxHEIGHT` on the wire. OpenAI's four sizes are the
+/// reference model's; a hosted model lists its own (e.g. Wan's `832x480`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VideoSize {
+    width: u32,
+    height: u32,
 }
 
 impl VideoSize {
-    pub const ALL: [VideoSize; 4] = [
-        VideoSize::Portrait720,
-        VideoSize::Landscape720,
-        VideoSize::Portrait1024,
-        VideoSize::Landscape1024,
+    pub const PORTRAIT_720: VideoSize = VideoSize {
+        width: 720,
+        height: 1280,
+    };
+    pub const LANDSCAPE_720: VideoSize = VideoSize {
+        width: 1280,
+        height: 720,
+    };
+    pub const PORTRAIT_1024: VideoSize = VideoSize {
+        width: 1024,
+        height: 1792,
+    };
+    pub const LANDSCAPE_1024: VideoSize = VideoSize {
+        width: 1792,
+        height: 1024,
+    };
+    /// The sizes OpenAI's Videos API accepts.
+    pub const OPENAI: [VideoSize; 4] = [
+        VideoSize::PORTRAIT_720,
+        VideoSize::LANDSCAPE_720,
+        VideoSize::PORTRAIT_1024,
+        VideoSize::LANDSCAPE_1024,
     ];
+
+    /// A size with both sides in `8..=MAX_SIDE` and multiples of 8 (what
+    /// every latent-diffusion VAE needs).
+    pub fn new(width: u32, height: u32) -> Result<Self, SpecError> {
+        let ok = |v: u32| (8..=MAX_SIDE).contains(&v) && v.is_multiple_of(8);
+        if !ok(width) || !ok(height) {
+            return Err(SpecError::new(
+                "size",
+                format!("invalid size {width}x{height}: each side must be a multiple of 8 in 8..={MAX_SIDE}"),
+            ));
+        }
+        Ok(Self { width, height })
+    }
 
     /// `(width, height)` in pixels.
     pub fn dims(self) -> (u32, u32) {
-        match self {
-            VideoSize::Portrait720 => (720, 1280),
-            VideoSize::Landscape720 => (1280, 720),
-            VideoSize::Portrait1024 => (1024, 1792),
-            VideoSize::Landscape1024 => (1792, 1024),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VideoSize::Portrait720 => "720x1280",
-            VideoSize::Landscape720 => "1280x720",
-            VideoSize::Portrait1024 => "1024x1792",
-            VideoSize::Landscape1024 => "1792x1024",
-        }
+        (self.width, self.height)
     }
 }
 
 impl Default for VideoSize {
     /// OpenAI's default.
     fn default() -> Self {
-        VideoSize::Portrait720
+        VideoSize::PORTRAIT_720
     }
 }
 
 impl fmt::Display for VideoSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        write!(f, "{}x{}", self.width, self.height)
     }
 }
 
 impl FromStr for VideoSize {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        VideoSize::ALL.into_iter().find(|v| v.as_str() == s).ok_or_else(|| {
+        let bad = || {
             SpecError::new(
                 "size",
-                format!("invalid size {s:?}: expected one of 720x1280, 1280x720, 1024x1792, 1792x1024"),
+                format!("invalid size {s:?}: expected WIDTHxHEIGHT, e.g. 1280x720"),
             )
-        })
+        };
+        let (w, h) = s.split_once('x').ok_or_else(bad)?;
+        let side = |v: &str| {
+            if v.is_empty() || v.len() > 5 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            v.parse::<u32>().map_err(|_| bad())
+        };
+        VideoSize::new(side(w)?, side(h)?)
     }
 }
 
-/// Clip duration.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Seconds {
-    /// OpenAI's default.
-    #[default]
-    #[serde(rename = "4")]
-    S4,
-    #[serde(rename = "8")]
-    S8,
-    #[serde(rename = "12")]
-    S12,
+impl Serialize for VideoSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
+
+impl<'de> Deserialize<'de> for VideoSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Clip duration in whole seconds, a string on the wire (`"4"`) as in
+/// OpenAI's API. OpenAI's 4, 8 and 12 are the reference model's; a hosted
+/// model's catalogue entry lists its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Seconds(u32);
 
 impl Seconds {
-    pub const ALL: [Seconds; 3] = [Seconds::S4, Seconds::S8, Seconds::S12];
+    pub const S4: Seconds = Seconds(4);
+    pub const S8: Seconds = Seconds(8);
+    pub const S12: Seconds = Seconds(12);
+    /// The durations OpenAI's Videos API accepts.
+    pub const OPENAI: [Seconds; 3] = [Seconds::S4, Seconds::S8, Seconds::S12];
+
+    /// A duration in `1..=MAX_SECONDS`.
+    pub fn new(seconds: u32) -> Result<Self, SpecError> {
+        if !(1..=MAX_SECONDS).contains(&seconds) {
+            return Err(SpecError::new(
+                "seconds",
+                format!("invalid seconds {seconds}: expected 1..={MAX_SECONDS}"),
+            ));
+        }
+        Ok(Self(seconds))
+    }
 
     pub fn get(self) -> u32 {
-        match self {
-            Seconds::S4 => 4,
-            Seconds::S8 => 8,
-            Seconds::S12 => 12,
-        }
+        self.0
     }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Seconds::S4 => "4",
-            Seconds::S8 => "8",
-            Seconds::S12 => "12",
-        }
-    }
-    /// Output frames for this duration at [`FPS`].
+
+    /// Output frames for this duration at the reference model's [`FPS`].
     pub fn frames(self) -> u32 {
-        self.get() * FPS
+        self.0 * FPS
+    }
+}
+
+impl Default for Seconds {
+    /// OpenAI's default.
+    fn default() -> Self {
+        Seconds::S4
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
     }
 }
 
 impl FromStr for Seconds {
     type Err = SpecError;
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        match s {
-            "4" => Ok(Seconds::S4),
-            "8" => Ok(Seconds::S8),
-            "12" => Ok(Seconds::S12),
-            _ => Err(SpecError::new(
+        let bad = || {
+            SpecError::new(
                 "seconds",
-                format!("invalid seconds {s:?}: expected one of \"4\", \"8\", \"12\""),
-            )),
+                format!("invalid seconds {s:?}: expected a whole number such as \"4\""),
+            )
+        };
+        if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
         }
+        Seconds::new(s.parse().map_err(|_| bad())?)
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -139,6 +202,9 @@ impl FromStr for Seconds {
 pub struct SpecError {
     /// The request parameter at fault (OpenAI's `param`).
     pub param: &'static str,
+    /// Stable machine-readable reason (OpenAI's `code`): `invalid_value`, or
+    /// `unsupported_by_model` when the value is fine but the model cannot.
+    pub code: &'static str,
     pub message: String,
 }
 
@@ -146,6 +212,16 @@ impl SpecError {
     pub fn new(param: &'static str, message: impl Into<String>) -> Self {
         Self {
             param,
+            code: "invalid_value",
+            message: message.into(),
+        }
+    }
+
+    /// A value this model does not support (another model might).
+    pub fn unsupported(param: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            param,
+            code: "unsupported_by_model",
             message: message.into(),
         }
     }
@@ -164,6 +240,52 @@ pub struct VideoSpec {
     pub steps: u32,
     /// Blob key of a validated input reference image (conditions frame 0).
     pub input_reference: Option<String>,
+    /// What the model's catalogue entry and the request's extension fields
+    /// resolved to at submit (absent on jobs stored before there were any).
+    #[serde(default, skip_serializing_if = "GenerationParams::is_empty")]
+    pub params: GenerationParams,
+}
+
+/// The model-facing parameters fixed at submit, from the request's extension
+/// fields (named as vLLM-Omni names them) and the model's catalogue entry, so
+/// every attempt and every resume runs exactly the same generation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GenerationParams {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_prompt: Option<String>,
+    /// Classifier-free guidance scale in thousandths: exact, so the spec
+    /// stays hashable and a resumed request hashes the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_milli: Option<u32>,
+    /// Output frame rate; absent means the reference model's [`FPS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fps: Option<u32>,
+    /// Output frames; absent means `seconds * fps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<u32>,
+}
+
+impl GenerationParams {
+    pub fn is_empty(&self) -> bool {
+        *self == GenerationParams::default()
+    }
+
+    /// Guidance as the float a pipeline takes.
+    pub fn guidance_scale(&self) -> Option<f32> {
+        self.guidance_milli.map(|m| m as f32 / 1000.0)
+    }
+}
+
+impl VideoSpec {
+    /// Output frame rate.
+    pub fn fps(&self) -> u32 {
+        self.params.fps.unwrap_or(FPS)
+    }
+
+    /// Output frames.
+    pub fn frames(&self) -> u32 {
+        self.params.frames.unwrap_or_else(|| self.seconds.get() * self.fps())
+    }
 }
 
 /// Checks the free-text fields every entry point shares.
@@ -216,16 +338,28 @@ mod tests {
     fn sizes_and_seconds_parse_only_allowed_values() {
         assert_eq!("1280x720".parse::<VideoSize>().unwrap().dims(), (1280, 720));
         assert_eq!("1024x1792".parse::<VideoSize>().unwrap().dims(), (1024, 1792));
-        assert_eq!("640x480".parse::<VideoSize>().unwrap_err().param, "size");
+        assert_eq!("832x480".parse::<VideoSize>().unwrap().dims(), (832, 480));
+        for bad in [
+            "640x", "x480", "641x480", "0x0", "+640x480", "99999x8", "640X480", " 640x480",
+        ] {
+            assert_eq!(bad.parse::<VideoSize>().unwrap_err().param, "size", "{bad}");
+        }
         assert_eq!("12".parse::<Seconds>().unwrap().frames(), 12 * FPS);
-        assert_eq!("5".parse::<Seconds>().unwrap_err().param, "seconds");
+        assert_eq!("5".parse::<Seconds>().unwrap().get(), 5);
+        for bad in ["0", "", "-4", "4.5", "121", "99999"] {
+            assert_eq!(bad.parse::<Seconds>().unwrap_err().param, "seconds", "{bad}");
+        }
     }
 
     #[test]
     fn serde_uses_the_api_literals() {
         assert_eq!(
-            serde_json::to_string(&VideoSize::Landscape1024).unwrap(),
+            serde_json::to_string(&VideoSize::LANDSCAPE_1024).unwrap(),
             "\"1792x1024\""
+        );
+        assert_eq!(
+            serde_json::from_str::<VideoSize>("\"832x480\"").unwrap().dims(),
+            (832, 480)
         );
         assert_eq!(serde_json::to_string(&Seconds::S8).unwrap(), "\"8\"");
     }

@@ -1,4 +1,5 @@
-//! RGB frames → H.264 (yuv420p, OpenH264) → fast-start MP4 (muxide).
+//! RGB frames → H.264 (yuv420p, OpenH264) → fast-start MP4 (muxide), with an
+//! optional AAC-LC audio track (see [`crate::audio`]).
 //!
 //! Determinism is a hard requirement (a job resumed from a checkpoint must
 //! reproduce the identical file), so:
@@ -6,9 +7,11 @@
 //!   which picks an AVX2 or scalar float path at runtime depending on the CPU;
 //! - the encoder runs single-threaded with rate control off (constant QP), so
 //!   no decision depends on timing or thread scheduling;
-//! - muxide writes zero creation/modification times, and we embed no metadata.
+//! - muxide writes zero creation/modification times, and we embed no metadata;
+//! - audio is fixed-point FDK AAC fed the same i16 samples however the PCM
+//!   was split between [`Mp4Encoder::push_audio`] calls.
 
-use muxide::api::{Muxer, MuxerBuilder, VideoCodec};
+use muxide::api::{AacProfile, AudioCodec, Muxer, MuxerBuilder, VideoCodec};
 use openh264::OpenH264API;
 use openh264::Timestamp;
 use openh264::encoder::{
@@ -18,8 +21,9 @@ use openh264::encoder::{
 use openh264::formats::YUVSlices;
 
 use crate::MediaError;
+use crate::audio::{AAC_FRAME_SAMPLES, AacTrack, AudioFormat, retime_audio_track, samples_for_frames};
 use crate::boxes::{self, BoxRef, find_child, find_path};
-use crate::inspect::inspect_mp4;
+use crate::inspect::{Mp4Info, inspect_mp4};
 
 /// OpenH264's resolution limit (level 5.2): 3840 on the long side, 2160 on the short one.
 const MAX_LONG_SIDE: u32 = 3840;
@@ -36,6 +40,10 @@ const KEYFRAME_INTERVAL_SECS: u32 = 2;
 /// Quality is a constant QP of 26 (OpenH264's default base QP with rate control
 /// off; adaptive quantisation may move P-frames within 22..=32), which gives
 /// roughly 1–4 Mbit/s for typical 720p24 generated content.
+///
+/// An encoder made with [`with_audio`](Self::with_audio) also takes PCM via
+/// [`push_audio`](Self::push_audio) and writes an AAC-LC track (about
+/// 64 kbit/s per channel) whose presented duration equals the video's.
 pub struct Mp4Encoder {
     width: u32,
     height: u32,
@@ -47,6 +55,7 @@ pub struct Mp4Encoder {
     annexb: Vec<u8>,
     muxer: Muxer<Vec<u8>>,
     frames: u32,
+    audio: Option<AacTrack>,
 }
 
 impl std::fmt::Debug for Mp4Encoder {
@@ -56,6 +65,7 @@ impl std::fmt::Debug for Mp4Encoder {
             .field("height", &self.height)
             .field("fps", &self.fps)
             .field("frames", &self.frames)
+            .field("audio", &self.audio)
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +76,21 @@ impl Mp4Encoder {
     /// Width and height must be even (yuv420p halves chroma in both directions)
     /// and within OpenH264's 3840x2160 limit; `fps` must be 1..=240.
     pub fn new(width: u32, height: u32, fps: u32) -> Result<Self, MediaError> {
+        Self::build(width, height, fps, None)
+    }
+
+    /// Like [`new`](Self::new), plus an AAC-LC audio track in `format`: push
+    /// its PCM with [`push_audio`](Self::push_audio).
+    ///
+    /// An unsupported sample rate (see
+    /// [`SUPPORTED_SAMPLE_RATES`](crate::audio::SUPPORTED_SAMPLE_RATES)) or a
+    /// channel count other than 1 or 2 is [`MediaError::InvalidInput`].
+    pub fn with_audio(width: u32, height: u32, fps: u32, format: AudioFormat) -> Result<Self, MediaError> {
+        format.validate()?;
+        Self::build(width, height, fps, Some(format))
+    }
+
+    fn build(width: u32, height: u32, fps: u32, audio: Option<AudioFormat>) -> Result<Self, MediaError> {
         if width == 0 || height == 0 || !width.is_multiple_of(2) || !height.is_multiple_of(2) {
             return Err(MediaError::InvalidDimensions(format!(
                 "{width}x{height}: width and height must be non-zero and even for yuv420p"
@@ -99,10 +124,14 @@ impl Mp4Encoder {
             .vui(VuiConfig::bt601());
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)?;
 
-        let muxer = MuxerBuilder::new(Vec::new())
+        let mut builder = MuxerBuilder::new(Vec::new())
             .video(VideoCodec::H264, width, height, f64::from(fps))
-            .with_fast_start(true)
-            .build()?;
+            .with_fast_start(true);
+        if let Some(format) = audio {
+            builder = builder.audio(AudioCodec::Aac(AacProfile::Lc), format.sample_rate, format.channels);
+        }
+        let muxer = builder.build()?;
+        let audio = audio.map(AacTrack::new).transpose()?;
 
         let luma = width as usize * height as usize;
         Ok(Self {
@@ -114,6 +143,7 @@ impl Mp4Encoder {
             annexb: Vec::new(),
             muxer,
             frames: 0,
+            audio,
         })
     }
 
@@ -148,7 +178,36 @@ impl Mp4Encoder {
         self.muxer
             .write_video(pts, &self.annexb, frame_type == FrameType::IDR)?;
         self.frames += 1;
+        // PCM that waited for the video to reach it can be encoded now.
+        if let Some(audio) = &mut self.audio {
+            let covered = samples_for_frames(self.frames, self.fps, audio.format().sample_rate, false);
+            audio.feed_pending(covered)?;
+        }
         Ok(())
+    }
+
+    /// Appends interleaved PCM (`[l, r, l, r, ...]` for stereo) to the audio
+    /// track; the length must be a whole number of frames (a multiple of the
+    /// channel count).
+    ///
+    /// Samples are nominally in [-1, 1]: larger magnitudes are clamped and NaN
+    /// becomes silence. Audio and video may be pushed in any order and any
+    /// chunking; at [`finish`](Self::finish) audio past the video's end is
+    /// dropped and a shorter track is padded with silence. Without an audio
+    /// track (made by [`new`](Self::new)) this is [`MediaError::InvalidInput`].
+    pub fn push_audio(&mut self, interleaved_f32_pcm: &[f32]) -> Result<(), MediaError> {
+        let Some(audio) = &mut self.audio else {
+            return Err(MediaError::InvalidInput(
+                "this encoder has no audio track: create it with Mp4Encoder::with_audio".into(),
+            ));
+        };
+        let covered = samples_for_frames(self.frames, self.fps, audio.format().sample_rate, false);
+        audio.push(interleaved_f32_pcm, covered)
+    }
+
+    /// The audio track's format, if the encoder has one.
+    pub fn audio_format(&self) -> Option<AudioFormat> {
+        self.audio.as_ref().map(AacTrack::format)
     }
 
     /// Number of frames pushed so far.
@@ -168,12 +227,31 @@ impl Mp4Encoder {
             ));
         }
         let mut muxer = self.muxer;
+        let mut audio_layout = None;
+        if let Some(audio) = self.audio {
+            let format = audio.format();
+            let samples = samples_for_frames(self.frames, self.fps, format.sample_rate, true);
+            let encoded = audio.finish(samples)?;
+            for (i, frame) in encoded.frames.iter().enumerate() {
+                let pts = i as f64 * f64::from(AAC_FRAME_SAMPLES) / f64::from(format.sample_rate);
+                muxer.write_audio(pts, frame)?;
+            }
+            audio_layout = Some(AudioLayout {
+                format,
+                priming: encoded.priming,
+                frames: encoded.frames.len(),
+                samples,
+            });
+        }
         muxer.finish_in_place()?;
         let mut bytes = muxer.into_writer();
         if self.frames == 1 {
             // muxide derives the last sample's duration from the previous
             // delta; with a single frame there is none and it writes 1 tick.
             fix_single_frame_duration(&mut bytes, self.fps)?;
+        }
+        if let Some(a) = &audio_layout {
+            bytes = retime_audio_track(&bytes, a.format.sample_rate, a.priming, a.samples)?;
         }
 
         let info = inspect_mp4(&bytes)?;
@@ -189,12 +267,62 @@ impl Mp4Encoder {
         } else if (info.width, info.height) != (self.width, self.height) {
             Some(format!("size {}x{} muxed", info.width, info.height))
         } else {
-            None
+            audio_problem(&info, audio_layout.as_ref())
         };
         match problem {
             Some(p) => Err(MediaError::Mux(format!("output failed self-check: {p}"))),
             None => Ok(bytes),
         }
+    }
+}
+
+/// What was encoded into the audio track, for the self-check.
+struct AudioLayout {
+    format: AudioFormat,
+    /// Encoder delay, samples per channel.
+    priming: u32,
+    /// AAC frames muxed.
+    frames: usize,
+    /// Presented samples per channel (the video's duration).
+    samples: u64,
+}
+
+/// Self-check of the audio track against what was encoded: `Some(problem)`.
+fn audio_problem(info: &Mp4Info, expected: Option<&AudioLayout>) -> Option<String> {
+    let Some(&AudioLayout {
+        format,
+        priming,
+        frames,
+        samples,
+    }) = expected
+    else {
+        return info.audio.as_ref().map(|_| "unexpected audio track".to_string());
+    };
+    let Some(a) = &info.audio else {
+        return Some("audio track missing".into());
+    };
+    if a.codec != "mp4a" || a.audio_object_type != Some(2) {
+        Some(format!(
+            "audio codec {} (object type {:?}), expected AAC-LC",
+            a.codec, a.audio_object_type
+        ))
+    } else if (a.sample_rate, a.channels) != (format.sample_rate, format.channels) {
+        Some(format!("audio muxed as {} Hz x{}", a.sample_rate, a.channels))
+    } else if a.sample_count as usize != frames
+        || a.timescale != format.sample_rate
+        || a.duration != u64::from(priming) + samples
+    {
+        Some(format!(
+            "{} AAC frames lasting {} at timescale {} muxed, {frames} frames of {samples} + {priming} samples encoded",
+            a.sample_count, a.duration, a.timescale
+        ))
+    } else if a.media_start != u64::from(priming) || a.edit_duration != Some(info.movie_duration) {
+        Some(format!(
+            "audio edit list starts at {} for {:?}, expected {priming} for {}",
+            a.media_start, a.edit_duration, info.movie_duration
+        ))
+    } else {
+        None
     }
 }
 
@@ -295,6 +423,9 @@ fn write_duration(bytes: &mut [u8], at: usize, v1: bool, value: u64) -> Result<(
         boxes::write_u32(bytes, at, v)
     }
 }
+
+#[cfg(test)]
+mod audio_tests;
 
 #[cfg(test)]
 mod tests {

@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let steps_time = t.elapsed();
 
     let t = Instant::now();
-    let ckpt = generation.checkpoint();
+    let ckpt = generation.checkpoint()?;
     let ckpt_time = t.elapsed();
     let t = Instant::now();
     let resumed = model.resume(&req, &ckpt)?;

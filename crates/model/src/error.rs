@@ -15,6 +15,12 @@ pub enum ModelError {
     /// format version or request.
     #[error("checkpoint mismatch: {0}")]
     CheckpointMismatch(String),
+    /// The model cannot run on this worker now: its weights failed to load,
+    /// or its host process is down and restarting. Not the job's fault: the
+    /// job goes back uncharged, and the worker stops taking jobs for the
+    /// model until it loads.
+    #[error("model unavailable: {0}")]
+    Unavailable(String),
     /// Anything else (for real models: OOM, driver errors, ...).
     #[error("internal model error: {0}")]
     Internal(String),
@@ -22,10 +28,10 @@ pub enum ModelError {
 
 impl ModelError {
     /// Whether running the same call again may succeed. Only internal
-    /// failures are transient; a bad request or checkpoint stays bad (the
+    /// failures and an unavailable model are transient; a bad request or checkpoint stays bad (the
     /// caller may still restart from scratch without the checkpoint).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ModelError::Internal(_))
+        matches!(self, ModelError::Internal(_) | ModelError::Unavailable(_))
     }
 
     /// Stable snake_case identifier for logs, metrics and job errors.
@@ -34,6 +40,7 @@ impl ModelError {
             ModelError::InvalidRequest(_) => "invalid_request",
             ModelError::CorruptCheckpoint(_) => "corrupt_checkpoint",
             ModelError::CheckpointMismatch(_) => "checkpoint_mismatch",
+            ModelError::Unavailable(_) => "model_unavailable",
             ModelError::Internal(_) => "internal",
         }
     }
@@ -49,6 +56,7 @@ mod tests {
             (ModelError::InvalidRequest("x".into()), "invalid_request", false),
             (ModelError::CorruptCheckpoint("x".into()), "corrupt_checkpoint", false),
             (ModelError::CheckpointMismatch("x".into()), "checkpoint_mismatch", false),
+            (ModelError::Unavailable("x".into()), "model_unavailable", true),
             (ModelError::Internal("x".into()), "internal", true),
         ];
         for (e, code, retry) in cases {

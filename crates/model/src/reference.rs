@@ -8,10 +8,11 @@
 //! on every run and across any checkpoint/resume split.
 
 use crate::checkpoint::{self, State};
+use crate::frames::{Audio, Frames, LazyFrames};
 use crate::request::{GenerationRequest, LatentDims, RgbFrame, SPATIAL_FACTOR, TEMPORAL_FACTOR};
 use crate::rng::Xoshiro256;
 use crate::scene::{self, GLOW_TO_RGB};
-use crate::{Generation, Model, ModelError};
+use crate::{Availability, Generation, Model, ModelError};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 use videogen_core::spec::REFERENCE_MODEL;
@@ -38,6 +39,9 @@ pub struct ReferenceConfig {
     pub step_time: Duration,
     /// Time the first [`Model::load`] sleeps, standing in for loading weights.
     pub load_time: Duration,
+    /// Give every clip a prompt-seeded soundtrack (48 kHz stereo), so the
+    /// audio path (decode, mux, playback) runs without a GPU model.
+    pub audio: bool,
 }
 
 impl Default for ReferenceConfig {
@@ -45,6 +49,7 @@ impl Default for ReferenceConfig {
         Self {
             step_time: Duration::from_millis(100),
             load_time: Duration::ZERO,
+            audio: false,
         }
     }
 }
@@ -55,6 +60,7 @@ impl ReferenceConfig {
         Self {
             step_time: Duration::ZERO,
             load_time: Duration::ZERO,
+            audio: false,
         }
     }
 }
@@ -96,6 +102,14 @@ impl Model for ReferenceModel {
 
     fn version(&self) -> &str {
         REFERENCE_VERSION
+    }
+
+    fn availability(&self) -> Availability {
+        if self.is_loaded() {
+            Availability::Warm
+        } else {
+            Availability::Cold
+        }
     }
 
     fn load(&self) -> Result<(), ModelError> {
@@ -181,6 +195,41 @@ impl Model for ReferenceModel {
     }
 }
 
+/// Sample rate of the reference soundtrack.
+pub const AUDIO_SAMPLE_RATE: u32 = 48_000;
+
+/// A soft three-note chord seeded by the request (its params hash), as long
+/// as the clip: stereo, a slow tremolo, faded in and out. Pure arithmetic on
+/// `f64`, so the same request always sounds the same.
+fn soundtrack(seed: &[u8; 32], frames: u32, fps: u32) -> Audio {
+    let n = (u64::from(frames) * u64::from(AUDIO_SAMPLE_RATE) / u64::from(fps.max(1))) as usize;
+    // A root between 110 and 220 Hz, then a major or minor third and a fifth.
+    let root = 110.0 * (1.0 + f64::from(seed[0]) / 255.0);
+    let third = if seed[1].is_multiple_of(2) {
+        1.259_921
+    } else {
+        1.189_207
+    };
+    let notes = [root, root * third, root * 1.498_307];
+    let pan = 0.3 + 0.4 * f64::from(seed[2]) / 255.0;
+    let fade = f64::from(AUDIO_SAMPLE_RATE) * 0.05;
+    let mut samples = Vec::with_capacity(n * 2);
+    for i in 0..n {
+        let t = i as f64 / f64::from(AUDIO_SAMPLE_RATE);
+        let env = (i as f64 / fade).min((n - i) as f64 / fade).min(1.0);
+        let tremolo = 0.8 + 0.2 * (std::f64::consts::TAU * 0.5 * t).sin();
+        let v: f64 = notes.iter().map(|f| (std::f64::consts::TAU * f * t).sin()).sum::<f64>() / 3.0;
+        let v = 0.4 * env * tremolo * v;
+        samples.push((v * (1.0 - pan)) as f32);
+        samples.push((v * pan) as f32);
+    }
+    Audio {
+        sample_rate: AUDIO_SAMPLE_RATE,
+        channels: 2,
+        samples,
+    }
+}
+
 /// Bilinear sample position: the two source indices and the second's weight.
 #[derive(Clone, Copy)]
 struct Tap {
@@ -207,6 +256,8 @@ fn taps(src: u32, factor: u32, out: u32) -> Vec<Tap> {
 
 struct RefGeneration {
     step_time: Duration,
+    fps: u32,
+    audio: bool,
     model_id: String,
     model_version: String,
     params_hash: [u8; 32],
@@ -240,6 +291,8 @@ impl RefGeneration {
     ) -> Self {
         Self {
             step_time: model.cfg.step_time,
+            fps: req.fps,
+            audio: model.cfg.audio,
             model_id: model.id().to_string(),
             model_version: model.version().to_string(),
             params_hash: req.params_hash(),
@@ -330,8 +383,8 @@ impl Generation for RefGeneration {
         self.total
     }
 
-    fn checkpoint(&self) -> Vec<u8> {
-        checkpoint::encode(&State {
+    fn checkpoint(&self) -> Result<Vec<u8>, ModelError> {
+        Ok(checkpoint::encode(&State {
             model_id: &self.model_id,
             model_version: &self.model_version,
             params_hash: &self.params_hash,
@@ -340,11 +393,21 @@ impl Generation for RefGeneration {
             rng_state: self.rng.state(),
             dims: self.dims,
             latents: &self.latents,
-        })
+        }))
     }
 
     fn frame_count(&self) -> u32 {
         self.frames
+    }
+
+    fn into_frames(self: Box<Self>) -> Result<Box<dyn Frames>, ModelError> {
+        let audio = self.audio.then(|| soundtrack(&self.params_hash, self.frames, self.fps));
+        let fps = self.fps;
+        Ok(Box::new(LazyFrames {
+            generation: self,
+            fps,
+            audio,
+        }))
     }
 
     /// Out-of-range indices decode the last frame rather than panic.

@@ -18,6 +18,8 @@ pub const SPATIAL_FACTOR: u32 = 8;
 pub const TEMPORAL_FACTOR: u32 = 4;
 /// Channels per latent cell.
 pub const LATENT_CHANNELS: u32 = 4;
+/// The reference model's frame rate (and the default of a request).
+pub const DEFAULT_FPS: u32 = 24;
 
 /// An 8-bit RGB image, row-major, `data.len() == width * height * 3`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +108,12 @@ pub struct GenerationRequest {
     /// Optional conditioning image (any size); shapes frame 0 and fades
     /// over the following frames.
     pub first_frame: Option<RgbImage>,
+    /// What the output should not look like, for models that take one.
+    pub negative_prompt: Option<String>,
+    /// Classifier-free guidance, for models that take it.
+    pub guidance_scale: Option<f32>,
+    /// Output frame rate.
+    pub fps: u32,
 }
 
 /// Shape of the latent tensor, stored `[frames][channels][height][width]`.
@@ -158,31 +166,56 @@ impl GenerationRequest {
             frames,
             steps: crate::REFERENCE_DEFAULT_STEPS,
             first_frame: None,
+            negative_prompt: None,
+            guidance_scale: None,
+            fps: DEFAULT_FPS,
         }
     }
 
-    /// Rejects requests no model can run. Deterministic: the same request
-    /// always gets the same answer.
+    /// Rejects requests the reference model cannot run (its latent grid
+    /// needs multiples of 8 pixels and 4 frames). Deterministic: the same
+    /// request always gets the same answer.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |m: String| Err(ModelError::InvalidRequest(m));
         for (name, v) in [("width", self.width), ("height", self.height)] {
-            if v == 0 || !v.is_multiple_of(SPATIAL_FACTOR) || v > MAX_DIMENSION {
+            if !v.is_multiple_of(SPATIAL_FACTOR) {
                 return bad(format!(
                     "{name} {v} must be a non-zero multiple of {SPATIAL_FACTOR} up to {MAX_DIMENSION}"
                 ));
             }
         }
-        if self.frames == 0 || !self.frames.is_multiple_of(TEMPORAL_FACTOR) || self.frames > MAX_FRAMES {
+        if !self.frames.is_multiple_of(TEMPORAL_FACTOR) {
             return bad(format!(
                 "frames {} must be a non-zero multiple of {TEMPORAL_FACTOR} up to {MAX_FRAMES}",
                 self.frames
             ));
+        }
+        self.validate_bounds()
+    }
+
+    /// The bounds every model shares (sizes, frames, steps, fps, guidance,
+    /// the image); a model checks its own multiples on top.
+    pub fn validate_bounds(&self) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::InvalidRequest(m));
+        for (name, v) in [("width", self.width), ("height", self.height)] {
+            if v == 0 || v > MAX_DIMENSION {
+                return bad(format!("{name} {v} must be in 1..={MAX_DIMENSION}"));
+            }
+        }
+        if self.frames == 0 || self.frames > MAX_FRAMES {
+            return bad(format!("frames {} must be in 1..={MAX_FRAMES}", self.frames));
         }
         if self.steps == 0 || self.steps > MAX_STEPS {
             return bad(format!("steps {} must be in 1..={MAX_STEPS}", self.steps));
         }
         if let Some(img) = &self.first_frame {
             img.validate()?;
+        }
+        if self.fps == 0 || self.fps > 120 {
+            return bad(format!("fps {} must be in 1..=120", self.fps));
+        }
+        if self.guidance_scale.is_some_and(|g| !g.is_finite() || g < 0.0) {
+            return bad("guidance_scale must be a finite, non-negative number".into());
         }
         Ok(())
     }
@@ -227,6 +260,20 @@ impl GenerationRequest {
                 put_bytes(&mut h, &img.data);
             }
             None => h.update([0]),
+        }
+        // Fields added later are hashed only when they differ from the
+        // defaults, so checkpoints written before they existed still resume.
+        if let Some(n) = &self.negative_prompt {
+            h.update(b"negative_prompt");
+            put_bytes(&mut h, n.as_bytes());
+        }
+        if let Some(g) = self.guidance_scale {
+            h.update(b"guidance_scale");
+            h.update(g.to_bits().to_le_bytes());
+        }
+        if self.fps != DEFAULT_FPS {
+            h.update(b"fps");
+            h.update(self.fps.to_le_bytes());
         }
         h.finalize().into()
     }
@@ -293,6 +340,9 @@ mod tests {
             |r| r.frames = 12,
             |r| r.steps = 31,
             |r| r.first_frame = Some(RgbImage::new(1, 1)),
+            |r| r.negative_prompt = Some(String::new()),
+            |r| r.guidance_scale = Some(5.0),
+            |r| r.fps = 16,
         ];
         for (i, f) in changes.iter().enumerate() {
             let mut r = req();

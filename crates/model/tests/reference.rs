@@ -69,8 +69,8 @@ fn identity_and_defaults() {
 #[test]
 fn load_is_idempotent_and_cheap_after_first() {
     let m = ReferenceModel::new(ReferenceConfig {
-        step_time: Duration::ZERO,
         load_time: Duration::from_millis(50),
+        ..ReferenceConfig::instant()
     });
     assert!(!m.is_loaded());
     // Concurrent first callers all return only once the one load is done.
@@ -100,10 +100,10 @@ fn progress_and_shapes() {
     run_to_end(&mut g);
     assert!(g.is_done());
     assert_eq!(g.steps_done(), 8);
-    let before = g.checkpoint();
+    let before = g.checkpoint().unwrap();
     g.step().unwrap(); // no-op once done
     assert_eq!(g.steps_done(), 8);
-    assert_eq!(g.checkpoint(), before);
+    assert_eq!(g.checkpoint().unwrap(), before);
     // Out-of-range index decodes the last frame instead of panicking.
     assert_eq!(g.decode_frame(999).data, g.decode_frame(15).data);
     let info = checkpoint_info(&before).unwrap();
@@ -121,7 +121,7 @@ fn progress_and_shapes() {
 fn deterministic_across_runs() {
     let req = small("a lighthouse at dusk", 9);
     let (a, b) = (finished(&req), finished(&req));
-    assert_eq!(a.checkpoint(), b.checkpoint());
+    assert_eq!(a.checkpoint().unwrap(), b.checkpoint().unwrap());
     for i in [0, 5, 15] {
         assert_eq!(a.decode_frame(i).data, b.decode_frame(i).data);
     }
@@ -133,7 +133,7 @@ fn golden_output_is_pinned() {
     // checkpoints would resume wrongly otherwise) and then this hash.
     let g = finished(&small("golden", 5));
     let mut h = Sha256::new();
-    h.update(g.checkpoint());
+    h.update(g.checkpoint().unwrap());
     h.update(&g.decode_frame(7).data);
     let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, "91e7f1c714c4c97f86b72c278ca3275ffb8df84d9125357d0aafe9eaf39b5e1e");
@@ -148,24 +148,24 @@ fn resume_at_any_step_is_bit_identical() {
         data: (0..45).collect(),
     });
     let full = finished(&req);
-    let want = full.checkpoint();
+    let want = full.checkpoint().unwrap();
     let m = model();
     for k in 0..=req.steps {
         let mut g = m.start(&req).unwrap();
         for _ in 0..k {
             g.step().unwrap();
         }
-        let ck = g.checkpoint();
+        let ck = g.checkpoint().unwrap();
         drop(g);
         let mut r = m.resume(&req, &ck).unwrap();
         assert_eq!(r.steps_done(), k);
         // Resuming a resumed generation must also be exact.
         if k > 0 && k < req.steps {
             r.step().unwrap();
-            r = m.resume(&req, &r.checkpoint()).unwrap();
+            r = m.resume(&req, &r.checkpoint().unwrap()).unwrap();
         }
         run_to_end(&mut r);
-        assert_eq!(r.checkpoint(), want, "resumed at step {k}");
+        assert_eq!(r.checkpoint().unwrap(), want, "resumed at step {k}");
         for i in [0, 6, 15] {
             assert_eq!(r.decode_frame(i).data, full.decode_frame(i).data, "frame {i} at k={k}");
         }
@@ -178,7 +178,7 @@ fn resume_refuses_bad_checkpoints() {
     let m = model();
     let mut g = m.start(&req).unwrap();
     g.step().unwrap();
-    let ck = g.checkpoint();
+    let ck = g.checkpoint().unwrap();
     assert_eq!(err_code(m.resume(&req, &ck)), "ok");
 
     // Damaged bytes anywhere: header, latents, trailer.
@@ -353,7 +353,7 @@ proptest! {
         let m = model();
         let mut g = m.start(&req).unwrap();
         g.step().unwrap();
-        let ck = g.checkpoint();
+        let ck = g.checkpoint().unwrap();
         let cut = cut % ck.len();
         prop_assert_eq!(err_code(m.resume(&req, &ck[..cut])), "corrupt_checkpoint");
         let mut flipped = ck.clone();
@@ -386,7 +386,7 @@ fn timing_720p_4s() {
         std::hint::black_box(g.decode_frame(i));
     }
     let per_frame = t.elapsed() / g.frame_count();
-    let ck = g.checkpoint();
+    let ck = g.checkpoint().unwrap();
 
     let real = ReferenceModel::new(ReferenceConfig::default());
     let t = Instant::now();
@@ -401,4 +401,35 @@ fn timing_720p_4s() {
          checkpoint {} bytes; whole clip at 100 ms/step incl. decode {clip:?}",
         ck.len()
     );
+}
+
+#[test]
+fn the_optional_soundtrack_is_seeded_by_the_request_and_lasts_the_clip() {
+    let m = ReferenceModel::new(ReferenceConfig {
+        audio: true,
+        ..ReferenceConfig::instant()
+    });
+    let audio_of = |req: &GenerationRequest| {
+        let mut g = m.start(req).unwrap();
+        while !g.is_done() {
+            g.step().unwrap();
+        }
+        g.into_frames().unwrap().audio().cloned().expect("a soundtrack")
+    };
+    let req = small("a red fox", 1);
+    let a = audio_of(&req);
+    assert_eq!((a.sample_rate, a.channels), (48_000, 2));
+    // 16 frames at 24 fps = 2/3 s.
+    assert_eq!(a.samples.len(), 32_000 * 2);
+    assert!(a.samples.iter().all(|v| v.abs() <= 1.0) && a.samples.iter().any(|v| v.abs() > 0.05));
+    assert_eq!(audio_of(&req), a, "deterministic");
+    assert_ne!(
+        audio_of(&small("a blue whale", 1)).samples,
+        a.samples,
+        "seeded by the request"
+    );
+    // Off by default.
+    let silent = ReferenceModel::new(ReferenceConfig::instant());
+    let g = silent.start(&req).unwrap();
+    assert!(g.into_frames().unwrap().audio().is_none());
 }

@@ -39,6 +39,54 @@ pub struct WorkerInfo {
     /// worker leaves a job to a busy warm one expected free sooner than that.
     #[serde(default)]
     pub model_load_ms: u64,
+    /// The models it can run; `None` (older workers): any. A model that
+    /// failed to load is left out, so nothing is leased for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serves: Option<Vec<String>>,
+    /// The state of each model it was configured with, for `/v1/models`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelReport>,
+}
+
+impl WorkerInfo {
+    /// A worker that runs any model and reports nothing else.
+    pub fn new(id: WorkerId) -> Self {
+        Self {
+            id,
+            loaded_models: Vec::new(),
+            spot: false,
+            memory_class: None,
+            model_load_ms: 0,
+            serves: None,
+            models: Vec::new(),
+        }
+    }
+}
+
+/// Where one of a worker's models stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelState {
+    /// Configured, not loaded: the first job pays the load.
+    Cold,
+    /// Loaded and ready.
+    Warm,
+    /// Failed to load (bad path, corrupt weights, host crashing): nothing is
+    /// leased for it until it loads.
+    Unavailable,
+}
+
+/// One model as a worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelReport {
+    pub id: String,
+    pub state: ModelState,
+    /// Content hash of the weights, once loaded (the model's version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_hash: Option<String>,
+    /// Why it is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A job handed to a worker: the lease (with its fencing token) and the job

@@ -17,7 +17,7 @@ pub mod upload;
 pub mod wire;
 
 pub use control::{
-    AssetKind, Assignment, ControlError, ControlPlane, Directive, FleetInfo, HeartbeatReply, ReleaseCause,
-    RetryOutcome, WorkerInfo, is_stale, status_of,
+    AssetKind, Assignment, ControlError, ControlPlane, Directive, FleetInfo, HeartbeatReply, ModelReport, ModelState,
+    ReleaseCause, RetryOutcome, WorkerInfo, is_stale, status_of,
 };
 pub use upload::{MAX_UPLOAD_BYTES, Upload, UploadRejected};

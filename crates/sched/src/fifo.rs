@@ -70,7 +70,7 @@ impl Fifo {
         self.root.is_none()
     }
 
-    /// The head: the job `pop_first` would return.
+    /// The head: the oldest job.
     pub(crate) fn first(&self) -> Option<&QueuedJob> {
         let mut node = self.root.as_deref()?;
         while let Some(left) = node.left.as_deref() {
@@ -108,6 +108,7 @@ impl Fifo {
         remove(&mut self.root, k)
     }
 
+    #[cfg(test)]
     pub(crate) fn pop_first(&mut self) -> Option<QueuedJob> {
         pop_first(&mut self.root)
     }
@@ -249,6 +250,7 @@ fn remove(link: &mut Link, k: FifoKey<'_>) -> Option<QueuedJob> {
     removed
 }
 
+#[cfg(test)]
 fn pop_first(link: &mut Link) -> Option<QueuedJob> {
     let n = link.as_mut()?;
     if n.left.is_some() {

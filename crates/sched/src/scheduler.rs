@@ -2,19 +2,27 @@
 
 use crate::config::{SchedulerConfig, TierMap};
 use crate::fifo::Fifo;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use videogen_core::{QueuedJob, Tier, VideoId};
 
-/// What the worker asking for work already has, for model affinity.
+/// What the worker asking for work can run and already has loaded.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerView<'a> {
+    /// Warm models, for affinity.
     pub loaded_models: &'a [String],
+    /// The models it can run at all; `None`: any. A worker is never handed a
+    /// job for a model outside this set (it has no such model, or its model
+    /// failed to load).
+    pub serves: Option<&'a [String]>,
 }
 
 impl WorkerView<'static> {
-    /// A worker with nothing loaded (affinity never applies). [`Scheduler::position`]
-    /// predicts the order this worker would see.
-    pub const NONE: WorkerView<'static> = WorkerView { loaded_models: &[] };
+    /// A worker that runs anything and has nothing loaded (affinity never
+    /// applies). [`Scheduler::position`] predicts the order this worker would see.
+    pub const NONE: WorkerView<'static> = WorkerView {
+        loaded_models: &[],
+        serves: None,
+    };
 }
 
 /// Stride of a weight-1 tier. Wide enough that `UNIT / w` stays exact to
@@ -47,6 +55,9 @@ struct Lane {
     tier: Tier,
     /// FIFO within the tier: enqueue time, then id.
     fifo: Fifo,
+    /// The same jobs' FIFO keys by model, so a worker that serves only some
+    /// models finds its oldest job without scanning the others'.
+    by_model: HashMap<String, BTreeSet<(i64, VideoId)>>,
     /// Virtual time one dispatch of this tier costs (`STRIDE_UNIT / weight`).
     stride: u128,
     /// Virtual time of this tier's next turn; the effective value is
@@ -69,6 +80,30 @@ impl Lane {
         self.fifo
             .first()
             .is_some_and(|j| self.is_aged(j.enqueued_at_ms, now_ms))
+    }
+
+    fn insert(&mut self, job: QueuedJob) {
+        self.by_model
+            .entry(job.model.clone())
+            .or_default()
+            .insert((job.enqueued_at_ms, job.id.clone()));
+        self.fifo.insert(job);
+    }
+
+    fn take(&mut self, enq: i64, id: &VideoId) -> Option<QueuedJob> {
+        let job = self.fifo.remove((enq, id))?;
+        if let Some(set) = self.by_model.get_mut(&job.model) {
+            set.remove(&(enq, id.clone()));
+            if set.is_empty() {
+                self.by_model.remove(&job.model);
+            }
+        }
+        Some(job)
+    }
+
+    /// The oldest job of any of `models`: its FIFO key. O(|models| log n).
+    fn head_of(&self, models: &[String]) -> Option<&(i64, VideoId)> {
+        models.iter().filter_map(|m| self.by_model.get(m)?.first()).min()
     }
 
     /// Aged jobs in this tier (a prefix, see `head_aged`). Expected O(log n).
@@ -98,6 +133,7 @@ impl Scheduler {
             Lane {
                 tier,
                 fifo: Fifo::new(),
+                by_model: HashMap::new(),
                 stride,
                 pass: stride,
                 max_wait_ms: (*cfg.max_wait_ms.get(tier)).max(0),
@@ -135,7 +171,7 @@ impl Scheduler {
             lane.pass = self.vt + lane.stride;
         }
         self.index.insert(job.id.clone(), (job.tier, job.enqueued_at_ms));
-        lane.fifo.insert(job);
+        lane.insert(job);
     }
 
     /// Removes a job (cancelled, deleted, leased elsewhere). `true` if it was
@@ -144,12 +180,16 @@ impl Scheduler {
         let Some((tier, enq)) = self.index.remove(id) else {
             return false;
         };
-        self.lanes[lane_ix(tier)].fifo.remove((enq, id)).is_some()
+        self.lanes[lane_ix(tier)].take(enq, id).is_some()
     }
 
-    /// Picks and removes the next job for this worker, or `None` if empty.
-    /// Expected O(log n) (plus `affinity_window` model comparisons).
+    /// Picks and removes the next job for this worker, or `None` if there is
+    /// none it can run. Expected O(log n) (plus `affinity_window` model
+    /// comparisons, or O(|serves| log n) for a worker serving some models).
     pub fn next(&mut self, now_ms: i64, worker: &WorkerView<'_>) -> Option<QueuedJob> {
+        if let Some(serves) = worker.serves {
+            return self.next_serving(now_ms, worker.loaded_models, serves);
+        }
         let urgent = self.lanes.iter().any(|l| l.head_aged(now_ms));
         let vt = self.vt;
         let lane = self
@@ -177,10 +217,45 @@ impl Scheduler {
                 .find(|j| worker.loaded_models.contains(&j.model))
                 .map(|j| (j.enqueued_at_ms, j.id.clone()))
         };
-        let job = match key {
-            Some((enq, id)) => lane.fifo.remove((enq, &id)),
-            None => lane.fifo.pop_first(),
-        }?;
+        let (enq, id) = match key {
+            Some(k) => k,
+            None => lane.fifo.first().map(|j| (j.enqueued_at_ms, j.id.clone()))?,
+        };
+        let job = lane.take(enq, &id)?;
+        self.index.remove(&job.id);
+        Some(job)
+    }
+
+    /// [`Scheduler::next`] for a worker that runs only `serves`: the same
+    /// tier turns and aging, over the jobs it can run. Jobs it cannot run
+    /// keep their places for other workers.
+    fn next_serving(&mut self, now_ms: i64, loaded: &[String], serves: &[String]) -> Option<QueuedJob> {
+        let heads = self.lanes.each_ref().map(|l| l.head_of(serves).cloned());
+        let aged = |i: usize| {
+            heads[i]
+                .as_ref()
+                .is_some_and(|(enq, _)| self.lanes[i].is_aged(*enq, now_ms))
+        };
+        let urgent = (0..3).any(aged);
+        let vt = self.vt;
+        let ix = (0..3)
+            .filter(|&i| if urgent { aged(i) } else { heads[i].is_some() })
+            .min_by_key(|&i| (self.lanes[i].pass.max(vt), tie_rank(self.lanes[i].tier)))?;
+        let lane = &mut self.lanes[ix];
+        let base = lane.pass.max(vt);
+        self.vt = base;
+        lane.pass = base + lane.stride;
+        let (mut enq, mut id) = heads[ix].clone()?;
+        if !urgent && self.cfg.affinity_window > 1 {
+            let warm: Vec<String> = loaded.iter().filter(|m| serves.contains(m)).cloned().collect();
+            if let Some((wenq, wid)) = lane.head_of(&warm).cloned() {
+                let gap = lane.fifo.rank((wenq, &wid)).saturating_sub(lane.fifo.rank((enq, &id)));
+                if gap < self.cfg.affinity_window {
+                    (enq, id) = (wenq, wid);
+                }
+            }
+        }
+        let job = lane.take(enq, &id)?;
         self.index.remove(&job.id);
         Some(job)
     }
@@ -406,6 +481,61 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_gets_only_models_it_serves_and_others_keep_their_place() {
+        let mut s = Scheduler::new(SchedulerConfig::default());
+        s.enqueue(job_m(1, Tier::Paid, 0, "wan"));
+        s.enqueue(job_m(2, Tier::Paid, 1, "ltx"));
+        s.enqueue(job_m(3, Tier::Free, 2, "ltx"));
+        s.enqueue(job_m(4, Tier::Paid, 3, "wan"));
+        let ltx = ["ltx".to_owned()];
+        let only_ltx = WorkerView {
+            loaded_models: &[],
+            serves: Some(&ltx),
+        };
+        assert_eq!(s.next(10, &only_ltx).map(|j| j.id), Some(vid(2)));
+        assert_eq!(s.next(10, &only_ltx).map(|j| j.id), Some(vid(3)));
+        assert_eq!(s.next(10, &only_ltx), None);
+        // The wan jobs are untouched, in order, for a worker that runs them.
+        assert_eq!(s.len(), 2);
+        assert_eq!(drain(&mut s, 10), vec![1, 4]);
+        let none = WorkerView {
+            loaded_models: &[],
+            serves: Some(&[]),
+        };
+        s.enqueue(job_m(5, Tier::Paid, 0, "wan"));
+        assert_eq!(s.next(10, &none), None);
+        assert!(s.contains(&vid(5)));
+    }
+
+    #[test]
+    fn a_serving_worker_still_sees_aging_and_affinity() {
+        let mut s = Scheduler::new(SchedulerConfig::default());
+        s.enqueue(job_m(1, Tier::Free, 0, "wan"));
+        for n in 2..10 {
+            s.enqueue(job_m(n, Tier::Paid, 100_000 + n as i64, "wan"));
+        }
+        s.enqueue(job_m(20, Tier::Paid, 100_004, "ltx"));
+        s.enqueue(job_m(21, Tier::Paid, 100_050, "ltx"));
+        let both = ["wan".to_owned(), "ltx".to_owned()];
+        let warm = ["ltx".to_owned()];
+        let view = WorkerView {
+            loaded_models: &warm,
+            serves: Some(&both),
+        };
+        // Aged free work first, whatever is warm.
+        assert_eq!(s.next(120_000, &view).map(|j| j.id), Some(vid(1)));
+        // Then fresh paid work: the warm model's job three places back is
+        // within the affinity window; the one further back is not.
+        assert_eq!(s.next(110_000, &view).map(|j| j.id), Some(vid(20)));
+        assert_eq!(s.next(110_000, &view).map(|j| j.id), Some(vid(2)));
+        let cold = WorkerView {
+            loaded_models: &[],
+            serves: Some(&both),
+        };
+        assert_eq!(s.next(110_000, &cold).map(|j| j.id), Some(vid(3)));
+    }
+
+    #[test]
     fn remove_takes_a_job_out() {
         let mut s = Scheduler::new(SchedulerConfig::default());
         for n in 1..=3 {
@@ -468,7 +598,10 @@ mod tests {
     #[test]
     fn affinity_prefers_a_loaded_model_near_the_head_only() {
         let loaded = vec!["m2".to_owned()];
-        let worker = WorkerView { loaded_models: &loaded };
+        let worker = WorkerView {
+            loaded_models: &loaded,
+            serves: None,
+        };
         let mut s = Scheduler::new(SchedulerConfig::default());
         for (n, m) in [(1, "m0"), (2, "m1"), (3, "m2"), (4, "m2")] {
             s.enqueue(job_m(n, Tier::Paid, n as i64, m));
@@ -486,7 +619,10 @@ mod tests {
     #[test]
     fn affinity_never_reorders_aged_jobs() {
         let loaded = vec!["m2".to_owned()];
-        let worker = WorkerView { loaded_models: &loaded };
+        let worker = WorkerView {
+            loaded_models: &loaded,
+            serves: None,
+        };
         let mut s = Scheduler::new(SchedulerConfig::default());
         s.enqueue(job_m(1, Tier::Free, 0, "m0"));
         s.enqueue(job_m(2, Tier::Free, 1, "m2"));
@@ -637,7 +773,7 @@ mod tests {
                             prop_assert_eq!(s.remove(&vid(n)), m.remove(&vid(n)).is_some());
                         }
                         Op::Next { now_ms, affinity } => {
-                            let worker = if affinity { WorkerView { loaded_models: &loaded } } else { WorkerView::NONE };
+                            let worker = if affinity { WorkerView { loaded_models: &loaded, serves: None } } else { WorkerView::NONE };
                             match s.next(now_ms, &worker) {
                                 Some(j) => prop_assert_eq!(m.remove(&j.id), Some(j)),
                                 None => prop_assert!(m.lanes.iter().all(BTreeMap::is_empty)),

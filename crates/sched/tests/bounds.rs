@@ -64,6 +64,7 @@ fn simulate(cfg: &SchedulerConfig, arrivals: &[Arrival], loaded: &[Vec<String>])
                 now_ms,
                 &WorkerView {
                     loaded_models: &loaded[w],
+                    serves: None,
                 },
             ) else {
                 break;

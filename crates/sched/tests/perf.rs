@@ -29,7 +29,10 @@ fn cost_at_100k_queued() {
     let enqueue_ns = t.elapsed().as_nanos() / N as u128;
     println!("enqueue into a queue growing to {N}: {enqueue_ns} ns/job");
     let loaded = vec!["m3".to_owned()];
-    let worker = WorkerView { loaded_models: &loaded };
+    let worker = WorkerView {
+        loaded_models: &loaded,
+        serves: None,
+    };
 
     // Steady state at 100k: one next + one enqueue per step, first with
     // everything fresh (affinity scans), then with everything aged.

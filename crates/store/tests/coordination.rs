@@ -21,11 +21,12 @@ async fn submit(store: &dyn Store) -> VideoId {
             model: "videogen-ref".into(),
             prompt: "a kite over dunes".into(),
             seconds: Seconds::S4,
-            size: VideoSize::Portrait720,
+            size: VideoSize::PORTRAIT_720,
             seed: 3,
             style: None,
             steps: 10,
             input_reference: None,
+            params: Default::default(),
         },
         now_ms: T0,
     };

@@ -28,11 +28,12 @@ async fn submit(store: &dyn Store, now_ms: i64) -> Job {
             model: "videogen-ref".into(),
             prompt: "a lighthouse in a storm".into(),
             seconds: Seconds::S4,
-            size: VideoSize::Portrait720,
+            size: VideoSize::PORTRAIT_720,
             seed: 7,
             style: None,
             steps: 30,
             input_reference: None,
+            params: Default::default(),
         },
         now_ms,
     };

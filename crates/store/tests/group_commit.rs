@@ -32,11 +32,12 @@ fn new_job(now_ms: i64) -> NewJob {
             model: "videogen-ref".into(),
             prompt: "a heron fishing at dusk".into(),
             seconds: Seconds::S4,
-            size: VideoSize::Portrait720,
+            size: VideoSize::PORTRAIT_720,
             seed: 7,
             style: None,
             steps: 30,
             input_reference: None,
+            params: Default::default(),
         },
         now_ms,
     }

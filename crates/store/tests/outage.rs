@@ -29,11 +29,12 @@ fn new_job() -> NewJob {
             model: "videogen-ref".into(),
             prompt: "rain on a tin roof".into(),
             seconds: Seconds::S4,
-            size: VideoSize::Portrait720,
+            size: VideoSize::PORTRAIT_720,
             seed: 1,
             style: None,
             steps: 8,
             input_reference: None,
+            params: Default::default(),
         },
         now_ms: T0,
     }

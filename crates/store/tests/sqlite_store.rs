@@ -30,11 +30,12 @@ fn spec(prompt: &str) -> VideoSpec {
         model: "videogen-ref".into(),
         prompt: prompt.into(),
         seconds: Seconds::S4,
-        size: VideoSize::Portrait720,
+        size: VideoSize::PORTRAIT_720,
         seed: 7,
         style: None,
         steps: 30,
         input_reference: None,
+        params: Default::default(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`pg_server`]: databases created for one benchmark run on a server a
 //!   `--database-url` names, with its settings and WAL counters.
 //! - [`sqlite`]: a file-backed SQLite store in a temporary directory.
+//! - [`host`]: the model-host virtualenv's interpreter and tiny pipelines (`make-tiny`).
 //! - [`s3`]: a private `s3s-fs` (S3-compatible, checks SigV4 and checksums).
 //! - [`redis`]: a private `redis-server` that tests may kill, pause or flush.
 //! - [`proxy`]: a TCP proxy that can refuse or black-hole a real server's
@@ -25,6 +26,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod files;
+pub mod host;
 pub mod pg;
 pub mod pg_server;
 pub mod proxy;

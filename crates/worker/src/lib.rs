@@ -13,12 +13,14 @@
 //!   with the latest progress and relays the control plane's directives.
 //! - [`remote`]: [`RemoteControl`], the control plane over the internal
 //!   worker API.
+//! - [`utilization`]: the device's stepping fraction as `videogen_gpu_utilization`.
 //!
 //! When to checkpoint is a pure decision in `videogen_sched::checkpoint`.
 
 pub mod lease_keeper;
 pub mod remote;
 pub mod runner;
+pub mod utilization;
 
 pub use remote::RemoteControl;
-pub use runner::{Engine, Worker, WorkerConfig};
+pub use runner::{Engine, ModelSet, Worker, WorkerConfig};

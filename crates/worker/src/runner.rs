@@ -19,12 +19,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use videogen_core::moderation::{FrameSample, Moderator, Verdict};
 use videogen_core::{AttemptEvent, CheckpointRef, Job, JobError, Lease, Phase, Progress};
-use videogen_model::{Generation, GenerationRequest, Model, ModelError, RgbImage};
+use videogen_model::{Availability, Frames, Generation, GenerationRequest, Model, ModelError, RgbImage};
 
 use crate::lease_keeper::{LeaseKeeper, Signals};
 use videogen_protocol::{
-    AssetKind, Assignment, ControlError, ControlPlane, Directive, HeartbeatReply, ReleaseCause, RetryOutcome,
-    WorkerInfo,
+    AssetKind, Assignment, ControlError, ControlPlane, Directive, HeartbeatReply, ModelReport, ModelState,
+    ReleaseCause, RetryOutcome, WorkerInfo,
 };
 use videogen_sched::checkpoint::{CheckpointClock, CheckpointCostEstimator, CheckpointPolicy};
 
@@ -37,10 +37,67 @@ const THUMBNAIL_MAX_WIDTH: u32 = 640;
 /// Pause after a failed acquire, so an unreachable control plane is not hammered.
 const ACQUIRE_RETRY: Duration = Duration::from_millis(500);
 
-/// The model side of a worker: what runs the generation and checks its output.
+/// The model side of a worker slot: what runs the generation and checks its output.
 pub struct Engine {
-    pub model: Arc<dyn Model>,
+    pub models: ModelSet,
     pub moderator: Arc<dyn Moderator>,
+}
+
+impl Engine {
+    /// A slot with one model.
+    pub fn single(model: Arc<dyn Model>, moderator: Arc<dyn Moderator>) -> Self {
+        Self {
+            models: ModelSet::new(vec![model]),
+            moderator,
+        }
+    }
+}
+
+/// The models a worker slot runs, by id.
+#[derive(Clone)]
+pub struct ModelSet {
+    models: Vec<Arc<dyn Model>>,
+}
+
+impl ModelSet {
+    pub fn new(models: Vec<Arc<dyn Model>>) -> Self {
+        Self { models }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<dyn Model>> {
+        self.models.iter().find(|m| m.id() == id)
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.models.iter().map(|m| m.id().to_owned()).collect()
+    }
+
+    /// What the scheduler should know: the models this slot can run now,
+    /// those it has warm, and a report per model for `/v1/models`.
+    pub fn view(&self) -> (Vec<String>, Vec<String>, Vec<ModelReport>) {
+        let (mut serves, mut warm, mut reports) = (Vec::new(), Vec::new(), Vec::new());
+        for m in &self.models {
+            let id = m.id().to_owned();
+            let (state, error) = match m.availability() {
+                Availability::Warm => (ModelState::Warm, None),
+                Availability::Cold => (ModelState::Cold, None),
+                Availability::Unavailable(why) => (ModelState::Unavailable, Some(why)),
+            };
+            if state != ModelState::Unavailable {
+                serves.push(id.clone());
+            }
+            if state == ModelState::Warm {
+                warm.push(id.clone());
+            }
+            reports.push(ModelReport {
+                id,
+                state,
+                weights_hash: m.weights_hash(),
+                error,
+            });
+        }
+        (serves, warm, reports)
+    }
 }
 
 /// Worker knobs. Names carry their unit last.
@@ -55,6 +112,17 @@ pub struct WorkerConfig {
     pub preemption_deadline: Duration,
     /// How long one acquire long-poll waits for work.
     pub acquire_wait: Duration,
+    /// The device this slot runs on, as `gpu_id` of `videogen_gpu_utilization`
+    /// (e.g. `0`, `0+1`, `cpu`).
+    pub gpu_id: String,
+    /// Publish `videogen_gpu_utilization` from the stepping fraction (off
+    /// where NVML reports the real figure).
+    pub utilization_from_steps: bool,
+    /// Finished generations a slot moderates, encodes and uploads at once
+    /// while its device runs the next job; when all are busy, the slot
+    /// waits for one before taking another job. 0: no overlap (each job is
+    /// encoded and uploaded before the device takes the next).
+    pub finishing_max: usize,
 }
 
 impl Default for WorkerConfig {
@@ -67,6 +135,9 @@ impl Default for WorkerConfig {
             moderation_samples: 4,
             preemption_deadline: Duration::from_secs(25),
             acquire_wait: Duration::from_secs(20),
+            finishing_max: 2,
+            gpu_id: "cpu".into(),
+            utilization_from_steps: true,
         }
     }
 }
@@ -101,6 +172,10 @@ impl From<ControlError> for Stop {
 
 impl From<ModelError> for Stop {
     fn from(e: ModelError) -> Self {
+        if let ModelError::Unavailable(why) = &e {
+            // The model cannot run here now: not the job's fault.
+            return Stop::Infrastructure(format!("model unavailable: {why}"));
+        }
         if e.is_retryable() {
             Stop::Retryable(e.to_string())
         } else {
@@ -144,7 +219,9 @@ fn join_error(e: tokio::task::JoinError) -> Stop {
     Stop::Retryable(format!("worker task failed: {e}"))
 }
 
-/// One execution slot.
+/// One execution slot: one generation at a time on its device, with up to
+/// [`WorkerConfig::finishing_max`] finished generations being moderated,
+/// encoded and uploaded on the CPU beside it.
 pub struct Worker {
     control: Arc<dyn ControlPlane>,
     engine: Arc<Engine>,
@@ -154,21 +231,44 @@ pub struct Worker {
     checkpoint_cost: CheckpointCostEstimator,
     /// When a stop was requested, once it was.
     noticed: Arc<std::sync::OnceLock<Instant>>,
+    /// Permits for attempts past the device (moderate, encode, upload).
+    finishing: Arc<tokio::sync::Semaphore>,
+    /// The device's stepping fraction.
+    meter: crate::utilization::StepMeter,
+    tasks: tokio::task::JoinSet<Outcome>,
+}
+
+/// Where an attempt stands once the device is done with it.
+enum Generated {
+    /// It ended (completed, failed, released...).
+    Ended(Outcome),
+    /// Frames are decoded; moderation, encoding and the commit remain.
+    Decoded(Box<Decoded>),
 }
 
 impl Worker {
     pub fn new(control: Arc<dyn ControlPlane>, engine: Arc<Engine>, info: WorkerInfo, config: WorkerConfig) -> Self {
+        let finishing = Arc::new(tokio::sync::Semaphore::new(config.finishing_max.max(1)));
+        let meter = crate::utilization::StepMeter::new(
+            info.id.to_string(),
+            config.gpu_id.clone(),
+            config.utilization_from_steps,
+        );
         Self {
+            meter,
             control,
             engine,
             info,
             config,
             checkpoint_cost: CheckpointCostEstimator::default(),
             noticed: Arc::default(),
+            finishing,
+            tasks: tokio::task::JoinSet::new(),
         }
     }
 
-    /// Runs jobs until `shutdown`; a job in flight then is checkpointed and released.
+    /// Runs jobs until `shutdown`; a job in flight then is checkpointed and
+    /// released; finished generations still encoding are completed.
     pub async fn run(mut self, shutdown: CancellationToken) {
         // When the stop was requested: the preemption deadline counts from
         // there, not from the step boundary where the attempt notices it.
@@ -182,29 +282,82 @@ impl Worker {
         }
         self.noticed = noticed;
         while !shutdown.is_cancelled() {
+            while self.tasks.try_join_next().is_some() {}
+            self.meter.maybe_publish(Instant::now());
+            self.refresh_info();
             let acquired = tokio::select! {
                 r = self.control.acquire(&self.info, self.config.acquire_wait) => r,
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
             };
             match acquired {
+                Ok(Some(a)) if self.config.finishing_max == 0 => {
+                    // No overlap: the slot finishes each job before the next.
+                    self.run_attempt_inline(a, &shutdown).await;
+                }
                 Ok(Some(a)) => {
-                    self.run_attempt(a, &shutdown).await;
+                    if let Generated::Decoded(finisher) = self.generate(a, &shutdown).await {
+                        // The device is free: the next job starts while this
+                        // one encodes (at most `finishing_max` at a time).
+                        let Ok(permit) = self.finishing.clone().acquire_owned().await else {
+                            break;
+                        };
+                        self.tasks.spawn(async move {
+                            let outcome = finisher.run().await;
+                            drop(permit);
+                            outcome
+                        });
+                    }
                 }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(worker = %self.info.id, error = %e, "acquire failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(ACQUIRE_RETRY) => {}
-                        _ = shutdown.cancelled() => return,
+                        _ = shutdown.cancelled() => break,
                     }
                 }
             }
         }
+        while self.tasks.join_next().await.is_some() {}
     }
 
+    /// What the scheduler is told on the next acquire: which models this
+    /// slot can run now (an unavailable one is left out, so nothing is
+    /// leased for it), which are warm, and each one's state.
+    fn refresh_info(&mut self) {
+        let (serves, warm, reports) = self.engine.models.view();
+        self.info.serves = Some(serves);
+        self.info.models = reports;
+        for m in warm {
+            if !self.info.loaded_models.contains(&m) {
+                self.info.loaded_models.push(m);
+            }
+        }
+        self.info.loaded_models.retain(|m| {
+            self.info
+                .models
+                .iter()
+                .any(|r| &r.id == m && r.state == ModelState::Warm)
+        });
+    }
+
+    /// One attempt to its end, finishing inline.
+    async fn run_attempt_inline(&mut self, a: Assignment, shutdown: &CancellationToken) -> Outcome {
+        match self.generate(a, shutdown).await {
+            Generated::Ended(outcome) => outcome,
+            Generated::Decoded(finisher) => finisher.run().await,
+        }
+    }
+
+    #[cfg(test)]
     async fn run_attempt(&mut self, a: Assignment, shutdown: &CancellationToken) -> Outcome {
+        self.run_attempt_inline(a, shutdown).await
+    }
+
+    /// The device part of an attempt: lease kept, resume or start, steps,
+    /// checkpoints, decode.
+    async fn generate(&mut self, a: Assignment, shutdown: &CancellationToken) -> Generated {
         let Assignment { lease, job, ttl_ms } = a;
-        let id = lease.job_id.clone();
         let started = Instant::now();
         let signals = Signals::default();
         let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(30_000));
@@ -229,32 +382,88 @@ impl Worker {
                 .and_then(|f| Duration::try_from_secs_f64(f.mtbf_secs).ok()),
             CheckpointPolicy::Fixed { .. } => None,
         };
-        let mut attempt = Attempt {
-            control: self.control.clone(),
-            engine: &self.engine,
-            config: &self.config,
-            lease: &lease,
-            signals: &signals,
-            shutdown,
-            noticed: &self.noticed,
-            keeper: &keeper,
-            clock: CheckpointClock::new(self.config.checkpoint, self.checkpoint_cost.estimate(), mtbf),
-            cost: &mut self.checkpoint_cost,
+        let result = match self.engine.models.get(&job.spec.model).cloned() {
+            None => Err(Stop::Infrastructure(format!(
+                "this worker does not serve model {}",
+                job.spec.model
+            ))),
+            Some(model) => {
+                let mut attempt = Attempt {
+                    control: self.control.clone(),
+                    model,
+                    config: &self.config,
+                    lease: &lease,
+                    signals: &signals,
+                    shutdown,
+                    noticed: &self.noticed,
+                    keeper: &keeper,
+                    clock: CheckpointClock::new(self.config.checkpoint, self.checkpoint_cost.estimate(), mtbf),
+                    cost: &mut self.checkpoint_cost,
+                    meter: &mut self.meter,
+                };
+                attempt.run(&job).await
+            }
         };
-        let outcome = attempt.run(&job).await;
-        let keeper_progress = keeper.current();
-        keeper.stop().await;
-        if outcome.is_ok() && !self.info.loaded_models.contains(&job.spec.model) {
+        if result.is_ok() && !self.info.loaded_models.contains(&job.spec.model) {
             // Warm now: the scheduler may prefer this worker for the model.
             self.info.loaded_models.push(job.spec.model.clone());
         }
-        let label = match outcome {
+        let finisher = Finisher {
+            control: self.control.clone(),
+            moderator: self.engine.moderator.clone(),
+            moderation_samples: self.config.moderation_samples,
+            lease,
+            job,
+            signals,
+            keeper,
+            started,
+        };
+        match result {
+            Ok(frames) => Generated::Decoded(Box::new(finisher.with_frames(frames))),
+            Err(stop) => Generated::Ended(finisher.settle(Err(stop)).await),
+        }
+    }
+}
+
+/// The CPU part of an attempt, after the device: moderate sampled frames,
+/// encode the video and its images, upload, commit; then report how the
+/// attempt ended. Owns everything it needs, so it runs as its own task.
+struct Finisher {
+    control: Arc<dyn ControlPlane>,
+    moderator: Arc<dyn Moderator>,
+    moderation_samples: u32,
+    lease: Lease,
+    job: Job,
+    signals: Signals,
+    keeper: LeaseKeeper,
+    started: Instant,
+}
+
+/// A [`Finisher`] with its decoded frames.
+struct Decoded {
+    inner: Finisher,
+    frames: Box<dyn Frames>,
+}
+
+impl Finisher {
+    fn with_frames(self, frames: Box<dyn Frames>) -> Decoded {
+        Decoded { inner: self, frames }
+    }
+
+    /// Records how the attempt ended (fail, retry, release) and counts it.
+    async fn settle(self, result: Result<(), Stop>) -> Outcome {
+        let id = self.lease.job_id.clone();
+        let keeper_progress = self.keeper.current();
+        self.keeper.stop().await;
+        let control = self.control.as_ref();
+        let lease = &self.lease;
+        let label = match result {
             Ok(()) => {
-                metrics::histogram!("videogen_generation_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("videogen_generation_seconds").record(self.started.elapsed().as_secs_f64());
                 Outcome::Completed
             }
             Err(Stop::LeaseLost) => {
-                if self.was_cancelled(&lease, &signals, keeper_progress).await {
+                if was_cancelled(control, lease, &self.signals, keeper_progress).await {
                     tracing::info!(job = %id, attempt = lease.attempt, "job cancelled; abandoning attempt");
                     Outcome::Cancelled
                 } else {
@@ -265,21 +474,21 @@ impl Worker {
             Err(Stop::Released) => Outcome::Released,
             Err(Stop::Fatal(err)) => {
                 tracing::warn!(job = %id, code = %err.code, "attempt failed: {}", err.message);
-                if let Err(e) = self.control.fail(&lease, &err).await {
+                if let Err(e) = control.fail(lease, &err).await {
                     tracing::warn!(job = %id, error = %e, "could not record the failure; the lease will expire");
                 }
                 Outcome::Failed
             }
             Err(Stop::Infrastructure(msg)) => {
                 tracing::warn!(job = %id, attempt = lease.attempt, "infrastructure fault, job given back uncharged: {msg}");
-                if let Err(e) = self.control.release(&lease, ReleaseCause::Infrastructure).await {
+                if let Err(e) = control.release(lease, ReleaseCause::Infrastructure).await {
                     tracing::warn!(job = %id, error = %e, "could not give the job back; the lease will expire");
                 }
                 Outcome::Infrastructure
             }
             Err(Stop::Retryable(msg)) => {
                 tracing::warn!(job = %id, attempt = lease.attempt, "attempt error: {msg}");
-                match self.control.retry(&lease, &msg).await {
+                match control.retry(lease, &msg).await {
                     Ok(RetryOutcome::Requeued) => Outcome::Retry,
                     Ok(RetryOutcome::DeadLettered) => Outcome::DeadLettered,
                     Err(e) => {
@@ -292,29 +501,106 @@ impl Worker {
         metrics::counter!("videogen_attempts_total", "outcome" => label.as_str()).increment(1);
         label
     }
+}
 
-    /// Whether a lost lease was lost to a cancel. The keeper knows when a
-    /// heartbeat said so; a fenced write that found the lease stale first
-    /// (say, the checkpoint upload racing the cancel) does not say why, so
-    /// one heartbeat asks: a cancelled job answers `cancel`, a job owned by
-    /// another attempt answers 409. The lease is stale either way, so the
-    /// heartbeat cannot renew anything.
-    async fn was_cancelled(&self, lease: &Lease, signals: &Signals, last: Progress) -> bool {
-        if signals.cancelled.is_cancelled() {
-            return true;
-        }
-        if signals.lost.is_cancelled() {
-            // The keeper got a 409: another attempt owns the job.
-            return false;
-        }
-        matches!(
-            self.control.heartbeat(lease, &last).await,
-            Ok(HeartbeatReply {
-                directive: Directive::Cancel,
-                ..
-            })
-        )
+impl Decoded {
+    async fn run(self) -> Outcome {
+        let Decoded { inner, frames } = self;
+        let result = inner.finish(frames).await;
+        inner.settle(result).await
     }
+}
+
+impl Finisher {
+    /// Moderates sampled frames, encodes, uploads and commits.
+    async fn finish(&self, frames: Box<dyn Frames>) -> Result<(), Stop> {
+        let finished = self.moderate_and_encode(frames).await?;
+        self.commit(finished).await
+    }
+
+    async fn moderate_and_encode(&self, frames: Box<dyn Frames>) -> Result<Finished, Stop> {
+        let job = &self.job;
+        let total = job.spec.steps;
+        self.keeper.report(Progress {
+            phase: Phase::Moderating,
+            step: total,
+            total_steps: total,
+            percent: 91,
+        });
+        let samples_n = self.moderation_samples.max(1);
+        let (frames, samples) = tokio::task::spawn_blocking(move || {
+            let n = frames.count();
+            let samples: Vec<FrameSample> = evenly_spaced(n, samples_n)
+                .map(|i| {
+                    let f = frames.frame(i);
+                    FrameSample {
+                        index: i,
+                        width: f.width,
+                        height: f.height,
+                        rgb: f.data,
+                    }
+                })
+                .collect();
+            (frames, samples)
+        })
+        .await
+        .map_err(join_error)?;
+        if let Verdict::Block { category, reason } = self.moderator.check_frames(&job.spec.prompt, &samples).await {
+            tracing::warn!(job = %job.id, %category, "output blocked by moderation");
+            return Err(Stop::Fatal(JobError::new(
+                "output_moderation_blocked",
+                format!("the generated video was blocked by output moderation ({category}): {reason}"),
+            )));
+        }
+        drop(samples);
+        if self.signals.lost.is_cancelled() {
+            return Err(Stop::LeaseLost);
+        }
+        let reporter = self.keeper.reporter();
+        let (width, height) = job.spec.size.dims();
+        let lost = self.signals.lost.clone();
+        tokio::task::spawn_blocking(move || encode_all(frames, total, width, height, &reporter, &lost))
+            .await
+            .map_err(join_error)?
+    }
+
+    /// Uploads the assets under attempt-scoped keys and commits them (fenced).
+    async fn commit(&self, finished: Finished) -> Result<(), Stop> {
+        let video_bytes = finished.video.len() as u64;
+        for (kind, bytes) in [
+            (AssetKind::Video, finished.video),
+            (AssetKind::Thumbnail, finished.thumbnail),
+            (AssetKind::Spritesheet, finished.spritesheet),
+        ] {
+            let crc = crc32fast::hash(&bytes);
+            self.control.put_asset(&self.lease, kind, crc, bytes.into()).await?;
+        }
+        self.control.complete(&self.lease, video_bytes).await?;
+        Ok(())
+    }
+}
+
+/// Whether a lost lease was lost to a cancel. The keeper knows when a
+/// heartbeat said so; a fenced write that found the lease stale first
+/// (say, the checkpoint upload racing the cancel) does not say why, so
+/// one heartbeat asks: a cancelled job answers `cancel`, a job owned by
+/// another attempt answers 409. The lease is stale either way, so the
+/// heartbeat cannot renew anything.
+async fn was_cancelled(control: &dyn ControlPlane, lease: &Lease, signals: &Signals, last: Progress) -> bool {
+    if signals.cancelled.is_cancelled() {
+        return true;
+    }
+    if signals.lost.is_cancelled() {
+        // The keeper got a 409: another attempt owns the job.
+        return false;
+    }
+    matches!(
+        control.heartbeat(lease, &last).await,
+        Ok(HeartbeatReply {
+            directive: Directive::Cancel,
+            ..
+        })
+    )
 }
 
 /// A checkpoint upload running beside the next steps.
@@ -326,7 +612,7 @@ struct Upload {
 /// One attempt's state.
 struct Attempt<'a> {
     control: Arc<dyn ControlPlane>,
-    engine: &'a Engine,
+    model: Arc<dyn Model>,
     config: &'a WorkerConfig,
     lease: &'a Lease,
     signals: &'a Signals,
@@ -335,13 +621,13 @@ struct Attempt<'a> {
     keeper: &'a LeaseKeeper,
     clock: CheckpointClock,
     cost: &'a mut CheckpointCostEstimator,
+    meter: &'a mut crate::utilization::StepMeter,
 }
 
 impl Attempt<'_> {
-    async fn run(&mut self, job: &Job) -> Result<(), Stop> {
+    async fn run(&mut self, job: &Job) -> Result<Box<dyn Frames>, Stop> {
         let req = self.request(job).await?;
-        let finished = self.generate_and_finish(job, req).await?;
-        self.commit(finished).await
+        self.generate(job, req).await
     }
 
     fn stopping(&self) -> bool {
@@ -372,9 +658,12 @@ impl Attempt<'_> {
             seed: job.spec.seed,
             width,
             height,
-            frames: job.spec.seconds.frames(),
+            frames: job.spec.frames(),
             steps: job.spec.steps,
             first_frame,
+            negative_prompt: job.spec.params.negative_prompt.clone(),
+            guidance_scale: job.spec.params.guidance_scale(),
+            fps: job.spec.fps(),
         })
     }
 
@@ -404,11 +693,27 @@ impl Attempt<'_> {
                 }
             }
         }
-        let model = self.engine.model.clone();
+        let model = self.model.clone();
         let req = req.clone();
-        Ok(tokio::task::spawn_blocking(move || model.start(&req))
+        let generation = tokio::task::spawn_blocking(move || model.start(&req))
             .await
-            .map_err(join_error)??)
+            .map_err(join_error)??;
+        if job.step > 0 {
+            // Progress is lost: say so in the job's log.
+            let reason = if !generation.checkpointable() {
+                format!("model {} cannot checkpoint; the generation starts over", job.spec.model)
+            } else if candidates.iter().any(Option::is_some) {
+                "no usable checkpoint; the generation starts over".to_owned()
+            } else {
+                "no checkpoint was taken; the generation starts over".to_owned()
+            };
+            let restarted = AttemptEvent::Restarted {
+                previous_step: job.step,
+                reason,
+            };
+            self.control.event(self.lease, &restarted).await?;
+        }
+        Ok(generation)
     }
 
     async fn load_checkpoint(
@@ -426,7 +731,7 @@ impl Attempt<'_> {
         if crc32fast::hash(&bytes) != ck.crc32 || bytes.len() as u64 != ck.size_bytes {
             return Ok(Err("checksum or size mismatch".into()));
         }
-        let model = self.engine.model.clone();
+        let model = self.model.clone();
         let req = req.clone();
         Ok(
             match tokio::task::spawn_blocking(move || model.resume(&req, &bytes)).await {
@@ -436,8 +741,10 @@ impl Attempt<'_> {
         )
     }
 
-    async fn generate_and_finish(&mut self, job: &Job, req: GenerationRequest) -> Result<Finished, Stop> {
-        let model = self.engine.model.clone();
+    /// Steps to the end (checkpointing on the policy), then decodes: the
+    /// device is free once this returns.
+    async fn generate(&mut self, job: &Job, req: GenerationRequest) -> Result<Box<dyn Frames>, Stop> {
+        let model = self.model.clone();
         tokio::task::spawn_blocking(move || model.load())
             .await
             .map_err(join_error)??;
@@ -461,7 +768,9 @@ impl Attempt<'_> {
             generation = tokio::task::spawn_blocking(move || generation.step().map(|()| generation))
                 .await
                 .map_err(join_error)??;
-            let secs = t0.elapsed().as_secs_f64();
+            let took = t0.elapsed();
+            self.meter.stepped(took);
+            let secs = took.as_secs_f64();
             // Float totals (gauges): `metrics` counters are integers.
             metrics::gauge!("videogen_generating_seconds_total").increment(secs);
             if step_secs.is_none() && job.step > resumed_from {
@@ -475,13 +784,30 @@ impl Attempt<'_> {
             self.keeper.report(progress(Phase::Generating, done, total));
             let step_estimate = Duration::from_secs_f64(step_secs.unwrap_or(secs));
             if !generation.is_done()
+                && generation.checkpointable()
                 && self
                     .clock
                     .should_checkpoint(done - last_ck_step, last_ck_at.elapsed(), step_estimate)
             {
                 let held = Instant::now();
-                let bytes = Bytes::from(generation.checkpoint());
-                upload = Some(self.start_checkpoint(done, bytes, upload, held).await?);
+                let (g, taken) = tokio::task::spawn_blocking(move || {
+                    let taken = generation.checkpoint();
+                    (generation, taken)
+                })
+                .await
+                .map_err(join_error)?;
+                generation = g;
+                match taken {
+                    Ok(bytes) => {
+                        upload = Some(self.start_checkpoint(done, Bytes::from(bytes), upload, held).await?);
+                    }
+                    // The generation goes on; if its model's process is
+                    // gone, the next step says so.
+                    Err(e) => {
+                        metrics::counter!("videogen_checkpoint_failures_total").increment(1);
+                        tracing::warn!(job = %job.id, error = %e, "checkpoint could not be taken; going on without it");
+                    }
+                }
                 last_ck_step = done;
                 last_ck_at = Instant::now();
             }
@@ -493,7 +819,16 @@ impl Attempt<'_> {
         if self.signals.lost.is_cancelled() {
             return Err(Stop::LeaseLost);
         }
-        self.finish(job, generation).await
+        let total = generation.total_steps();
+        self.keeper.report(Progress {
+            phase: Phase::Decoding,
+            step: total,
+            total_steps: total,
+            percent: 90,
+        });
+        Ok(tokio::task::spawn_blocking(move || generation.into_frames())
+            .await
+            .map_err(join_error)??)
     }
 
     /// Starts uploading a checkpoint (already serialised since `held`) while
@@ -541,14 +876,27 @@ impl Attempt<'_> {
         generation: Box<dyn Generation>,
         upload: Option<Upload>,
         last_ck_step: u32,
-    ) -> Result<Finished, Stop> {
+    ) -> Result<Box<dyn Frames>, Stop> {
         // From the notice (a `release` directive has none: from now).
         let deadline = self.noticed.get().copied().unwrap_or_else(Instant::now) + self.config.preemption_deadline;
         let within = |d: Instant| d.saturating_duration_since(Instant::now());
         let total = generation.total_steps();
         let done = generation.steps_done();
-        let newer = (done > last_ck_step).then(|| Bytes::from(generation.checkpoint()));
-        drop(generation);
+        let newer = if done > last_ck_step && generation.checkpointable() {
+            tokio::task::spawn_blocking(move || generation.checkpoint())
+                .await
+                .ok()
+                .and_then(|r| {
+                    r.map_err(
+                        |e| tracing::warn!(job = %self.lease.job_id, error = %e, "final checkpoint could not be taken"),
+                    )
+                    .ok()
+                })
+                .map(Bytes::from)
+        } else {
+            drop(generation);
+            None
+        };
         let mut saved = false;
         let work = async {
             if let Some(u) = upload {
@@ -580,69 +928,6 @@ impl Attempt<'_> {
                 Err(Stop::Released)
             }
         }
-    }
-
-    /// Moderates sampled frames, then encodes the video and its images.
-    async fn finish(&self, job: &Job, generation: Box<dyn Generation>) -> Result<Finished, Stop> {
-        let total = generation.total_steps();
-        self.keeper.report(Progress {
-            phase: Phase::Moderating,
-            step: total,
-            total_steps: total,
-            percent: 91,
-        });
-        let samples_n = self.config.moderation_samples.max(1);
-        let (generation, samples) = tokio::task::spawn_blocking(move || {
-            let n = generation.frame_count();
-            let samples: Vec<FrameSample> = evenly_spaced(n, samples_n)
-                .map(|i| {
-                    let f = generation.decode_frame(i);
-                    FrameSample {
-                        index: i,
-                        width: f.width,
-                        height: f.height,
-                        rgb: f.data,
-                    }
-                })
-                .collect();
-            (generation, samples)
-        })
-        .await
-        .map_err(join_error)?;
-        if let Verdict::Block { category, reason } =
-            self.engine.moderator.check_frames(&job.spec.prompt, &samples).await
-        {
-            tracing::warn!(job = %job.id, %category, "output blocked by moderation");
-            return Err(Stop::Fatal(JobError::new(
-                "output_moderation_blocked",
-                format!("the generated video was blocked by output moderation ({category}): {reason}"),
-            )));
-        }
-        drop(samples);
-        if self.signals.lost.is_cancelled() {
-            return Err(Stop::LeaseLost);
-        }
-        let reporter = self.keeper.reporter();
-        let (width, height) = job.spec.size.dims();
-        let lost = self.signals.lost.clone();
-        tokio::task::spawn_blocking(move || encode_all(generation, width, height, &reporter, &lost))
-            .await
-            .map_err(join_error)?
-    }
-
-    /// Uploads the assets under attempt-scoped keys and commits them (fenced).
-    async fn commit(&self, finished: Finished) -> Result<(), Stop> {
-        let video_bytes = finished.video.len() as u64;
-        for (kind, bytes) in [
-            (AssetKind::Video, finished.video),
-            (AssetKind::Thumbnail, finished.thumbnail),
-            (AssetKind::Spritesheet, finished.spritesheet),
-        ] {
-            let crc = crc32fast::hash(&bytes);
-            self.control.put_asset(self.lease, kind, crc, bytes.into()).await?;
-        }
-        self.control.complete(self.lease, video_bytes).await?;
-        Ok(())
     }
 }
 
@@ -695,20 +980,32 @@ struct Finished {
 }
 
 fn encode_all(
-    generation: Box<dyn Generation>,
+    frames: Box<dyn Frames>,
+    total_steps: u32,
     width: u32,
     height: u32,
     reporter: &tokio::sync::watch::Sender<Progress>,
     lost: &CancellationToken,
 ) -> Result<Finished, Stop> {
     let media_err = |e: videogen_media::MediaError| Stop::Fatal(JobError::new("encode_error", e.to_string()));
-    let total_steps = generation.total_steps();
-    let n = generation.frame_count();
+    let n = frames.count();
     let thumb_index = n / 2;
     let sprite_indices: Vec<u32> = evenly_spaced(n, SPRITESHEET_FRAMES).collect();
     let mut sprite_frames: Vec<(u32, u32, Vec<u8>)> = Vec::with_capacity(sprite_indices.len());
     let mut thumbnail = None;
-    let mut enc = videogen_media::Mp4Encoder::new(width, height, videogen_core::spec::FPS).map_err(media_err)?;
+    let mut enc = match frames.audio() {
+        None => videogen_media::Mp4Encoder::new(width, height, frames.fps()).map_err(media_err)?,
+        Some(a) => {
+            let format = videogen_media::AudioFormat {
+                sample_rate: a.sample_rate,
+                channels: a.channels,
+            };
+            let mut enc =
+                videogen_media::Mp4Encoder::with_audio(width, height, frames.fps(), format).map_err(media_err)?;
+            enc.push_audio(&a.samples).map_err(media_err)?;
+            enc
+        }
+    };
     for i in 0..n {
         if i % 8 == 0 {
             if lost.is_cancelled() {
@@ -722,7 +1019,7 @@ fn encode_all(
                 percent,
             });
         }
-        let frame = generation.decode_frame(i);
+        let frame = frames.frame(i);
         enc.push_rgb(&frame.data).map_err(media_err)?;
         if i == thumb_index {
             thumbnail = Some(

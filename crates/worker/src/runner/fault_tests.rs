@@ -417,7 +417,7 @@ impl Generation for GatedGeneration {
     fn total_steps(&self) -> u32 {
         self.inner.total_steps()
     }
-    fn checkpoint(&self) -> Vec<u8> {
+    fn checkpoint(&self) -> Result<Vec<u8>, ModelError> {
         self.inner.checkpoint()
     }
     fn frame_count(&self) -> u32 {
@@ -429,6 +429,14 @@ impl Generation for GatedGeneration {
             self.gate.wait();
         }
         self.inner.decode_frame(index)
+    }
+    fn into_frames(self: Box<Self>) -> Result<Box<dyn videogen_model::Frames>, ModelError> {
+        // Decoded lazily through `decode_frame`, so the decode holds still apply.
+        Ok(Box::new(videogen_model::frames::LazyFrames {
+            generation: self,
+            fps: 24,
+            audio: None,
+        }))
     }
 }
 
@@ -456,6 +464,8 @@ fn config(every_steps: u32) -> WorkerConfig {
         moderation_samples: 1,
         preemption_deadline: Duration::from_secs(30),
         acquire_wait: Duration::from_secs(1),
+        finishing_max: 1,
+        ..WorkerConfig::default()
     }
 }
 
@@ -475,11 +485,12 @@ fn assignment() -> Assignment {
             model: "videogen-ref".into(),
             prompt: "a lighthouse at dusk".into(),
             seconds: videogen_core::Seconds::S4,
-            size: videogen_core::VideoSize::Landscape720,
+            size: videogen_core::VideoSize::LANDSCAPE_720,
             seed: 7,
             style: None,
             steps: STEPS,
             input_reference: None,
+            params: Default::default(),
         },
         state: JobState::Running,
         phase: Phase::Queued,
@@ -523,16 +534,15 @@ fn run_one(faults: Faults, hold: Hold, config: WorkerConfig) -> Run {
         hold,
         counts: counts.clone(),
     };
-    let engine = Arc::new(Engine {
-        model: Arc::new(model),
-        moderator: Arc::new(AllowAll),
-    });
+    let engine = Arc::new(Engine::single(Arc::new(model), Arc::new(AllowAll)));
     let info = WorkerInfo {
         id: WorkerId::new("test", "w0"),
         loaded_models: Vec::new(),
         spot: false,
         memory_class: None,
         model_load_ms: 0,
+        serves: None,
+        models: Vec::new(),
     };
     let mut worker = Worker::new(fake.clone(), engine, info, config);
     let recorder = metrics_capture::Recorder::default();
