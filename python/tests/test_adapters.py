@@ -101,7 +101,8 @@ def runs(host_a: HostClient, tiny: Callable[..., Path]) -> Callable[[Case], Run]
             ckpts = [host_a.checkpoint()]
             previews = []
             while True:
-                r = host_a.step()
+                r = host_a.step(preview=True)
+                assert r["preview"] is not None
                 previews.append(r)
                 ckpts.append(host_a.checkpoint())
                 if r["step"] == 2:
@@ -187,7 +188,7 @@ def test_resume_in_another_process_is_bit_exact(case: Case, runs: Callable[[Case
         assert r["step"] == k and r["request_hash"] == run.start["request_hash"]
         assert host_b.checkpoint() == run.ckpts[k]
         for j in range(k, n):
-            assert host_b.step() == run.previews[j]
+            assert host_b.step(preview=True) == run.previews[j]
         assert host_b.checkpoint() == run.ckpts[n], f"resumed at {k}: final state differs"
         assert host_b.decode().frames == run.frames, f"resumed at {k}: frames differ"
 

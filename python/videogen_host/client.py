@@ -146,8 +146,9 @@ class HostClient:
             request = {**request, "image": {**request["image"], "sha256": hashlib.sha256(image).hexdigest()}}
         return self.call({"op": "resume", "id": model_id, "request": request}, ckpt).header
 
-    def step(self) -> dict[str, Any]:
-        return self.call({"op": "step"}).header
+    def step(self, preview: bool = False) -> dict[str, Any]:
+        """One step; with ``preview`` the reply carries the latents' statistics."""
+        return self.call({"op": "step", "preview": preview}).header
 
     def checkpoint(self) -> bytes:
         reply = self.call({"op": "checkpoint"})

@@ -267,7 +267,9 @@ class Host:
         rest = MIN_STEP_SECONDS - (time.monotonic() - began)
         if rest > 0:
             time.sleep(rest)
-        return {"ok": True, "step": gen.step_index, "total_steps": gen.total_steps, "preview": gen.preview()}, b""
+        # Latent statistics cost a pass over the latents: only when asked for.
+        preview = gen.preview() if frame.header.get("preview") is True else None
+        return {"ok": True, "step": gen.step_index, "total_steps": gen.total_steps, "preview": preview}, b""
 
     def op_checkpoint(self, frame: Frame) -> Reply:
         gen = self.need_generation()
