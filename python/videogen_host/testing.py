@@ -366,40 +366,30 @@ def _build_cogvideox(i2v: bool, seed: int) -> Any:
     )
 
     torch.manual_seed(seed)
+    common: dict[str, Any] = {
+        "out_channels": 4,
+        "time_embed_dim": 2,
+        "text_embed_dim": 32,
+        "num_layers": 1,
+        "sample_width": 2,
+        "sample_height": 2,
+        "sample_frames": 9,
+        "patch_size": 2,
+        "temporal_compression_ratio": 4,
+        "max_text_seq_length": 16,
+    }
     if i2v:
+        # Image-to-video: the image latents are concatenated (8 input channels), rotary + learned positions.
         transformer = CogVideoXTransformer3DModel(
             num_attention_heads=2,
             attention_head_dim=16,
             in_channels=8,
-            out_channels=4,
-            time_embed_dim=2,
-            text_embed_dim=32,
-            num_layers=1,
-            sample_width=2,
-            sample_height=2,
-            sample_frames=9,
-            patch_size=2,
-            temporal_compression_ratio=4,
-            max_text_seq_length=16,
             use_rotary_positional_embeddings=True,
             use_learned_positional_embeddings=True,
+            **common,
         )
     else:
-        transformer = CogVideoXTransformer3DModel(
-            num_attention_heads=4,
-            attention_head_dim=8,
-            in_channels=4,
-            out_channels=4,
-            time_embed_dim=2,
-            text_embed_dim=32,
-            num_layers=1,
-            sample_width=2,
-            sample_height=2,
-            sample_frames=9,
-            patch_size=2,
-            temporal_compression_ratio=4,
-            max_text_seq_length=16,
-        )
+        transformer = CogVideoXTransformer3DModel(num_attention_heads=4, attention_head_dim=8, in_channels=4, **common)
     torch.manual_seed(seed)
     vae = AutoencoderKLCogVideoX(
         in_channels=3,
