@@ -264,10 +264,25 @@ def test_create_with_input_reference_png(client):
 
 
 def test_bad_size_is_bad_request(client):
+    # A size the model does not make, and one no model could.
     with pytest.raises(openai.BadRequestError) as e:
         client.videos.create(model=MODEL, prompt=unique_prompt("bad size"), size="640x480")  # type: ignore[arg-type]
-    assert_api_error(e.value, 400, code="invalid_value", param="size")
+    assert_api_error(e.value, 400, code="unsupported_by_model", param="size")
     assert e.value.type == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.videos.create(model=MODEL, prompt=unique_prompt("bad size"), size="641x480")  # type: ignore[arg-type]
+    assert_api_error(e.value, 400, code="invalid_value", param="size")
+
+
+def test_models_list_and_retrieve(client):
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    assert MODEL in ids
+    m = client.models.retrieve(MODEL)
+    assert m.id == MODEL and m.object == "model"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("no-such-model")
+    assert_api_error(e.value, 404, code="model_not_found", param="model")
 
 
 def test_empty_prompt_is_bad_request(client):
