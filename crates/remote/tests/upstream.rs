@@ -552,20 +552,21 @@ fn a_poll_that_never_answers_times_out_and_cancels() {
 
 #[test]
 fn an_upstream_that_accepts_and_never_answers_times_out_create() {
-    // A raw socket that accepts connections and never reads or writes.
+    // A raw socket that accepts connections and never reads or writes. The
+    // accept loop blocks; the test ends it by setting `stop` and connecting
+    // once more itself.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    listener.set_nonblocking(true).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let held = {
         let stop = stop.clone();
         std::thread::spawn(move || {
             let mut conns = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                if let Ok((c, _)) = listener.accept() {
-                    conns.push(c);
+            while let Ok((c, _)) = listener.accept() {
+                if stop.load(Ordering::SeqCst) {
+                    break;
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                conns.push(c);
             }
             conns.len()
         })
@@ -580,6 +581,7 @@ fn an_upstream_that_accepts_and_never_answers_times_out_create() {
     assert!(err.is_retryable());
     assert!(err.to_string().contains("timed out"), "{err}");
     stop.store(true, Ordering::SeqCst);
+    drop(std::net::TcpStream::connect(addr).unwrap());
     assert!(held.join().unwrap() >= 1);
 }
 
